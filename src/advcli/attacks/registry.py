@@ -1,0 +1,98 @@
+"""`build_attack(spec)`: check an `AttackSpec` at the boundary and build the attack object.
+
+Every misuse is a `UsageError` naming the option, e.g. a step size for FGSM or eps for stAdv.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from advcli.attacks.base import Attack, AttackName, AttackSpec
+from advcli.attacks.fgsm import FGSM
+from advcli.attacks.fgsm_rs import FGSMRandomStart
+from advcli.attacks.pgd import PGD
+from advcli.attacks.stadv import StAdv
+from advcli.config import Eps, Norm, parse_choice, parse_eps
+from advcli.errors import UsageError
+
+DEFAULT_STEPS = {AttackName.pgd: 10, AttackName.stadv: 100}
+
+
+def _eps(value: Eps | float | str | None, name: str, allow_zero: bool = True) -> Eps | None:
+    return None if value is None else parse_eps(value, name=name, allow_zero=allow_zero)
+
+
+def build_attack(spec: AttackSpec) -> Attack:
+    """The attack object for `spec`, with defaults resolved (see `AttackSpec`)."""
+    name = parse_choice(AttackName, spec.name, name="attack")
+    eps = _eps(spec.eps, "eps")
+    step_size = _eps(spec.step_size, "step size")
+    bound = _eps(spec.bound, "bound", allow_zero=False)
+    if spec.restarts < 1:
+        raise UsageError(f"restarts must be >= 1, got {spec.restarts}")
+    if spec.steps is not None and spec.steps < 1:
+        raise UsageError(f"steps must be >= 1, got {spec.steps}")
+
+    if name is AttackName.stadv:
+        if eps is not None:
+            raise UsageError("stadv is bounded by --bound (pixels of flow), not --eps; drop --eps")
+        if spec.restarts != 1:
+            raise UsageError("stadv starts from zero flow; --restarts does not apply")
+        if spec.tau < 0:
+            raise UsageError(f"tau must be >= 0, got {spec.tau}")
+        return StAdv(
+            tau=spec.tau,
+            bound=None if bound is None else bound.value,
+            steps=spec.steps or DEFAULT_STEPS[name],
+            step_size=None if step_size is None else step_size.value,
+            targeted=spec.targeted,
+        )
+
+    norm = parse_choice(Norm, spec.norm, name="norm")
+    if eps is None:
+        raise UsageError(f"{name.value} needs --eps, e.g. 8/255 (linf) or 0.5 (l2)")
+    if bound is not None:
+        raise UsageError(f"--bound is stadv's flow bound; {name.value} uses --eps")
+    if name is AttackName.fgsm:
+        if spec.steps not in (None, 1) or step_size is not None or spec.restarts != 1:
+            raise UsageError(
+                "fgsm is one step of size eps: drop --steps, --step-size and --restarts"
+            )
+        return FGSM(norm, eps.value, targeted=spec.targeted)
+    if name is AttackName.fgsm_rs:
+        if spec.steps not in (None, 1):
+            raise UsageError("fgsm-rs takes one step: drop --steps (use pgd for more)")
+        return FGSMRandomStart(
+            norm,
+            eps.value,
+            None if step_size is None else step_size.value,
+            restarts=spec.restarts,
+            targeted=spec.targeted,
+        )
+    return PGD(
+        norm,
+        eps.value,
+        steps=spec.steps or DEFAULT_STEPS[name],
+        step_size=None if step_size is None else step_size.value,
+        restarts=spec.restarts,
+        targeted=spec.targeted,
+    )
+
+
+def attack_record(spec: AttackSpec, attack: Attack) -> dict[str, Any]:
+    """The `attack:` mapping of result files: resolved numbers plus the texts they came from.
+
+    Keys: name, norm, eps, eps_text, steps, step_size, restarts, targeted, and for stadv tau,
+    bound, bound_text, bound_units, optimizer (norm/eps are null for stadv: it has no Lp ball).
+    """
+    record: dict[str, Any] = {"name": attack.name, "norm": None, "eps": None, "eps_text": None}
+    record.update(attack.describe())
+    if spec.eps is not None and record.get("eps") is not None:
+        record["eps_text"] = parse_eps(spec.eps, name="eps").text
+    if spec.step_size is not None:
+        record["step_size_text"] = parse_eps(spec.step_size, name="step size").text
+    if attack.name == AttackName.stadv.value:
+        record["bound_text"] = (
+            None if spec.bound is None else parse_eps(spec.bound, name="bound").text
+        )
+    return record

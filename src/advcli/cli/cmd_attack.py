@@ -1,0 +1,315 @@
+"""`advcli attack CKPT`: adversarial examples for a checkpoint, with a YAML summary and a grid."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from advcli.attacks import AttackName, AttackSpec, build_attack
+from advcli.cli import render
+from advcli.cli.common import CONFIG_HELP, DEVICE_HELP, FORMAT_HELP, handle_errors, resolve_options
+from advcli.config import Eps, Norm, parse_choice, parse_eps
+from advcli.errors import DataError, UsageError
+
+SPLITS = ("test", "train")
+FORMATS = ("table", "yaml", "json")
+DEFAULT_EPS = {Norm.linf: "8/255", Norm.l2: "0.5"}
+EPS_HELP = (
+    "Ball radius in [0,1] pixel units, like 8/255 [default: 8/255 for linf, 0.5 for l2]. "
+    "Not for stadv."
+)
+STEP_SIZE_HELP = (
+    "Step size [default: pgd 2.5*eps/steps, fgsm-rs 1.25*eps; "
+    "stadv: Adam learning rate in pixels, 2.5*bound/steps, 0.01 when unbounded]."
+)
+BOUND_HELP = (
+    "stadv: largest flow displacement of any pixel, a radius in pixels (e.g. 0.5) "
+    "[default: unbounded]."
+)
+
+
+@handle_errors
+def attack_cmd(
+    ctx: typer.Context,
+    checkpoint: Annotated[
+        Path, typer.Argument(help="Checkpoint (.safetensors) of the model to attack.")
+    ],
+    attack: Annotated[str, typer.Option(help="fgsm | fgsm-rs | pgd | stadv.")] = "pgd",
+    norm: Annotated[str, typer.Option(help="Ball of fgsm/fgsm-rs/pgd: linf | l2.")] = "linf",
+    eps: Annotated[
+        str | None,
+        typer.Option(help=EPS_HELP),
+    ] = None,
+    steps: Annotated[
+        int | None,
+        typer.Option(help="Iterations [default: pgd 10, stadv 100; fgsm/fgsm-rs take 1]."),
+    ] = None,
+    step_size: Annotated[
+        str | None,
+        typer.Option(help=STEP_SIZE_HELP),
+    ] = None,
+    restarts: Annotated[
+        int,
+        typer.Option(help="Random restarts (pgd, fgsm-rs); the worst case per example is kept."),
+    ] = 1,
+    tau: Annotated[float, typer.Option(help="stadv: weight of the flow-smoothness loss.")] = 0.05,
+    bound: Annotated[
+        str | None,
+        typer.Option(help=BOUND_HELP),
+    ] = None,
+    split: Annotated[str, typer.Option(help="Which split to attack: test | train.")] = "test",
+    n: Annotated[
+        int | None,
+        typer.Option(
+            help="Attack the first N examples (advcli's fixed stratified order) [default: all]."
+        ),
+    ] = None,
+    batch_size: Annotated[int, typer.Option(help="Examples per attack batch.")] = 256,
+    seed: Annotated[
+        int, typer.Option(help="Seed of the subset order and of the attack's random starts.")
+    ] = 0,
+    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
+    out: Annotated[
+        Path, typer.Option(help="Adversarial set to write (safetensors: x_adv, y, index).")
+    ] = Path("adv.safetensors"),
+    summary: Annotated[
+        Path | None,
+        typer.Option(help="YAML summary to write [default: --out with the suffix .yaml]."),
+    ] = None,
+    grid: Annotated[
+        Path | None,
+        typer.Option(help="Also draw clean / adversarial / amplified perturbation to this PNG."),
+    ] = None,
+    label: Annotated[
+        str | None, typer.Option(help="Name in tables [default: the checkpoint's label].")
+    ] = None,
+    dataset: Annotated[
+        str | None,
+        typer.Option(help="Dataset override [default: the one recorded in the checkpoint]."),
+    ] = None,
+    data_dir: Annotated[str | None, typer.Option(help="Where torchvision datasets live.")] = None,
+    format: Annotated[str, typer.Option("--format", help=FORMAT_HELP)] = "table",
+    config: Annotated[Path | None, typer.Option(help=CONFIG_HELP)] = None,
+) -> None:
+    """Attack a checkpoint with FGSM, FGSM-RS, PGD or stAdv: write the adversarial set, a YAML
+    summary (accuracies, success rate, perturbation norms, 1-SSIM) and optionally a picture."""
+    opts = resolve_options(ctx, locals())
+    spec, fmt, summary_path = _check_options(opts)
+
+    # Heavy imports after the option checks: a usage error answers at once.
+    import torch
+
+    from advcli.checkpoint import load_checkpoint
+    from advcli.data import load_dataset, test_subset, to_float
+    from advcli.device import resolve_device
+    from advcli.provenance import provenance
+    from advcli.stages.attack import build_summary, run_attack, save_adv_set, write_summary
+
+    dev = resolve_device(opts["device"])
+    ckpt = load_checkpoint(opts["checkpoint"], dev)
+    meta = ckpt.meta
+    ckpt_label = str(meta.get("label") or Path(ckpt.path).name.removesuffix(".safetensors"))
+    trained_with = _trained_with(meta.get("threat_model"))
+
+    data = _load_data(opts, meta, load_dataset)
+    xs, ys = data.split(opts["split"])
+    index = test_subset(ys, opts["n"], opts["seed"])
+    x, y = xs[index], ys[index]
+
+    outcome = run_attack(
+        ckpt.model,
+        x,
+        y,
+        spec,
+        index=index,
+        batch_size=opts["batch_size"],
+        seed=opts["seed"],
+        device=dev,
+        reporter=render.RichReporter(),
+    )
+
+    out_path = Path(opts["out"])
+    grid_path = Path(opts["grid"]) if opts["grid"] else None
+    data_record = {
+        "dataset": data.name,
+        "split": opts["split"],
+        "n": int(y.shape[0]),
+        "seed": int(opts["seed"]),
+        "index_sha256": hashlib.sha256(index.to(torch.int64).numpy().tobytes()).hexdigest(),
+    }
+    checkpoint_record = {
+        "path": str(ckpt.path),
+        "sha256": ckpt.sha256,
+        "label": ckpt_label,
+        "trained_with": trained_with,
+    }
+    doc = build_summary(
+        outcome,
+        label=opts["label"] or ckpt_label,
+        checkpoint=checkpoint_record,
+        data=data_record,
+        provenance=provenance(opts["seed"], {"device": str(dev)}),
+        outputs={"adv": str(out_path), "grid": str(grid_path) if grid_path else None},
+    )
+
+    written: list[Path] = []
+    try:
+        written.append(
+            save_adv_set(
+                out_path,
+                outcome,
+                {
+                    "checkpoint": str(ckpt.path),
+                    "checkpoint_sha256": ckpt.sha256,
+                    "label": doc["label"],
+                    "trained_with": trained_with,
+                    "dataset": data.name,
+                    "split": opts["split"],
+                    "seed": int(opts["seed"]),
+                    "classes": list(data.classes),
+                },
+            )
+        )
+        if grid_path is not None:
+            from advcli.plots_grid import attack_grid
+
+            written.append(
+                attack_grid(
+                    to_float(x[:8]),
+                    outcome.x_adv[:8],
+                    outcome.y,
+                    outcome.clean_pred,
+                    outcome.adv_pred,
+                    grid_path,
+                    classes=data.classes,
+                    title=f"{doc['label']}: {_attack_title(outcome.attack)}",
+                )
+            )
+        written.append(write_summary(summary_path, doc))
+    except BaseException:
+        # Never leave a half set of outputs behind.
+        for p in written:
+            p.unlink(missing_ok=True)
+        raise
+
+    _render(doc, fmt)
+    for p in written:
+        render.info_line(f"wrote {p}")
+
+
+def _nonneg(text: Any, name: str, *, allow_zero: bool = True) -> Eps:
+    # parse_eps reads a leading minus as "not a number"; say what is actually wrong.
+    if isinstance(text, str) and text.strip().startswith("-"):
+        raise UsageError(f"{name} must be >= 0, got {text!r}")
+    if isinstance(text, (int, float)) and not isinstance(text, bool) and text < 0:
+        raise UsageError(f"{name} must be >= 0, got {text!r}")
+    return parse_eps(text, name=name, allow_zero=allow_zero)
+
+
+def _check_options(opts: dict[str, Any]) -> tuple[AttackSpec, str, Path]:
+    """Every usage error, before anything is loaded."""
+    name = parse_choice(AttackName, opts["attack"], name="attack")
+    split = str(opts["split"]).strip().lower()
+    if split not in SPLITS:
+        raise UsageError(f"unknown split {opts['split']!r}; valid values: {', '.join(SPLITS)}")
+    opts["split"] = split
+    fmt = str(opts["format"]).strip().lower()
+    if fmt not in FORMATS:
+        raise UsageError(f"unknown format {opts['format']!r}; valid values: {', '.join(FORMATS)}")
+    if opts["n"] is not None and opts["n"] < 1:
+        raise UsageError(f"--n must be a positive number of examples, got {opts['n']}")
+    if opts["batch_size"] < 1:
+        raise UsageError(f"--batch-size must be >= 1, got {opts['batch_size']}")
+    norm = parse_choice(Norm, opts["norm"], name="norm")
+    eps = opts["eps"]
+    if name is not AttackName.stadv and eps is None:
+        eps = DEFAULT_EPS[norm]
+    spec = AttackSpec(
+        name=name,
+        norm=norm,
+        eps=None if eps is None else _nonneg(eps, "--eps"),
+        steps=opts["steps"],
+        step_size=None if opts["step_size"] is None else _nonneg(opts["step_size"], "--step-size"),
+        restarts=int(opts["restarts"]),
+        tau=float(opts["tau"]),
+        bound=None
+        if opts["bound"] is None
+        else _nonneg(opts["bound"], "--bound", allow_zero=False),
+    )
+    build_attack(spec)  # the attack's own checks (e.g. --step-size with fgsm)
+    out_path = Path(opts["out"])
+    summary_path = Path(opts["summary"]) if opts["summary"] else out_path.with_suffix(".yaml")
+    paths = [out_path, summary_path] + ([Path(opts["grid"])] if opts["grid"] else [])
+    if len({p.resolve() for p in paths}) != len(paths):
+        raise UsageError("--out, --summary and --grid must be different files")
+    return spec, fmt, summary_path
+
+
+def _load_data(opts: dict[str, Any], meta: dict[str, Any], load_dataset: Any) -> Any:
+    """The checkpoint's dataset, built as training built it (same seed and held-out split)."""
+    cfg = meta.get("config") if isinstance(meta.get("config"), dict) else {}
+    recorded = meta.get("dataset")
+    name = opts["dataset"] or recorded
+    if not name:
+        raise DataError(f"{str(opts['checkpoint'])!r} does not record its dataset; pass --dataset")
+    same = recorded is not None and str(name) == str(recorded)
+    data = load_dataset(
+        str(name),
+        data_dir=opts["data_dir"] or cfg.get("data_dir"),
+        download=False,
+        seed=int(cfg.get("seed", meta.get("seed", 0)) or 0),
+        val_split=int(cfg.get("val_split", 0) or 0) if same else 0,
+    )
+    classes = int(meta.get("num_classes", data.num_classes))
+    if classes != data.num_classes:
+        raise DataError(
+            f"the checkpoint was trained on {classes} classes but {data.name} has "
+            f"{data.num_classes}; pass the matching --dataset"
+        )
+    shape = meta.get("input_shape")
+    if shape and list(shape) != list(data.input_shape):
+        raise DataError(
+            f"the checkpoint expects images of shape {list(shape)} but {data.name} has "
+            f"{list(data.input_shape)}; pass the matching --dataset"
+        )
+    return data
+
+
+def _trained_with(threat_model: Any) -> str:
+    if not isinstance(threat_model, dict):
+        return "clean"
+    return str(threat_model.get("attack") or "adversarial")
+
+
+def _attack_title(record: dict[str, Any]) -> str:
+    if record.get("eps_text"):
+        return f"{record['name']} {record['norm']} eps={record['eps_text']}"
+    if record.get("bound") is not None:
+        return f"{record['name']} tau={record['tau']} bound={record['bound_text']} px"
+    return f"{record['name']} tau={record.get('tau')}"
+
+
+def _render(doc: dict[str, Any], fmt: str) -> None:
+    if fmt != "table":
+        render.dump(doc, fmt)
+        return
+    m = doc["metrics"]
+
+    def pct(v: float | None) -> str:
+        return "n/a" if v is None else f"{100 * v:.2f}%"
+
+    rows = [
+        ("clean accuracy", pct(m["clean_accuracy"])),
+        ("adversarial accuracy", pct(m["adv_accuracy"])),
+        ("attack success rate", pct(m["success_rate"])),
+        ("Linf mean / max", f"{m['linf_mean']:.5f} / {m['linf_max']:.5f}"),
+        ("L2 mean / max", f"{m['l2_mean']:.4f} / {m['l2_max']:.4f}"),
+        ("1-SSIM mean", f"{m['ssim_dissimilarity_mean']:.5f}"),
+        ("examples", str(doc["data"]["n"])),
+        ("time", f"{doc['time_s']:.1f} s"),
+    ]
+    title = f"{doc['label']} under {_attack_title(doc['attack'])}"
+    render.out.print(render.table(title, ["metric", "value"], rows))

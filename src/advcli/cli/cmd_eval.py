@@ -1,0 +1,168 @@
+"""`advcli eval CKPT`: clean, PGD and AutoAttack accuracy (+ transfer), written as a result file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from advcli.cli import render
+from advcli.cli.common import CONFIG_HELP, DEVICE_HELP, FORMAT_HELP, handle_errors, resolve_options
+from advcli.config import Norm, parse_choice, parse_eps, parse_eps_list
+from advcli.errors import UsageError
+from advcli.results import EvalResult
+
+FORMATS = ("table", "yaml", "json")
+SPLITS = ("test", "train", "val")
+
+
+def eval_options(opts: dict[str, Any]) -> Any:
+    """Check the options at the boundary and build `EvalOptions`."""
+    from advcli.attacks.autoattack import ATTACKS, VERSIONS
+    from advcli.stages.evaluate import EvalOptions
+
+    version = str(opts["aa_version"]).strip().lower()
+    if version not in VERSIONS:
+        raise UsageError(f"unknown --aa-version {version!r}; valid values: {', '.join(VERSIONS)}")
+    attacks = None
+    if opts["aa_attacks"]:
+        attacks = [a.strip().lower() for a in str(opts["aa_attacks"]).split(",") if a.strip()]
+        bad = [a for a in attacks if a not in ATTACKS]
+        if bad:
+            raise UsageError(f"unknown --aa-attacks {', '.join(bad)}; valid values: "
+                             f"{', '.join(ATTACKS)}")
+        if version != "custom":
+            raise UsageError("--aa-attacks chooses the attacks of --aa-version custom; "
+                             "add --aa-version custom")
+    elif version == "custom":
+        raise UsageError("--aa-version custom needs --aa-attacks, e.g. apgd-ce,apgd-t")
+    if opts["split"] not in SPLITS:
+        raise UsageError(f"unknown --split {opts['split']!r}; valid values: {', '.join(SPLITS)}")
+    for name in ("n", "batch_size", "pgd_steps", "restarts"):
+        value = opts[name]
+        if value is not None and int(value) < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    eps = parse_eps_list(str(opts["eps"]), name="--eps") if opts["eps"] else None
+    if eps and any(e.value == 0 for e in eps):
+        raise UsageError("--eps values must be > 0 (clean accuracy is always reported)")
+    return EvalOptions(
+        n=None if opts["n"] is None else int(opts["n"]),
+        eps=eps,
+        norm=parse_choice(Norm, opts["norm"], name="norm") if opts["norm"] else None,
+        pgd=bool(opts["pgd"]),
+        pgd_steps=int(opts["pgd_steps"]),
+        restarts=int(opts["restarts"]),
+        step_size=parse_eps(opts["step_size"], name="--step-size", allow_zero=False)
+        if opts["step_size"] else None,
+        autoattack=bool(opts["autoattack"]),
+        aa_version=version,
+        aa_attacks=attacks,
+        adv_data=Path(opts["adv_data"]) if opts["adv_data"] else None,
+        batch_size=int(opts["batch_size"]),
+        seed=int(opts["seed"]),
+        split=str(opts["split"]),
+        dataset=opts["dataset"],
+        data_dir=opts["data_dir"],
+        label=opts["label"],
+        config={k: (str(v) if isinstance(v, Path) else v) for k, v in opts.items()},
+    )
+
+
+def _entry_name(e: Any) -> str:
+    from advcli.stages.compare import entry_key
+
+    return entry_key(e).variant
+
+
+def render_result(result: EvalResult) -> None:
+    rows = []
+    for e in result.entries:
+        threat = "" if e.eps_text is None else f"{e.norm} {e.eps_text}"
+        time_s = "" if e.time_s is None else f"{e.time_s:.1f}"
+        rows.append((_entry_name(e), threat, f"{100 * e.accuracy:.2f}", str(e.n), time_s))
+    title = (f"advcli eval: {result.label} ({result.model.arch}, trained with "
+             f"{result.model.trained_with}) on {result.data.dataset}/{result.data.split}")
+    render.out.print(render.table(title, ["attack", "threat", "accuracy (%)", "n", "time (s)"],
+                                  rows))
+    for e in result.entries:
+        for w in e.warnings:
+            render.warn_line(f"{_entry_name(e)}: {w}")
+
+
+@handle_errors
+def eval_cmd(
+    ctx: typer.Context,
+    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint (.safetensors) to evaluate.",
+                                               show_default=False)],
+    n: Annotated[int | None, typer.Option(
+        "--n", help="Evaluate the first N examples of the split in advcli's fixed, seeded, "
+        "class-interleaved order (advcli.data.test_subset); omit for all.")] = 1000,
+    eps: Annotated[str | None, typer.Option(
+        "--eps", help="Comma-separated radii, e.g. 8/255,16/255 [default: the checkpoint's "
+        "threat model, else 8/255 (linf) or 0.5 (l2)].")] = None,
+    norm: Annotated[str | None, typer.Option(
+        "--norm", help="linf or l2 [default: the checkpoint's threat model, else linf].")] = None,
+    pgd: Annotated[bool, typer.Option("--pgd/--no-pgd", help="Run PGD at every eps.")] = True,
+    pgd_steps: Annotated[int, typer.Option("--pgd-steps", help="PGD iterations.")] = 10,
+    restarts: Annotated[int, typer.Option(
+        "--restarts", help="PGD random restarts (worst case per example kept).")] = 1,
+    step_size: Annotated[str | None, typer.Option(
+        "--step-size", help="PGD step size [default: 2.5*eps/steps].")] = None,
+    autoattack: Annotated[bool, typer.Option(
+        "--autoattack/--no-autoattack",
+        help="Run AutoAttack (pyautoattack) at every eps.")] = False,
+    aa_version: Annotated[str, typer.Option(
+        "--aa-version", help="AutoAttack version: standard, plus, rand or custom.")] = "standard",
+    aa_attacks: Annotated[str | None, typer.Option(
+        "--aa-attacks", help="With --aa-version custom: comma-separated subset of apgd-ce, "
+        "apgd-dlr, fab, square, apgd-t, fab-t.")] = None,
+    adv_data: Annotated[Path | None, typer.Option(
+        "--adv-data", help="Also evaluate on a precomputed adversarial set (advcli attack "
+        "--out), recording where it came from (transfer).")] = None,
+    split: Annotated[str, typer.Option("--split", help="test, train or val.")] = "test",
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Examples per batch.")] = 256,
+    seed: Annotated[int, typer.Option(
+        "--seed", help="Seed of the example order and of the attacks' random starts.")] = 0,
+    device: Annotated[str, typer.Option("--device", help=DEVICE_HELP)] = "auto",
+    dataset: Annotated[str | None, typer.Option(
+        "--dataset",
+        help="Dataset override [default: the one recorded in the checkpoint].")] = None,
+    data_dir: Annotated[str | None, typer.Option(
+        "--data-dir", help="Where torchvision datasets live.")] = None,
+    label: Annotated[str | None, typer.Option(
+        "--label", help="Row name in compare tables [default: the checkpoint's label].")] = None,
+    out: Annotated[Path | None, typer.Option(
+        "--out", "-o", help="Result file to write (YAML, schema advcli.results/1).")] = None,
+    fmt: Annotated[str, typer.Option("--format", help=FORMAT_HELP)] = "table",
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+    config: Annotated[Path | None, typer.Option("--config", help=CONFIG_HELP)] = None,
+) -> None:
+    """Evaluate a checkpoint: clean, PGD and AutoAttack accuracy, into a result file.
+
+    Also transfer accuracy on a precomputed adversarial set, and the per-example worst case
+    over the attacks run. The result file (-o) feeds `advcli compare`.
+
+    Example: advcli eval robust.safetensors --eps 8/255,16/255 --autoattack -o results/robust.yaml
+    """
+    opts = resolve_options(ctx, locals())
+    out_format = str(opts["fmt"]).strip().lower()
+    if out_format not in FORMATS:
+        raise UsageError(f"unknown --format {out_format!r}; valid values: {', '.join(FORMATS)}")
+    eopts = eval_options(opts)
+
+    from advcli.device import resolve_device
+    from advcli.results import save_results
+    from advcli.stages.evaluate import run_eval
+
+    dev = resolve_device(opts["device"])
+    result = run_eval(opts["checkpoint"], eopts, device=dev,
+                      reporter=render.RichReporter(quiet=bool(opts["quiet"])))
+    if opts["out"]:
+        save_results(opts["out"], result)
+    if out_format == "table":
+        render_result(result)
+    else:
+        render.dump(result.to_dict(), out_format)
+    if opts["out"]:
+        render.info_line(f"wrote {opts['out']}")

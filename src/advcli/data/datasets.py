@@ -1,0 +1,319 @@
+"""Dataset sources -> `ImageData` (decoded uint8 tensors), with an on-disk cache.
+
+Sources (`--dataset`):
+- `synthetic`: generated from the seed (see synthetic.py);
+- `folder:PATH`: `PATH/train/<class>/*` and `PATH/test/<class>/*`, a directory or a `.zip`
+  of one (class order = sorted folder names);
+- `cifar10`, `cifar100`, `svhn`: torchvision, under `--data-dir`, fetched only with `--download`.
+
+Decoded tensors are cached under `$ADVCLI_CACHE` (default `~/.cache/advcli`), keyed by the
+source's absolute path, size and mtime, so a second run starts in well under a second.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from advcli.data.synthetic import CLASSES as SYNTHETIC_CLASSES
+from advcli.data.synthetic import make_synthetic
+from advcli.errors import DataError, UsageError
+
+TORCHVISION = ("cifar10", "cifar100", "svhn")
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+@dataclass
+class ImageData:
+    """A train and a test split as uint8 [N,3,H,W] tensors and int64 labels."""
+
+    name: str
+    classes: list[str]
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    mean: list[float] = field(default_factory=list)
+    std: list[float] = field(default_factory=list)
+    val_x: torch.Tensor | None = None
+    val_y: torch.Tensor | None = None
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def input_shape(self) -> list[int]:
+        return list(self.train_x.shape[1:])
+
+    def split(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        if name == "train":
+            return self.train_x, self.train_y
+        if name == "test":
+            return self.test_x, self.test_y
+        if name == "val":
+            if self.val_x is None or self.val_y is None:
+                raise UsageError("there is no validation split: pass --val-split N")
+            return self.val_x, self.val_y
+        raise UsageError(f"unknown split {name!r}; valid values: train, test, val")
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("ADVCLI_CACHE", Path.home() / ".cache" / "advcli"))
+
+
+def _channel_stats(x: torch.Tensor) -> tuple[list[float], list[float]]:
+    # Mean/std in [0,1] units per channel, from the training images (chunked: no big float copy).
+    total = torch.zeros(x.shape[1], dtype=torch.float64)
+    total_sq = torch.zeros(x.shape[1], dtype=torch.float64)
+    for start in range(0, len(x), 8192):
+        chunk = x[start : start + 8192].to(torch.float64) / 255
+        total += chunk.sum(dim=(0, 2, 3))
+        total_sq += (chunk**2).sum(dim=(0, 2, 3))
+    count = len(x) * x.shape[2] * x.shape[3]
+    mean = total / count
+    std = (total_sq / count - mean**2).clamp_min(1e-12).sqrt()
+    return [round(float(v), 6) for v in mean], [round(float(v), 6) for v in std]
+
+
+def _synthetic(seed: int, n_train: int = 10_000, n_test: int = 2_000) -> ImageData:
+    xtr, ytr = make_synthetic(n_train, seed=2 * seed)
+    xte, yte = make_synthetic(n_test, seed=2 * seed + 1)
+    return ImageData(
+        "synthetic", list(SYNTHETIC_CLASSES),
+        torch.from_numpy(xtr), torch.from_numpy(ytr), torch.from_numpy(xte), torch.from_numpy(yte),
+    )
+
+
+def _decode(data: bytes) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as im:
+        return np.asarray(im.convert("RGB"), dtype=np.uint8).transpose(2, 0, 1)
+
+
+def _folder_entries(root: Path) -> tuple[list[tuple[str, str, str]], zipfile.ZipFile | None]:
+    """(split, class, member) triples from a directory or a zip, plus the open zip if any."""
+    entries: list[tuple[str, str, str]] = []
+    if root.is_dir():
+        for path in sorted(root.rglob("*")):
+            rel = path.relative_to(root).parts
+            if path.is_file() and len(rel) == 3 and path.suffix.lower() in IMAGE_EXTS:
+                entries.append((rel[0], rel[1], str(path)))
+        return entries, None
+    try:
+        zf = zipfile.ZipFile(root)
+    except zipfile.BadZipFile as exc:
+        raise DataError(f"{str(root)!r} is not a readable zip file; check the file or extract it") from exc
+    for name in sorted(zf.namelist()):
+        parts = [p for p in name.split("/") if p]
+        # Accept an optional top-level folder: [top/]split/class/file
+        if len(parts) == 4 and parts[1] in ("train", "test"):
+            parts = parts[1:]
+        if len(parts) == 3 and parts[0] in ("train", "test") and name.lower().endswith(IMAGE_EXTS):
+            entries.append((parts[0], parts[1], name))
+    return entries, zf
+
+
+def _folder(path_text: str) -> ImageData:
+    root = Path(path_text).expanduser()
+    if not root.exists():
+        raise DataError(
+            f"dataset folder {path_text!r} does not exist; --dataset folder:PATH takes a directory "
+            "or a .zip holding train/<class>/ and test/<class>/"
+        )
+    entries, zf = _folder_entries(root)
+    classes = sorted({c for s, c, _ in entries if s == "train"})
+    if not classes or not any(s == "test" for s, _, _ in entries):
+        raise DataError(
+            f"{path_text!r} has no train/<class>/ and test/<class>/ image folders; "
+            "expected PATH/train/<class>/*.jpg and PATH/test/<class>/*.jpg"
+        )
+    index = {c: i for i, c in enumerate(classes)}
+    unknown = sorted({c for s, c, _ in entries if s == "test" and c not in index})
+    if unknown:
+        raise DataError(f"{path_text!r}: test classes {unknown} have no train folder")
+    splits: dict[str, tuple[list[np.ndarray], list[int]]] = {"train": ([], []), "test": ([], [])}
+    try:
+        for split, cls, member in entries:
+            raw = zf.read(member) if zf is not None else Path(member).read_bytes()
+            splits[split][0].append(_decode(raw))
+            splits[split][1].append(index[cls])
+    except (OSError, ValueError) as exc:
+        raise DataError(f"could not decode an image in {path_text!r}: {exc}") from exc
+    finally:
+        if zf is not None:
+            zf.close()
+    shapes = {im.shape for im in splits["train"][0] + splits["test"][0]}
+    if len(shapes) != 1:
+        raise DataError(f"{path_text!r} mixes image sizes {sorted(shapes)[:3]}; resize them to one size")
+
+    def stack(split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        imgs, labels = splits[split]
+        return torch.from_numpy(np.stack(imgs)), torch.tensor(labels, dtype=torch.int64)
+
+    (trx, try_), (tex, tey) = stack("train"), stack("test")
+    return ImageData(f"folder:{path_text}", classes, trx, try_, tex, tey)
+
+
+def _torchvision(name: str, data_dir: str, download: bool) -> ImageData:
+    import torchvision.datasets as tvd
+
+    root = Path(data_dir).expanduser()
+    try:
+        if name == "svhn":
+            tr = tvd.SVHN(str(root), split="train", download=download)
+            te = tvd.SVHN(str(root), split="test", download=download)
+            trx, tex = torch.from_numpy(tr.data), torch.from_numpy(te.data)
+            try_, tey = torch.as_tensor(tr.labels), torch.as_tensor(te.labels)
+            classes = [str(i) for i in range(10)]
+        else:
+            cls = tvd.CIFAR10 if name == "cifar10" else tvd.CIFAR100
+            tr = cls(str(root), train=True, download=download)
+            te = cls(str(root), train=False, download=download)
+            trx = torch.from_numpy(tr.data).permute(0, 3, 1, 2).contiguous()
+            tex = torch.from_numpy(te.data).permute(0, 3, 1, 2).contiguous()
+            try_, tey = torch.as_tensor(tr.targets), torch.as_tensor(te.targets)
+            classes = list(tr.classes)
+    except RuntimeError as exc:
+        if not download:
+            raise DataError(
+                f"{name} is not in {str(root)!r}; pass --download to fetch it, or point --data-dir at it"
+            ) from exc
+        raise DataError(f"could not download {name} into {str(root)!r}: {exc}") from exc
+    return ImageData(name, classes, trx, try_.long(), tex, tey.long())
+
+
+def _cache_key(spec: str, source: Path | None) -> str:
+    h = hashlib.sha256(spec.encode())
+    if source is not None:
+        st = source.stat()
+        h.update(f"{source.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:24]
+
+
+def _load_cached(key: str) -> ImageData | None:
+    from advcli.checkpoint import load_tensors
+
+    path = cache_dir() / f"{key}.safetensors"
+    if not path.is_file():
+        return None
+    try:
+        t, meta = load_tensors(path)
+        return ImageData(
+            meta["name"], list(meta["classes"]), t["train_x"], t["train_y"], t["test_x"], t["test_y"],
+            list(meta["mean"]), list(meta["std"]),
+        )
+    except Exception:  # noqa: BLE001 - a broken cache entry is rebuilt, never fatal
+        return None
+
+
+def _store_cached(key: str, data: ImageData) -> None:
+    from advcli.checkpoint import save_tensors
+
+    try:
+        save_tensors(
+            cache_dir() / f"{key}.safetensors",
+            {"train_x": data.train_x, "train_y": data.train_y, "test_x": data.test_x, "test_y": data.test_y},
+            {"name": data.name, "classes": data.classes, "mean": data.mean, "std": data.std},
+        )
+    except Exception:  # noqa: BLE001 - caching is an optimisation; a read-only home must not fail a run
+        pass
+
+
+def load_dataset(
+    spec: str,
+    data_dir: str | None = None,
+    download: bool = False,
+    seed: int = 0,
+    *,
+    val_split: int = 0,
+    use_cache: bool = True,
+) -> ImageData:
+    """Load a dataset by its `--dataset` spec; hold out `val_split` training images (seeded)."""
+    spec = str(spec).strip()
+    key_l = spec.lower()
+    if key_l == "synthetic":
+        data = _synthetic(seed)
+    elif key_l.startswith("folder:"):
+        path_text = spec.split(":", 1)[1]
+        src = Path(path_text).expanduser()
+        key = _cache_key("folder", src) if src.exists() else None
+        cached = _load_cached(key) if (use_cache and key) else None
+        if cached is not None:
+            cached.name = f"folder:{path_text}"
+            data = cached
+        else:
+            data = _folder(path_text)
+            data.mean, data.std = _channel_stats(data.train_x)
+            if use_cache and key:
+                _store_cached(key, data)
+    elif key_l in TORCHVISION:
+        data = _torchvision(key_l, data_dir or "./data", download)
+    else:
+        raise UsageError(
+            f"unknown dataset {spec!r}; valid values: synthetic, cifar10, cifar100, svhn, folder:PATH"
+        )
+    if not data.mean:
+        data.mean, data.std = _channel_stats(data.train_x)
+    if val_split:
+        data = hold_out(data, val_split, seed)
+    return data
+
+
+def hold_out(data: ImageData, n: int, seed: int) -> ImageData:
+    """Move n seeded, stratified training images into a validation split (never the test set)."""
+    if n < 0 or n >= len(data.train_y):
+        raise UsageError(f"--val-split must be between 0 and {len(data.train_y) - 1}, got {n}")
+    idx = stratified_order(data.train_y, seed + 7919)
+    val, keep = idx[:n], idx[n:].sort().values
+    data.val_x, data.val_y = data.train_x[val], data.train_y[val]
+    data.train_x, data.train_y = data.train_x[keep], data.train_y[keep]
+    return data
+
+
+def stratified_order(labels: torch.Tensor, seed: int) -> torch.Tensor:
+    """A seeded permutation that interleaves the classes: any prefix is (nearly) class-balanced.
+
+    Each class's indices are shuffled with the seed; then the classes take turns (class 0's
+    first, class 1's first, ..., class 0's second, ...).
+    """
+    g = torch.Generator().manual_seed(seed)
+    per_class = []
+    for c in torch.unique(labels).tolist():
+        idx = torch.nonzero(labels == c).flatten()
+        per_class.append(idx[torch.randperm(len(idx), generator=g)])
+    order: list[int] = []
+    depth = max((len(p) for p in per_class), default=0)
+    for r in range(depth):
+        order.extend(int(p[r]) for p in per_class if r < len(p))
+    return torch.tensor(order, dtype=torch.int64)
+
+
+def test_subset(labels: torch.Tensor, n: int | None, seed: int = 0) -> torch.Tensor:
+    """THE "first n test examples": the first n of `stratified_order(labels, seed)`.
+
+    n=None or n >= len(labels) takes every example (still in that fixed order).
+    """
+    order = stratified_order(labels, seed)
+    if n is None or n >= len(order):
+        return order
+    if n <= 0:
+        raise UsageError(f"--n must be a positive number of examples, got {n}")
+    return order[:n]
+
+
+# pytest would otherwise collect `test_subset` from modules that import it.
+test_subset.__test__ = False  # type: ignore[attr-defined]
+
+
+def to_float(x: torch.Tensor) -> torch.Tensor:
+    """uint8 [0,255] -> float32 [0,1]."""
+    return x.float().div_(255) if x.dtype == torch.uint8 else x.float()

@@ -1,0 +1,131 @@
+"""Training batches for each `--augment` mode, seeded so that every epoch is a pure function of
+(seed, epoch, rank): runs are deterministic and `--resume` needs no data-loader state.
+
+- `none` / `device`: the decoded uint8 tensors stay on the training device; batches are index
+  slices; `device` augments each batch with a `torch.Generator` (no workers).
+- `buggy` / `fixed`: a DataLoader with `workers` processes over `NumpyAugmentDataset`.
+  `buggy` reproduces the pre-1.9 PyTorch behaviour on today's PyTorch: each worker restores the
+  parent's NumPy state at start-up, so all workers draw the same "random" numbers, and since the
+  parent never advances its state, every epoch repeats the last. `fixed` seeds NumPy in each
+  worker from the worker's own torch seed, which differs per worker and per epoch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from functools import partial
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, get_worker_info
+
+from advcli.config import Augment
+from advcli.data.augment import NumpyAugmentDataset, device_augment
+from advcli.data.datasets import to_float
+
+_SEED_MIX = 1_000_003
+
+
+def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
+    """A distinct 63-bit seed per (seed, epoch, rank) (SeedSequence mixing, no collisions)."""
+    return int(np.random.SeedSequence([seed, epoch, rank]).generate_state(2, np.uint64)[0] >> 1)
+
+
+def epoch_generator(seed: int, epoch: int, rank: int = 0, device: str | torch.device = "cpu") -> torch.Generator:
+    g = torch.Generator(device=device)
+    g.manual_seed(epoch_seed(seed, epoch, rank))
+    return g
+
+
+def _buggy_init(parent_state: tuple, worker_id: int) -> None:
+    np.random.set_state(parent_state)
+
+
+def _fixed_init(worker_id: int) -> None:
+    info = get_worker_info()
+    assert info is not None
+    np.random.seed(info.seed % 2**32)
+
+
+def worker_loader(
+    x_uint8: torch.Tensor,
+    y: torch.Tensor,
+    mode: str | Augment,
+    batch_size: int,
+    workers: int,
+    seed: int,
+    epoch: int,
+    *,
+    shuffle: bool = True,
+    persistent_workers: bool = False,
+    rank: int = 0,
+    drop_last: bool = False,
+) -> DataLoader:
+    """The DataLoader for mode buggy|fixed for one epoch (see module docstring)."""
+    mode = Augment(mode)
+    if mode not in (Augment.buggy, Augment.fixed):
+        raise ValueError(f"worker_loader serves buggy/fixed, not {mode.value}")
+    dataset = NumpyAugmentDataset(x_uint8, y)
+    init = partial(_buggy_init, np.random.get_state()) if mode is Augment.buggy else _fixed_init
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        num_workers=workers,
+        worker_init_fn=init if workers > 0 else None,
+        generator=epoch_generator(seed, epoch, rank),
+        persistent_workers=persistent_workers and workers > 0,
+        drop_last=drop_last,
+    )
+
+
+def train_batches(
+    x_uint8: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    augment: str | Augment,
+    batch_size: int,
+    workers: int,
+    seed: int,
+    epoch: int,
+    device: torch.device,
+    rank: int = 0,
+    world_size: int = 1,
+    drop_last: bool = False,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Yield (x float [0,1] on device, y on device) batches for one epoch.
+
+    With world_size > 1 each rank takes a disjoint strided shard of the epoch's permutation
+    (the DistributedSampler rule), and augmentation is seeded per rank.
+    """
+    mode = Augment(augment)
+    n = len(y)
+    perm = torch.randperm(n, generator=epoch_generator(seed, epoch, 0))
+    if world_size > 1:
+        per_rank = n // world_size
+        perm = perm[rank : per_rank * world_size : world_size]
+    if mode in (Augment.buggy, Augment.fixed):
+        if mode is Augment.buggy:
+            # A script that seeds NumPy once at start and never draws in the parent: the workers
+            # (or, with workers=0, the main process) restart from this same state every epoch.
+            np.random.seed(seed % 2**32)
+        xs, ys = x_uint8[perm], y[perm]
+        loader = worker_loader(
+            xs, ys, mode, batch_size, workers, seed, epoch, shuffle=False, rank=rank, drop_last=drop_last
+        )
+        if mode is Augment.fixed and workers == 0:
+            np.random.seed(epoch_seed(seed, epoch, rank) % 2**32)
+        for xb, yb in loader:
+            yield to_float(xb.to(device, non_blocking=True)), yb.to(device, non_blocking=True)
+        return
+    gen = epoch_generator(seed, epoch, rank, device) if mode is Augment.device else None
+    x_dev = x_uint8 if x_uint8.device == device else x_uint8.to(device)
+    y_dev = y if y.device == device else y.to(device)
+    perm = perm.to(device)
+    stop = n - (n % batch_size) if drop_last else len(perm)
+    for start in range(0, min(stop, len(perm)), batch_size):
+        idx = perm[start : start + batch_size]
+        xb = to_float(x_dev[idx])
+        if gen is not None:
+            xb = device_augment(xb, gen)
+        yield xb, y_dev[idx]

@@ -1,0 +1,34 @@
+"""Filter-normalised loss landscapes (Li et al. 2018, "Visualizing the Loss Landscape of
+Neural Nets"): random directions, grid evaluation and flatness numbers.
+
+- `directions`: seeded Gaussian directions in parameter space, filter normalisation, and the
+  safetensors file that stores them;
+- `grid`: `PointEvaluator` moves a model's weights to θ₀ + Σ cₖ·dₖ in place and measures loss
+  and accuracy on a fixed subset (clean, fixed adversarial, or attacked at every point);
+  `evaluate_grid` sweeps a 1-D or 2-D grid;
+- `flatness`: loss increase at radius r along directions, and the top Hessian eigenvalue by
+  power iteration.
+"""
+
+from advcli.landscape.directions import (
+    filter_normalize,
+    gaussian_directions,
+    load_directions,
+    save_directions,
+)
+from advcli.landscape.flatness import Flatness, hessian_top_eigenvalue, loss_increase
+from advcli.landscape.grid import BNMode, DataKind, PointEvaluator, evaluate_grid
+
+__all__ = [
+    "BNMode",
+    "DataKind",
+    "Flatness",
+    "PointEvaluator",
+    "evaluate_grid",
+    "filter_normalize",
+    "gaussian_directions",
+    "hessian_top_eigenvalue",
+    "load_directions",
+    "loss_increase",
+    "save_directions",
+]

@@ -1,0 +1,423 @@
+"""`advcli eval`: clean accuracy, PGD at several eps, AutoAttack, transfer from an adversarial
+set, and the per-example worst case. Returns an `EvalResult`; writing it is the caller's job.
+
+- Examples: `advcli.data.test_subset(labels, n, seed)` (the documented "first n": a seeded,
+  class-interleaved order), identified in the result by the hash of their indices and of their
+  pixels, so compare can tell when two files saw the same examples.
+- PGD attacks only the examples the model classifies correctly: a misclassified example is
+  already non-robust and needs no attack steps. Each eps gets its own generator seeded with
+  `seed`, so its numbers do not depend on which other eps were run.
+- AutoAttack runs through `advcli.attacks.autoattack.run_autoattack` (the authors' package);
+  its flags are ANDed with our clean flags, its perturbation size is checked against eps, and
+  its warnings are kept in the entry.
+- Worst case per (norm, eps): an example counts as robust only if it is correct clean and
+  under every attack run at that eps (the AND of the flags).
+- The threat model defaults to the checkpoint's `threat_model` (norm and eps), else Linf 8/255.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from advcli.checkpoint import LoadedCheckpoint, load_checkpoint, load_tensors
+from advcli.config import Eps, Norm, parse_choice, parse_eps
+from advcli.errors import DataError, UsageError
+from advcli.progress import NullReporter, Reporter
+from advcli.provenance import provenance
+from advcli.results import (
+    DataInfo,
+    Entry,
+    EvalResult,
+    ModelInfo,
+    index_sha256,
+    trained_with_text,
+)
+
+DEFAULT_EPS = {Norm.linf: "8/255", Norm.l2: "0.5"}
+ADVSET_SCHEMA = "advcli.advset/1"
+
+
+@dataclass
+class EvalOptions:
+    """Resolved options of `advcli eval` (eps/norm None = from the checkpoint)."""
+
+    n: int | None = 1000
+    eps: list[Eps] | None = None
+    norm: Norm | None = None
+    pgd: bool = True
+    pgd_steps: int = 10
+    restarts: int = 1
+    step_size: Eps | None = None
+    autoattack: bool = False
+    aa_version: str = "standard"
+    aa_attacks: list[str] | None = None
+    adv_data: Path | None = None
+    batch_size: int = 256
+    seed: int = 0
+    split: str = "test"
+    dataset: str | None = None
+    data_dir: str | None = None
+    label: str | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- threat model
+
+def resolve_threat(
+    meta: dict[str, Any], norm: Norm | str | None, eps: Sequence[Eps] | None
+) -> tuple[Norm, list[Eps], str]:
+    """(norm, eps list, where they came from): flags, else the checkpoint, else Linf 8/255."""
+    tm = meta.get("threat_model") if isinstance(meta.get("threat_model"), dict) else None
+    tm_norm = None
+    if tm and tm.get("norm"):
+        tm_norm = parse_choice(Norm, tm["norm"], name="norm")
+    chosen = parse_choice(Norm, norm, name="norm") if norm is not None else (tm_norm or Norm.linf)
+    if eps:
+        return chosen, list(eps), "command line"
+    if tm and tm_norm is chosen and tm.get("eps") is not None:
+        text = tm.get("eps_text") or str(tm["eps"])
+        return chosen, [parse_eps(text, name="threat_model.eps")], "checkpoint threat model"
+    return chosen, [parse_eps(DEFAULT_EPS[chosen])], "default"
+
+
+# --------------------------------------------------------------------------- building blocks
+
+def predict_flags(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int, device: torch.device
+) -> np.ndarray:
+    """Per-example correctness of the model's predictions (x on any device, float [0, 1])."""
+    out = np.zeros(len(y), dtype=bool)
+    model.eval()
+    with torch.no_grad():
+        for i in range(0, len(y), batch_size):
+            xb = x[i:i + batch_size].to(device, non_blocking=True)
+            yb = y[i:i + batch_size].to(device, non_blocking=True)
+            out[i:i + batch_size] = (model(xb).argmax(1) == yb).cpu().numpy()
+    return out
+
+
+def _perturbation(x_adv: torch.Tensor, x: torch.Tensor, norm: Norm) -> float:
+    d = (x_adv.detach().float().cpu() - x.detach().float().cpu()).flatten(1)
+    if d.numel() == 0:
+        return 0.0
+    per = d.abs().amax(1) if norm is Norm.linf else d.norm(dim=1)
+    return float(per.max())
+
+
+def pgd_entry(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    clean: np.ndarray,
+    *,
+    norm: Norm,
+    eps: Eps,
+    steps: int,
+    restarts: int,
+    step_size: Eps | None,
+    batch_size: int,
+    seed: int,
+    device: torch.device,
+    reporter: Reporter,
+) -> Entry:
+    """PGD on the clean-correct examples only; flags = clean AND survived."""
+    from advcli.attacks import AttackSpec, attack_record, build_attack
+
+    spec = AttackSpec(name="pgd", norm=norm, eps=eps, steps=steps, step_size=step_size,
+                      restarts=restarts)
+    attack = build_attack(spec)
+    record = attack_record(spec, attack)
+    t0 = time.perf_counter()
+    flags = clean.copy()
+    todo = np.flatnonzero(clean)
+    generator = torch.Generator().manual_seed(seed)
+    reporter.start(f"pgd-{steps} {norm.value} eps={eps.text}", total=len(todo))
+    worst_delta = 0.0
+    try:
+        for i in range(0, len(todo), batch_size):
+            idx = torch.from_numpy(todo[i:i + batch_size])
+            xb, yb = x[idx].to(device), y[idx].to(device)
+            x_adv = attack.perturb(model, xb, yb, generator=generator)
+            with torch.no_grad():
+                ok = (model(x_adv).argmax(1) == yb).cpu().numpy()
+            flags[todo[i:i + batch_size]] = ok
+            worst_delta = max(worst_delta, _perturbation(x_adv, xb, norm))
+            reporter.advance(len(idx))
+    finally:
+        reporter.finish()
+    params = {k: record[k] for k in ("steps", "step_size", "restarts") if k in record}
+    params["max_perturbation"] = worst_delta
+    return Entry(attack="pgd", accuracy=float(flags.mean()) if len(flags) else 0.0,
+                 n=len(flags), norm=norm.value, eps=eps.value, eps_text=eps.text, flags=flags,
+                 params=params, time_s=time.perf_counter() - t0)
+
+
+def autoattack_entry(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    clean: np.ndarray,
+    *,
+    norm: Norm,
+    eps: Eps,
+    version: str,
+    attacks: Sequence[str] | None,
+    batch_size: int,
+    seed: int,
+    device: torch.device,
+    reporter: Reporter,
+) -> Entry:
+    """AutoAttack on every example; flags = its robust flags AND our clean flags."""
+    from advcli.attacks.autoattack import run_autoattack
+
+    t0 = time.perf_counter()
+    xd = x.to(device).contiguous()
+    yd = y.to(device).contiguous()
+    res = run_autoattack(model, xd, yd, norm, eps, version=version,
+                         attacks=list(attacks) if attacks else None,
+                         batch_size=batch_size, seed=seed, reporter=reporter)
+    flags = res.robust_flags.detach().cpu().numpy().astype(bool) & clean
+    delta = _perturbation(res.x_adv, xd, norm)
+    warnings = list(res.warnings)
+    if delta > eps.value + 1e-5:
+        warnings.append(
+            f"AutoAttack returned a perturbation of {delta:.6g} > eps {eps.value:.6g} "
+            f"({norm.value})"
+        )
+    disagree = int(np.count_nonzero(res.robust_flags.cpu().numpy() & ~clean))
+    if disagree:
+        warnings.append(f"{disagree} examples AutoAttack counted as robust are misclassified "
+                        "clean here; the model may be non-deterministic")
+    params: dict[str, Any] = {"version": version,
+                              "attacks": list(res.attacks) if res.attacks else list(attacks or [])}
+    params["max_perturbation"] = delta
+    return Entry(attack="autoattack", accuracy=float(flags.mean()) if len(flags) else 0.0,
+                 n=len(flags), norm=norm.value, eps=eps.value, eps_text=eps.text, flags=flags,
+                 params=params, warnings=warnings, time_s=time.perf_counter() - t0)
+
+
+def transfer_entry(
+    model: nn.Module,
+    adv_path: str | Path,
+    *,
+    dataset: str | None,
+    batch_size: int,
+    device: torch.device,
+) -> tuple[Entry, np.ndarray]:
+    """Accuracy on a precomputed adversarial set (`advcli attack --out`); also its indices."""
+    from advcli.io import sha256_file
+
+    p = Path(adv_path)
+    if not p.is_file():
+        raise DataError(f"adversarial set {str(p)!r} does not exist; make it with `advcli attack`")
+    tensors, meta = load_tensors(p)
+    if meta.get("schema") != ADVSET_SCHEMA:
+        raise DataError(f"{str(p)!r} is not an adversarial set (schema {meta.get('schema')!r}, "
+                        f"expected {ADVSET_SCHEMA!r}); make one with `advcli attack --out`")
+    missing = [k for k in ("x_adv", "y", "index") if k not in tensors]
+    if missing:
+        raise DataError(f"adversarial set {str(p)!r} lacks tensor(s) {', '.join(missing)}")
+    src_dataset = meta.get("dataset")
+    if dataset and src_dataset and str(src_dataset) != str(dataset):
+        raise DataError(f"adversarial set {str(p)!r} was made from dataset {src_dataset!r} but "
+                        f"the model is evaluated on {dataset!r}; pass the matching --dataset")
+    x_adv, y, index = tensors["x_adv"].float(), tensors["y"].long(), tensors["index"].long()
+    if bool((x_adv.min() < 0) | (x_adv.max() > 1)) if x_adv.numel() else False:
+        raise DataError(f"adversarial set {str(p)!r} has pixels outside [0, 1]")
+    t0 = time.perf_counter()
+    flags = predict_flags(model, x_adv, y, batch_size, device)
+    attack = meta.get("attack") if isinstance(meta.get("attack"), dict) else {}
+    source = {
+        "path": str(p),
+        "sha256": sha256_file(p),
+        "label": meta.get("label") or meta.get("checkpoint_label"),
+        "checkpoint_sha256": meta.get("checkpoint_sha256") or meta.get("sha256"),
+        "dataset": src_dataset,
+        "split": meta.get("split"),
+        "attack": attack,
+    }
+    eps = attack.get("eps")
+    entry = Entry(
+        attack="transfer",
+        accuracy=float(flags.mean()) if len(flags) else 0.0,
+        n=len(flags),
+        norm=attack.get("norm") if eps is not None else None,
+        eps=None if eps is None else float(eps),
+        eps_text=attack.get("eps_text") if eps is not None else None,
+        flags=flags,
+        params={"source": {k: v for k, v in source.items() if v is not None}},
+        time_s=time.perf_counter() - t0,
+        index_sha256=index_sha256(index.numpy()),
+    )
+    return entry, index.numpy()
+
+
+def worst_entries(entries: Sequence[Entry], index_hash: str) -> list[Entry]:
+    """Per (norm, eps): the AND of the flags of every attack run there (on these examples)."""
+    groups: dict[tuple[str | None, float | None], list[Entry]] = {}
+    for e in entries:
+        if e.is_clean or e.attack == "worst" or e.flags is None or e.eps is None:
+            continue
+        if e.index_sha256 is not None and e.index_sha256 != index_hash:
+            continue  # a transfer set on other examples cannot be ANDed per example
+        groups.setdefault((e.norm, e.eps_key()), []).append(e)
+    out = []
+    for members in groups.values():
+        flags = np.logical_and.reduce([m.flags for m in members if m.flags is not None])
+        first = members[0]
+        out.append(Entry(attack="worst", accuracy=float(flags.mean()) if len(flags) else 0.0,
+                         n=len(flags), norm=first.norm, eps=first.eps, eps_text=first.eps_text,
+                         flags=flags, params={"of": [m.attack for m in members]}))
+    return out
+
+
+# --------------------------------------------------------------------------- the stage
+
+def evaluate(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    norm: Norm,
+    eps_list: Sequence[Eps],
+    opts: EvalOptions,
+    device: torch.device,
+    reporter: Reporter | None = None,
+) -> list[Entry]:
+    """Clean, PGD per eps, AutoAttack per eps and the worst case on (x, y); x float [0, 1]."""
+    reporter = reporter or NullReporter()
+    if opts.batch_size < 1:
+        raise UsageError(f"--batch-size must be >= 1, got {opts.batch_size}")
+    model.to(device).eval()
+    t0 = time.perf_counter()
+    clean = predict_flags(model, x, y, opts.batch_size, device)
+    entries = [Entry(attack="clean", accuracy=float(clean.mean()) if len(clean) else 0.0,
+                     n=len(clean), flags=clean, time_s=time.perf_counter() - t0)]
+    reporter.log(f"clean accuracy {100 * entries[0].accuracy:.2f}% on {len(clean)} examples")
+    for eps in eps_list:
+        if opts.pgd:
+            e = pgd_entry(model, x, y, clean, norm=norm, eps=eps, steps=opts.pgd_steps,
+                          restarts=opts.restarts, step_size=opts.step_size,
+                          batch_size=opts.batch_size, seed=opts.seed, device=device,
+                          reporter=reporter)
+            reporter.log(f"pgd-{opts.pgd_steps} {norm.value} eps={eps.text}: "
+                         f"{100 * e.accuracy:.2f}% ({e.time_s:.1f}s)")
+            entries.append(e)
+        if opts.autoattack:
+            e = autoattack_entry(model, x, y, clean, norm=norm, eps=eps,
+                                 version=opts.aa_version, attacks=opts.aa_attacks,
+                                 batch_size=opts.batch_size, seed=opts.seed, device=device,
+                                 reporter=reporter)
+            reporter.log(f"autoattack {opts.aa_version} {norm.value} eps={eps.text}: "
+                         f"{100 * e.accuracy:.2f}% ({e.time_s:.1f}s)")
+            entries.append(e)
+    return entries
+
+
+def examples_sha256(x: torch.Tensor, y: torch.Tensor) -> str:
+    """Identify the examples by content (pixels and labels), not just by index."""
+    h = hashlib.sha256()
+    h.update(np.ascontiguousarray(x.cpu().numpy()).tobytes())
+    h.update(np.asarray(y.cpu().numpy(), dtype="<i8").tobytes())
+    return h.hexdigest()
+
+
+def load_eval_data(meta: dict[str, Any], dataset: str | None, data_dir: str | None,
+                   path: Path) -> Any:
+    """The checkpoint's dataset, built as training built it (same seed and held-out split)."""
+    from advcli.data import load_dataset
+
+    cfg = meta.get("config") if isinstance(meta.get("config"), dict) else {}
+    recorded = meta.get("dataset")
+    name = dataset or recorded
+    if not name:
+        raise DataError(f"{str(path)!r} does not record its dataset; pass --dataset")
+    same = recorded is not None and str(name) == str(recorded)
+    data = load_dataset(
+        str(name),
+        data_dir=data_dir or cfg.get("data_dir"),
+        download=False,
+        # `synthetic` is generated from the training seed: rebuild the same test set.
+        seed=int(cfg.get("seed", meta.get("seed", 0)) or 0),
+        val_split=int(cfg.get("val_split", 0) or 0) if same else 0,
+    )
+    classes = int(meta.get("num_classes", data.num_classes))
+    if classes != data.num_classes:
+        raise DataError(f"the checkpoint was trained on {classes} classes but {data.name} has "
+                        f"{data.num_classes}; pass the matching --dataset")
+    shape = meta.get("input_shape")
+    if shape and list(shape) != list(data.input_shape):
+        raise DataError(f"the checkpoint expects images of shape {list(shape)} but {data.name} "
+                        f"has {list(data.input_shape)}; pass the matching --dataset")
+    return data
+
+
+def run_eval(
+    checkpoint: str | Path | LoadedCheckpoint,
+    opts: EvalOptions,
+    *,
+    device: torch.device,
+    reporter: Reporter | None = None,
+    data: Any = None,
+) -> EvalResult:
+    """Load the checkpoint and its data, evaluate, and describe everything in an EvalResult.
+
+    `data` (an `advcli.data.ImageData`) skips loading the dataset (tests, notebooks).
+    """
+    from advcli.data import test_subset, to_float
+
+    reporter = reporter or NullReporter()
+    t0 = time.perf_counter()
+    ckpt = checkpoint if isinstance(checkpoint, LoadedCheckpoint) else load_checkpoint(
+        checkpoint, device)
+    meta = ckpt.meta
+    norm, eps_list, eps_source = resolve_threat(meta, opts.norm, opts.eps)
+    if opts.pgd or opts.autoattack:
+        reporter.log(f"threat model {norm.value} eps {', '.join(e.text for e in eps_list)} "
+                     f"({eps_source})")
+    if data is None:
+        data = load_eval_data(meta, opts.dataset, opts.data_dir, ckpt.path)
+    split_x, split_y = data.split(opts.split)
+    idx = test_subset(split_y, opts.n, seed=opts.seed)
+    x, y = to_float(split_x[idx]), split_y[idx].long()
+    ihash = index_sha256(idx.numpy())
+    entries = evaluate(ckpt.model, x, y, norm=norm, eps_list=eps_list, opts=opts, device=device,
+                       reporter=reporter)
+    if opts.adv_data is not None:
+        entry, _ = transfer_entry(ckpt.model, opts.adv_data, dataset=data.name,
+                                  batch_size=opts.batch_size, device=device)
+        if entry.index_sha256 == ihash:
+            entry.index_sha256 = None  # the same examples as the rest of the file
+        reporter.log(f"transfer from {opts.adv_data}: {100 * entry.accuracy:.2f}% "
+                     f"on {entry.n} examples")
+        entries.append(entry)
+    entries += worst_entries(entries, ihash)
+    threat = meta.get("threat_model") if isinstance(meta.get("threat_model"), dict) else None
+    label = opts.label or meta.get("label") or ckpt.path.name.removesuffix(".safetensors")
+    return EvalResult(
+        label=str(label),
+        model=ModelInfo(
+            checkpoint=str(ckpt.path),
+            sha256=ckpt.sha256,
+            arch=meta.get("arch"),
+            trained_with=trained_with_text(threat),
+            seed=meta.get("seed") if isinstance(meta.get("seed"), int) else None,
+            threat_model=threat,
+        ),
+        data=DataInfo(dataset=data.name, split=opts.split, n=len(y), seed=opts.seed,
+                      index_sha256=ihash, examples_sha256=examples_sha256(split_x[idx], y)),
+        entries=entries,
+        seed=opts.seed,
+        time_s=time.perf_counter() - t0,
+        provenance=provenance(opts.seed, {"checkpoint_sha256": ckpt.sha256,
+                                          "device": str(device), "options": opts.config}),
+    )

@@ -1,0 +1,47 @@
+"""Shared fixtures: the synthetic dataset, a trained tiny model, the CIFAR-10 JPEG zip."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from advcli.data import ImageData, load_dataset
+from advcli.stages.train import TrainOptions, fit
+
+REPO = Path(__file__).resolve().parents[1]
+CIFAR_ZIP = REPO.parent / "shared" / "data" / "cifar10-jpeg.zip"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    os.environ.setdefault("ADVCLI_NO_PROGRESS", "1")
+
+
+@pytest.fixture(scope="session")
+def synthetic_data() -> ImageData:
+    return load_dataset("synthetic", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpt(tmp_path_factory: pytest.TempPathFactory, synthetic_data: ImageData) -> Path:
+    """A tiny-cnn trained (clean) on synthetic: high clean accuracy, not robust."""
+    out = tmp_path_factory.mktemp("tiny") / "tiny.safetensors"
+    fit(
+        TrainOptions(arch="tiny-cnn", epochs=4, batch_size=128, lr=0.1, augment="none", out=str(out), n_train=6000),
+        synthetic_data,
+        torch.device("cpu"),
+    )
+    return out
+
+
+@pytest.fixture(scope="session")
+def cifar_zip() -> Path:
+    """The shared CIFAR-10 JPEG zip; skipped on a laptop without it, a failure in CI."""
+    if not CIFAR_ZIP.is_file():
+        if os.environ.get("CI"):
+            pytest.fail(f"CI is set but {CIFAR_ZIP} is missing")
+        pytest.skip(f"{CIFAR_ZIP} not present")
+    return CIFAR_ZIP
