@@ -57,23 +57,21 @@ LP_SPECS = [
 
 @pytest.mark.parametrize("spec", LP_SPECS, ids=lambda s: f"{s.name}-{s.norm.value}")
 def test_outputs_stay_in_eps_ball_and_box(model, batch, spec):
-    x, y = batch
+    x, y = batch[0][:32], batch[1][:32]
     x_adv = build_attack(spec).perturb(model, x, y, gen())
     assert x_adv.shape == x.shape and x_adv.dtype == x.dtype and not x_adv.requires_grad
     assert float(x_adv.min()) >= 0.0 and float(x_adv.max()) <= 1.0
     delta = (x_adv - x).flatten(1)
     eps = float(spec.eps)
-    if spec.norm is Norm.linf:
-        assert float(delta.abs().max()) <= eps + TOL
-    else:
-        assert float(delta.norm(dim=1).max()) <= eps + 1e-5
-    assert float(delta.abs().max()) > eps / 4  # it did move
+    size = delta.abs().amax(dim=1) if spec.norm is Norm.linf else delta.norm(dim=1)
+    assert float(size.max()) <= eps + (TOL if spec.norm is Norm.linf else 1e-5)
+    assert float(size.max()) > eps / 4  # it did move
 
 
 def test_targeted_pgd_reaches_targets_inside_the_ball(model, batch):
-    x, y = batch
+    x, y = batch[0][:32], batch[1][:32]
     target = (y + 1) % 10
-    attack = build_attack(AttackSpec("pgd", Norm.linf, 16 / 255, steps=10, targeted=True))
+    attack = build_attack(AttackSpec("pgd", Norm.linf, 16 / 255, steps=5, targeted=True))
     x_adv = attack.perturb(model, x, target, gen())
     assert float((x_adv - x).abs().max()) <= 16 / 255 + TOL
     with torch.no_grad():
@@ -96,8 +94,8 @@ def test_accuracy_pgd_le_fgsm_le_clean(model, batch):
 def test_pgd_accuracy_falls_as_eps_grows(model, batch):
     x, y = batch
     accs = []
-    for k in (0.5, 1, 2, 4, 8):
-        attack = build_attack(AttackSpec("pgd", Norm.linf, k / 255, steps=10))
+    for k in (1, 2, 4, 8):
+        attack = build_attack(AttackSpec("pgd", Norm.linf, k / 255, steps=5))
         accs.append(accuracy(model, attack.perturb(model, x, y, gen()), y))
     assert all(a >= b for a, b in zip(accs, accs[1:], strict=False)), accs
     assert accs[0] > accs[-1] + 0.3, accs
@@ -124,8 +122,28 @@ def test_restarts_never_help_the_model(model, batch):
     assert int(fooled3.sum()) >= int(fooled1.sum())
 
 
+@pytest.mark.parametrize("norm", [Norm.linf, Norm.l2])
+def test_pgd_host_syncs_do_not_grow_with_steps(model, batch, monkeypatch, norm):
+    x, y = batch[0][:8], batch[1][:8]
+    calls = {"n": 0}
+    for name in ("item", "__bool__", "__float__", "__int__", "tolist", "numpy"):
+        original = getattr(torch.Tensor, name)
+
+        def counting(self, *args, _original=original, **kwargs):
+            calls["n"] += 1
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counting)
+    counts = []
+    for steps in (1, 6):
+        calls["n"] = 0
+        PGD(norm, 0.1, steps=steps, restarts=2).perturb(model, x, y, gen())
+        counts.append(calls["n"])
+    assert counts[0] == counts[1], f"host syncs per call: {counts}"
+
+
 def test_same_generator_seed_same_result(model, batch):
-    x, y = batch
+    x, y = batch[0][:16], batch[1][:16]
     attack = build_attack(AttackSpec("pgd", Norm.l2, 0.5, steps=3))
     a = attack.perturb(model, x, y, gen(1))
     b = attack.perturb(model, x, y, gen(1))
@@ -136,8 +154,8 @@ def test_same_generator_seed_same_result(model, batch):
 
 @pytest.mark.parametrize("norm", [Norm.linf, Norm.l2])
 def test_pgd_matches_torchattacks_with_the_same_random_start(model, batch, norm):
-    x, y = batch[0][:32], batch[1][:32]
-    eps, alpha, steps = (EPS, 2 / 255, 7) if norm is Norm.linf else (0.5, 0.1, 7)
+    x, y = batch[0][:16], batch[1][:16]
+    eps, alpha, steps = (EPS, 2 / 255, 5) if norm is Norm.linf else (0.5, 0.1, 5)
     ref_cls = torchattacks.PGD if norm is Norm.linf else torchattacks.PGDL2
     # torchattacks draws its start from torch's default generator; a fresh generator with the
     # same seed draws the same numbers, so both attacks start from the same point.
@@ -174,7 +192,7 @@ def test_fgsm_rs_is_wong_et_al_one_step_from_a_random_start(model, batch):
 def test_stadv_changes_pixels_only_through_the_flow_and_respects_the_bound(model, batch):
     x, y = batch[0][:16], batch[1][:16]
     bound = 0.6
-    result = StAdv(tau=0.005, bound=bound, steps=20).attack(model, x, y)
+    result = StAdv(tau=0.005, bound=bound, steps=10).attack(model, x, y)
     radius = result.flow.norm(dim=1)
     assert float(radius.max()) <= bound + 1e-6
     assert float(radius.max()) > bound / 10  # the flow moved
@@ -193,7 +211,7 @@ def test_stadv_changes_pixels_only_through_the_flow_and_respects_the_bound(model
 
 def test_stadv_zero_flow_is_the_identity(batch):
     x = batch[0][:4]
-    assert float((warp(x, torch.zeros(4, 2, 32, 32)) - x).abs().max()) < 1e-6
+    assert float((warp(x, torch.zeros(4, 2, 32, 32)) - x).abs().max()) < 1e-5
 
 
 class _Exploding(nn.Module):
@@ -293,32 +311,42 @@ def test_perturb_rejects_inputs_outside_the_box(model, batch):
         attack.perturb(model, (x * 255).to(torch.uint8), y)
 
 
-def test_autoattack_wrapper(model, batch):
-    x, y = batch[0][:16], batch[1][:16]
+def _linear_model(classes: int = 10, softmax: bool = False) -> nn.Module:
+    # AutoAttack runs 100 iterations per attack; a linear model on 8x8 images keeps it fast.
+    torch.manual_seed(0)
+    layers: list[nn.Module] = [nn.Flatten(), nn.Linear(3 * 8 * 8, classes)]
+    return nn.Sequential(*layers, nn.Softmax(dim=1)) if softmax else nn.Sequential(*layers)
+
+
+def test_autoattack_wrapper():
+    model = _linear_model()
+    x = torch.rand(16, 3, 8, 8)
+    with torch.no_grad():
+        y = model(x).argmax(1)  # clean accuracy 100%
     model.train()
     rng_before = torch.random.get_rng_state()
     # channels-last: same values, strides that pyautoattack's `.view` calls cannot handle
     xt = x.contiguous(memory_format=torch.channels_last)
     assert not xt.is_contiguous()
     result = run_autoattack(
-        model, xt, y, "linf", "8/255", version="custom", attacks=["apgd-ce"], batch_size=8, seed=0
+        model, xt, y, "linf", "8/255", version="custom", attacks=["apgd-ce"], batch_size=16, seed=0
     )
     assert model.training, "the model's mode is restored"
+    assert all(p.requires_grad for p in model.parameters())
     model.eval()
     assert torch.equal(torch.random.get_rng_state(), rng_before), "global RNG untouched"
-    assert float((result.x_adv - xt).abs().max()) <= EPS + TOL
+    assert float((result.x_adv - x).abs().max()) <= EPS + TOL
     assert float(result.x_adv.min()) >= 0 and float(result.x_adv.max()) <= 1
     with torch.no_grad():
         correct = model(result.x_adv).argmax(1) == y
     assert result.robust_flags.dtype == torch.bool
     assert torch.equal(result.robust_flags, correct)
     assert result.attacks == ["apgd-ce"]
-    assert float(result.robust_flags.float().mean()) < accuracy(model, xt, y)
+    assert 0 < int(result.robust_flags.sum()) < 16, "a weak attack or a broken one"
 
 
 def test_autoattack_surfaces_its_checks_and_handles_few_classes():
-    torch.manual_seed(0)
-    probs = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 4), nn.Softmax(dim=1))
+    probs = _linear_model(classes=4, softmax=True)
     x = torch.rand(8, 3, 8, 8)
     y = torch.randint(0, 4, (8,))
     # APGD-T would ask for 9 target classes of a 4-class model without the wrapper's limit.
@@ -327,8 +355,9 @@ def test_autoattack_surfaces_its_checks_and_handles_few_classes():
     assert float((result.x_adv - x).flatten(1).norm(dim=1).max()) <= 0.5 + 1e-5
 
 
-def test_autoattack_rejects_bad_settings(model, batch):
-    x, y = batch
+def test_autoattack_rejects_bad_settings():
+    model = _linear_model()
+    x, y = torch.rand(4, 3, 8, 8), torch.zeros(4, dtype=torch.int64)
     with pytest.raises(UsageError, match="valid values: standard"):
         run_autoattack(model, x, y, "linf", EPS, version="fast")
     with pytest.raises(UsageError, match="unknown AutoAttack attack"):

@@ -273,6 +273,10 @@ def test_all_modes_rows():
     assert verdicts == {"none": Verdict.no_randomness, "buggy": Verdict.bug,
                         "fixed": Verdict.clean, "device": Verdict.clean}
     assert m.as_expected
+    data = json.loads(json.dumps(m.to_dict()))
+    assert [(d["mode"], d["verdict"], d["as_expected"]) for d in data["modes"]] == [
+        ("none", "no randomness", True), ("buggy", "bug", True), ("fixed", "clean", True),
+        ("device", "clean", True)]
 
 
 @pytest.mark.parametrize("spec,message", [
@@ -287,6 +291,12 @@ def test_all_modes_rows():
 def test_bad_pipelines_are_usage_errors(spec, message):
     with pytest.raises(UsageError, match=message):
         check_pipeline(spec.format(p=PIPELINES), **SMALL)
+
+
+def test_item_out_of_range_is_a_usage_error():
+    with pytest.raises(UsageError, match="--item 8 is out of range: .* has 8 items"):
+        _check("global_rngs.py:make", item=8)
+    assert _check("global_rngs.py:make", item=7).verdict is Verdict.clean
 
 
 def test_failing_getitem_is_a_data_error():
@@ -327,12 +337,11 @@ def test_cli_ranks_yaml_and_all_modes():
                "--samples", "32", "--format", "yaml")
     assert res.exit_code == 1, res.output
     assert yaml.safe_load(res.stdout)["findings"][0]["kind"] == RANKS.value
-    res = _cli("--all-modes", "--workers", "2", "--samples", "32", "--format", "json")
-    assert res.exit_code == 0, res.output
-    modes = {m["mode"]: m["verdict"] for m in json.loads(res.stdout)["modes"]}
-    assert modes == {"none": "no randomness", "buggy": "bug", "fixed": "clean", "device": "clean"}
     table = _cli("--all-modes", "--workers", "2", "--samples", "16")
-    assert table.exit_code == 0 and "behaves as designed" in table.stdout
+    assert table.exit_code == 0, table.output
+    assert "behaves as designed" in table.stdout
+    for mode in ("none", "buggy", "fixed", "device"):
+        assert mode in table.stdout
 
 
 @pytest.mark.parametrize("args,message", [
@@ -342,6 +351,8 @@ def test_cli_ranks_yaml_and_all_modes():
     (["--format", "xml"], "unknown format"),
     (["--persistent-workers", "maybe"], "valid values: both, on, off"),
     (["--pipeline", "no-colon"], "module:callable"),
+    (["--item", "3"], "--item applies to --pipeline"),
+    (["--all-modes", "--augment", "fixed"], "drop --augment"),
 ])
 def test_cli_usage_errors_exit_2(args, message):
     res = _cli(*args)
@@ -358,7 +369,8 @@ def test_cli_loading_failure_is_one_red_line_exit_1():
 
 def test_cli_config_file(tmp_path):
     cfg = tmp_path / "check.yaml"
-    cfg.write_text("augment: buggy\nworkers: 2\nsamples: 16\npersistent-workers: on  # YAML reads this as true\n")
+    # `on` unquoted: YAML reads it as true
+    cfg.write_text("augment: buggy\nworkers: 2\nsamples: 16\npersistent-workers: on\n")
     res = _cli("--config", str(cfg), "--format", "json")
     assert res.exit_code == 1, res.output
     data = json.loads(res.stdout)

@@ -11,6 +11,7 @@ import io
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from advcli.io import atomic_write_bytes
@@ -83,8 +84,6 @@ def attack_grid(
     return atomic_write_bytes(path, buf.getvalue())
 
 
-def _hwc(img: torch.Tensor) -> torch.Tensor:
+def _hwc(img: torch.Tensor) -> np.ndarray:
     img = img.clamp(0.0, 1.0)
-    if img.shape[0] == 1:
-        return img[0]
-    return img.permute(1, 2, 0)
+    return (img[0] if img.shape[0] == 1 else img.permute(1, 2, 0)).numpy()

@@ -64,7 +64,9 @@ def decode_flags(text: str, n: int) -> np.ndarray:
 
 def index_sha256(index: Iterable[int] | np.ndarray) -> str:
     """Identify an ordered example subset: sha256 of the indices as little-endian int64."""
-    arr = np.asarray(list(index) if not isinstance(index, np.ndarray) else index, dtype="<i8")
+    if hasattr(index, "numpy"):  # a torch tensor
+        index = index.detach().cpu().numpy()  # type: ignore[union-attr]
+    arr = np.asarray(index if isinstance(index, np.ndarray) else list(index), dtype="<i8")
     return hashlib.sha256(arr.tobytes()).hexdigest()
 
 

@@ -81,7 +81,7 @@ def margin_loss(logits: torch.Tensor, y: torch.Tensor, targeted: bool) -> torch.
 
 def project_flow(flow: torch.Tensor, bound: float) -> torch.Tensor:
     """Each pixel's displacement vector back onto the disc of radius `bound` (pixels)."""
-    radius = flow.norm(p=2, dim=1, keepdim=True)
+    radius = flow.pow(2).sum(dim=1, keepdim=True).sqrt()
     return flow * (bound / radius.clamp_min(1e-12)).clamp(max=1.0)
 
 

@@ -24,6 +24,7 @@ app = typer.Typer(
 # (command name, "module:function"); each module holds one stage's thin command.
 COMMANDS: list[tuple[str, str]] = [
     ("train", "advcli.cli.cmd_train:train"),
+    ("adv-train", "advcli.cli.cmd_adv_train:adv_train"),
     ("info", "advcli.cli.cmd_info:info"),
     ("attack", "advcli.cli.cmd_attack:attack_cmd"),
     ("check-loader", "advcli.cli.cmd_check_loader:check_loader"),

@@ -18,16 +18,16 @@ SPLITS = ("test", "train")
 FORMATS = ("table", "yaml", "json")
 DEFAULT_EPS = {Norm.linf: "8/255", Norm.l2: "0.5"}
 EPS_HELP = (
-    "Ball radius in [0,1] pixel units, like 8/255 [default: 8/255 for linf, 0.5 for l2]. "
+    "Ball radius in [0,1] pixel units, like 8/255 (default: 8/255 for linf, 0.5 for l2). "
     "Not for stadv."
 )
 STEP_SIZE_HELP = (
-    "Step size [default: pgd 2.5*eps/steps, fgsm-rs 1.25*eps; "
-    "stadv: Adam learning rate in pixels, 2.5*bound/steps, 0.01 when unbounded]."
+    "Step size (default: pgd 2.5*eps/steps, fgsm-rs 1.25*eps; "
+    "stadv: Adam learning rate in pixels, 2.5*bound/steps, 0.01 when unbounded)."
 )
 BOUND_HELP = (
     "stadv: largest flow displacement of any pixel, a radius in pixels (e.g. 0.5) "
-    "[default: unbounded]."
+    "(default: unbounded)."
 )
 
 
@@ -45,7 +45,7 @@ def attack_cmd(
     ] = None,
     steps: Annotated[
         int | None,
-        typer.Option(help="Iterations [default: pgd 10, stadv 100; fgsm/fgsm-rs take 1]."),
+        typer.Option(help="Iterations (default: pgd 10, stadv 100; fgsm/fgsm-rs take 1)."),
     ] = None,
     step_size: Annotated[
         str | None,
@@ -64,7 +64,7 @@ def attack_cmd(
     n: Annotated[
         int | None,
         typer.Option(
-            help="Attack the first N examples (advcli's fixed stratified order) [default: all]."
+            help="Attack the first N examples (advcli's fixed stratified order) (default: all)."
         ),
     ] = None,
     batch_size: Annotated[int, typer.Option(help="Examples per attack batch.")] = 256,
@@ -77,18 +77,18 @@ def attack_cmd(
     ] = Path("adv.safetensors"),
     summary: Annotated[
         Path | None,
-        typer.Option(help="YAML summary to write [default: --out with the suffix .yaml]."),
+        typer.Option(help="YAML summary to write (default: --out with the suffix .yaml)."),
     ] = None,
     grid: Annotated[
         Path | None,
         typer.Option(help="Also draw clean / adversarial / amplified perturbation to this PNG."),
     ] = None,
     label: Annotated[
-        str | None, typer.Option(help="Name in tables [default: the checkpoint's label].")
+        str | None, typer.Option(help="Name in tables (default: the checkpoint's label).")
     ] = None,
     dataset: Annotated[
         str | None,
-        typer.Option(help="Dataset override [default: the one recorded in the checkpoint]."),
+        typer.Option(help="Dataset override (default: the one recorded in the checkpoint)."),
     ] = None,
     data_dir: Annotated[str | None, typer.Option(help="Where torchvision datasets live.")] = None,
     format: Annotated[str, typer.Option("--format", help=FORMAT_HELP)] = "table",

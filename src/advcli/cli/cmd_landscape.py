@@ -159,6 +159,7 @@ def landscape(
         k = min(int(opts["n"]), int(adv.y.shape[0]))
         x, y, index = adv.x_adv[:k].float(), adv.y[:k], adv.index[:k]
         kind, dataset_name, split = "fixed", adv.meta.get("dataset"), adv.meta.get("split", "test")
+        subset_seed = adv.meta.get("seed")
         attack_info = adv.meta.get("attack")
         adv_info = {
             "path": str(opts["adv_data"]),
@@ -180,6 +181,7 @@ def landscape(
         index = test_subset(images.test_y, int(opts["n"]), int(opts["seed"]))
         x, y = to_float(images.test_x[index]), images.test_y[index]
         kind, dataset_name, split = ("clean" if spec is None else "attack"), images.name, "test"
+        subset_seed = int(opts["seed"])
         if spec is not None:
             attack = build_attack(spec)
             attack_info = attack_record(spec, attack)
@@ -189,7 +191,7 @@ def landscape(
         "dataset": dataset_name,
         "split": split,
         "n": int(y.shape[0]),
-        "seed": int(opts["seed"]),
+        "seed": subset_seed,
         "index_sha256": hashlib.sha256(index.to(torch.int64).numpy().tobytes()).hexdigest(),
         "attack": attack_info,
         "adv_data": adv_info,
@@ -208,6 +210,11 @@ def landscape(
             )
         for c in loaded:
             check_compatible(raw[0], c.model, repr(str(dir_path)))
+        if dmeta.get("seed") is not None and dmeta.get("seed") != seed_d:
+            render.warn_line(
+                f"using the directions stored in {dir_path} (seed {dmeta.get('seed')}); "
+                "--directions-seed applies only when the file is created"
+            )
         directions_record = {
             "seed": dmeta.get("seed"), "file": str(dir_path), "file_sha256": sha256_file(dir_path),
         }

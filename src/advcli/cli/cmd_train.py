@@ -38,6 +38,7 @@ ValSplit = typer.Option(0, "--val-split", min=0, help="Hold out N training image
 NTrain = typer.Option(None, "--n-train", min=1, help="Use only the first N training images (quick runs).")
 LabelSmoothing = typer.Option(0.0, "--label-smoothing", min=0.0, max=1.0, help="Cross-entropy label smoothing.")
 ChannelsLast = typer.Option(False, "--channels-last/--no-channels-last", help="NHWC memory format (faster convolutions on many CPUs and GPUs).")
+Amp = typer.Option("none", "--amp", help="Mixed precision of the forward pass: none, bf16 (CPUs with AMX/AVX512-BF16 and GPUs), fp16 (CUDA, with loss scaling).")
 Label = typer.Option(None, "--label", help="Short name of this model in compare tables (default: the output file name).")
 Resume = typer.Option(False, "--resume", help="Continue from the training state saved beside --out after the last completed epoch.")
 Quiet = typer.Option(False, "--quiet", "-q", help="No progress bars.")
@@ -62,13 +63,14 @@ def train_options(opts: dict[str, Any]) -> TrainOptions:
         val_split=int(opts["val_split"] or 0),
         n_train=opts["n_train"],
         channels_last=bool(opts["channels_last"]),
+        amp=str(opts["amp"]).lower(),
         out=str(opts["out"]),
         label=opts["label"],
         init_from=opts.get("init_from"),
     )
 
 
-def render_result(result: TrainResult) -> None:
+def render_result(result: TrainResult, title: str = "advcli train") -> None:
     last = result.history[-1] if result.history else None
     rows = [
         ("checkpoint", str(result.checkpoint)),
@@ -80,7 +82,7 @@ def render_result(result: TrainResult) -> None:
         rows.insert(3, ("train adv accuracy (last epoch)", f"{100 * last.extra['adv_accuracy']:.2f}%"))
     for note in result.notes:
         rows.append(("note", note))
-    render.out.print(render.table("advcli train", ["", "value"], rows))
+    render.out.print(render.table(title, ["", "value"], rows))
 
 
 @handle_errors
@@ -105,6 +107,7 @@ def train(
     n_train: int | None = NTrain,
     label_smoothing: float = LabelSmoothing,
     channels_last: bool = ChannelsLast,
+    amp: str = Amp,
     label: str | None = Label,
     resume: bool = Resume,
     quiet: bool = Quiet,

@@ -269,9 +269,9 @@ def _split_inputs(
 # --------------------------------------------------------------------------- statistics
 
 def _paired_test(base: _Obs, other: _Obs, labels: tuple[str, str]) -> Significance | None:
-    if base.flags is None or other.flags is None:
+    if base.flags is None or other.flags is None or base.examples is None or other.examples is None:
         return None
-    if base.examples != other.examples or base.examples is None:
+    if base.examples != other.examples:
         raise ResultsError(
             f"cannot pair {labels[1]!r} ({other.source}) with baseline {labels[0]!r} "
             f"({base.source}): they were evaluated on different examples "
@@ -535,7 +535,8 @@ def footnotes(table: CompareTable) -> list[str]:
 
 
 def _md_escape(text: str) -> str:
-    return text.replace("|", "\\|")
+    # `|` would split a cell; `*` (the significance mark) must not start emphasis.
+    return text.replace("|", "\\|").replace("*", "\\*")
 
 
 def to_markdown(tables: Sequence[CompareTable]) -> str:

@@ -53,7 +53,9 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], str | No
     try:
         obj = torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+        # torch words this "Unsupported global: GLOBAL x.y" or "unsupported GLOBAL x.y whose
+        # module x is blocked", depending on the object.
+        found = re.search(r"unsupported (?:global: )?GLOBAL (\S+)", str(exc), re.IGNORECASE)
         if found:
             raise CheckpointError(
                 f"{str(p)!r} holds a pickled {found.group(1)} object, which advcli refuses to "
@@ -118,7 +120,8 @@ def _final_linear_key(net: nn.Module) -> str | None:
 def infer_num_classes(arch: str, state: Mapping[str, torch.Tensor]) -> int | None:
     """The class count from the final linear layer's weight as the architecture names it;
     None when the weights have no such key (the key check then reports the mismatch)."""
-    key = _final_linear_key(build_model(arch, 10).net)
+    with torch.device("meta"):  # names only: skip allocating and initialising the weights
+        key = _final_linear_key(build_model(arch, 10).net)
     if key is None or key not in state or state[key].dim() != 2:
         return None
     return int(state[key].shape[0])

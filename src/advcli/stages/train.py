@@ -58,6 +58,7 @@ class TrainOptions:
     val_split: int = 0
     n_train: int | None = None
     channels_last: bool = False
+    amp: str = "none"
     out: str = "model.safetensors"
     label: str | None = None
     init_from: str | None = None
@@ -124,8 +125,23 @@ def lr_at(step: int, total: int, base_lr: float, schedule: str) -> float:
     return base_lr * (frac / 0.2 if frac < 0.2 else max(0.0, (1 - frac) / 0.8))
 
 
+def autocast(device: torch.device, amp: str) -> torch.autocast:
+    """Mixed precision for the model's forward pass: none | bf16 | fp16 (fp16 only on CUDA)."""
+    if amp not in ("none", "bf16", "fp16"):
+        raise UsageError(f"unknown --amp {amp!r}; valid values: none, bf16, fp16")
+    if amp == "fp16" and device.type != "cuda":
+        raise UsageError("--amp fp16 needs a CUDA device; use --amp bf16 on the CPU")
+    dtype = torch.float16 if amp == "fp16" else torch.bfloat16
+    return torch.autocast(device.type, dtype=dtype, enabled=amp != "none")
+
+
 def evaluate_accuracy(
-    model: nn.Module, x_uint8: torch.Tensor, y: torch.Tensor, device: torch.device, batch_size: int = 500
+    model: nn.Module,
+    x_uint8: torch.Tensor,
+    y: torch.Tensor,
+    device: torch.device,
+    batch_size: int = 500,
+    amp: str = "none",
 ) -> float:
     """Clean accuracy in eval mode (no augmentation)."""
     was_training = model.training
@@ -135,9 +151,54 @@ def evaluate_accuracy(
         for start in range(0, len(y), batch_size):
             xb = x_uint8[start : start + batch_size].to(device)
             xb = xb.float().div_(255) if xb.dtype == torch.uint8 else xb.float()
-            correct += (model(xb).argmax(1) == y[start : start + batch_size].to(device)).sum()
+            with autocast(device, amp):
+                logits = model(xb)
+            correct += (logits.argmax(1) == y[start : start + batch_size].to(device)).sum()
     model.train(was_training)
     return float(correct) / max(len(y), 1)
+
+
+def batch_loss(
+    model: nn.Module,
+    xb: torch.Tensor,
+    yb: torch.Tensor,
+    *,
+    perturber: BatchPerturber | None,
+    generator: torch.Generator | None,
+    device: torch.device,
+    amp: str = "none",
+    label_smoothing: float = 0.0,
+    channels_last: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """One training batch: (loss, logits, n_clean).
+
+    With a perturber of fraction f, the first (1-f)·B examples stay clean and the rest are
+    replaced by adversarial examples (attack in eval mode; the model is back in train mode
+    before the update); both parts go through the model as ONE batch, so BatchNorm sees both,
+    and the loss is (1-f)·CE(clean) + f·CE(adv). Without a perturber (or f = 0) this is
+    exactly standard training.
+    """
+    b = len(yb)
+    fraction = perturber.fraction if perturber is not None else 0.0
+    n_adv = int(round(fraction * b))
+    n_clean = b - n_adv
+    if n_adv:
+        with autocast(device, amp):
+            x_adv = perturber.perturb(model, xb[n_clean:], yb[n_clean:], generator)  # type: ignore[union-attr]
+        model.train()
+        xb = torch.cat([xb[:n_clean], x_adv]) if n_clean else x_adv
+    if channels_last:
+        xb = xb.contiguous(memory_format=torch.channels_last)
+    with autocast(device, amp):
+        logits = model(xb)
+    logits = logits.float()
+    if 0 < n_adv < b:
+        loss_clean = F.cross_entropy(logits[:n_clean], yb[:n_clean], label_smoothing=label_smoothing)
+        loss_adv = F.cross_entropy(logits[n_clean:], yb[n_clean:], label_smoothing=label_smoothing)
+        loss = (1 - fraction) * loss_clean + fraction * loss_adv
+    else:
+        loss = F.cross_entropy(logits, yb, label_smoothing=label_smoothing)
+    return loss, logits, n_clean
 
 
 def state_path_for(out: str | Path) -> Path:
@@ -256,6 +317,8 @@ def fit(
         [{"params": decay, "weight_decay": opts.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=opts.lr, momentum=opts.momentum, nesterov=opts.momentum > 0,
     )
+    # fp16 needs loss scaling (CUDA only); bf16 has fp32's range and needs none.
+    scaler = torch.amp.GradScaler("cuda") if (opts.amp == "fp16" and device.type == "cuda") else None
     steps_per_epoch = math.ceil(len(y_tr) / opts.batch_size)
     total_steps = steps_per_epoch * opts.epochs
 
@@ -273,7 +336,6 @@ def fit(
     y_tr_dev = y_tr.to(device) if opts.augment in ("none", "device") else y_tr
     best_score, best_state, best_epoch = -math.inf, None, None
     notes: list[str] = []
-    fraction = perturber.fraction if perturber is not None else 0.0
     for epoch in range(start_epoch, opts.epochs):
         te = time.perf_counter()
         model.train()
@@ -293,25 +355,19 @@ def fit(
             lr = lr_at(step, total_steps, opts.lr, opts.schedule)
             for g in opt.param_groups:
                 g["lr"] = lr
-            b = len(yb)
-            n_adv = int(round(fraction * b)) if perturber is not None else 0
-            n_clean = b - n_adv
-            if n_adv:
-                x_adv = perturber.perturb(model, xb[n_clean:], yb[n_clean:], attack_gen)  # type: ignore[union-attr]
-                model.train()
-                xb = torch.cat([xb[:n_clean], x_adv]) if n_clean else x_adv
-            if opts.channels_last:
-                xb = xb.contiguous(memory_format=torch.channels_last)
-            logits = model(xb)  # clean and adversarial parts as ONE batch (BatchNorm sees both)
-            if 0 < n_adv < b:
-                loss_clean = F.cross_entropy(logits[:n_clean], yb[:n_clean], label_smoothing=opts.label_smoothing)
-                loss_adv = F.cross_entropy(logits[n_clean:], yb[n_clean:], label_smoothing=opts.label_smoothing)
-                loss = (1 - fraction) * loss_clean + fraction * loss_adv
-            else:
-                loss = F.cross_entropy(logits, yb, label_smoothing=opts.label_smoothing)
+            loss, logits, n_clean = batch_loss(
+                model, xb, yb, perturber=perturber, generator=attack_gen, device=device,
+                amp=opts.amp, label_smoothing=opts.label_smoothing, channels_last=opts.channels_last,
+            )
+            n_adv = len(yb) - n_clean
             opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
+            else:
+                loss.backward()
+                opt.step()
             with torch.no_grad():
                 hits = logits.argmax(1) == yb
                 if n_adv:
@@ -329,7 +385,7 @@ def fit(
             lr=lr_at((epoch + 1) * steps_per_epoch, total_steps, opts.lr, opts.schedule),
             train_loss=float(loss_sum) / max(seen, 1) if seen else float(adv_loss_sum) / max(n_adv_seen, 1),
             train_accuracy=float(correct) / max(seen, 1) if seen else float(adv_correct) / max(n_adv_seen, 1),
-            test_accuracy=evaluate_accuracy(model, data.test_x, data.test_y, device),
+            test_accuracy=evaluate_accuracy(model, data.test_x, data.test_y, device, amp=opts.amp),
             seconds=0.0,
         )
         if perturber is not None:
@@ -340,7 +396,7 @@ def fit(
                 adv_accuracy=float(adv_correct) / max(n_adv_seen, 1) if n_adv_seen else float("nan"),
             )
         if data.val_x is not None and data.val_y is not None:
-            stats.val_accuracy = evaluate_accuracy(model, data.val_x, data.val_y, device)
+            stats.val_accuracy = evaluate_accuracy(model, data.val_x, data.val_y, device, amp=opts.amp)
         stop_reason = None
         for hook in epoch_hooks or []:
             try:
@@ -361,10 +417,10 @@ def fit(
             reporter.log(stop_reason)
             break
 
-    final_acc = history[-1].test_accuracy if history else evaluate_accuracy(model, data.test_x, data.test_y, device)
+    final_acc = history[-1].test_accuracy if history else evaluate_accuracy(model, data.test_x, data.test_y, device, amp=opts.amp)
     if keep_best and best_state is not None:
         model.load_state_dict(best_state)
-        final_acc = evaluate_accuracy(model, data.test_x, data.test_y, device)
+        final_acc = evaluate_accuracy(model, data.test_x, data.test_y, device, amp=opts.amp)
         notes.append(f"kept epoch {best_epoch} (best {keep_best} = {best_score:.4f})")
     elif keep_best and resume:
         notes.append("--keep best after --resume keeps the last epoch: the best weights of earlier sessions were not saved")

@@ -1,0 +1,238 @@
+"""Adversarial training: `stages.train.fit` plus a batch perturbation step.
+
+- Online (Madry et al.; Stutz's article): each batch's last `fraction` is replaced by
+  PGD/FGSM/FGSM-RS examples computed with the model in eval mode (BatchNorm statistics
+  untouched); the update then sees clean and adversarial examples as one batch.
+- Static (the loss-landscape paper's "augmented dataset"): `--adv-data` from
+  `advcli attack --split train`; training runs on the 1:1 union of those adversarial images and
+  the clean images they were made from, with no attack during training.
+- Validation (`--val-every K`): clean and PGD accuracy on the held-out validation split;
+  `--keep best` keeps the epoch with the best robust validation accuracy (Rice et al. 2020).
+- Catastrophic overfitting (FGSM-RS; Wong et al. 2020): after every epoch, PGD and FGSM
+  accuracy on a fixed training batch; overfitting is declared when the PGD accuracy falls below
+  half of its best so far while FGSM accuracy exceeds it by more than 20 points.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from advcli.attacks import AttackSpec, build_attack
+from advcli.attacks.base import Attack
+from advcli.checkpoint import load_tensors
+from advcli.config import Eps, Norm
+from advcli.data import ImageData, to_float
+from advcli.errors import DataError, UsageError
+from advcli.progress import NullReporter, Reporter
+from advcli.stages.train import (
+    EpochStats,
+    StopTraining,
+    TrainOptions,
+    TrainResult,
+    autocast,
+    fit,
+)
+
+
+@dataclass
+class ThreatModel:
+    norm: Norm = Norm.linf
+    eps: Eps | None = None
+    attack: str = "pgd"
+    steps: int | None = 7
+    step_size: Eps | None = None
+    restarts: int = 1
+    fraction: float = 1.0
+
+
+@dataclass
+class AdvOptions:
+    threat: ThreatModel
+    adv_data: str | None = None
+    val_every: int = 0
+    val_pgd_steps: int = 10
+    val_n: int = 1000
+    keep: str = "last"
+    on_overfit: str = "warn"
+
+
+class AttackPerturber:
+    """`BatchPerturber` for online adversarial training."""
+
+    def __init__(self, attack: Attack, fraction: float, amp: str = "none") -> None:
+        self.attack = attack
+        self.fraction = fraction
+        self.amp = amp
+
+    def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return self.attack.perturb(model, x, y, generator)
+
+
+def _spec(t: ThreatModel, **override: Any) -> AttackSpec:
+    fields = dict(
+        name=t.attack, norm=t.norm, eps=t.eps,
+        steps=None if t.attack in ("fgsm", "fgsm-rs") else t.steps,
+        step_size=None if t.attack == "fgsm" else t.step_size,
+        restarts=t.restarts,
+    )
+    fields.update(override)
+    return AttackSpec(**fields)
+
+
+def threat_metadata(t: ThreatModel, attack: Attack) -> dict[str, Any]:
+    d = attack.describe()
+    return {
+        "norm": t.norm.value,
+        "eps": float(t.eps.value) if t.eps else None,
+        "eps_text": t.eps.text if t.eps else None,
+        "attack": t.attack,
+        "steps": int(d.get("steps", 1)),
+        "step_size": float(d.get("step_size", d.get("eps", 0.0))),
+        "restarts": int(d.get("restarts", 1)),
+        "fraction": float(t.fraction),
+    }
+
+
+def static_union(data: ImageData, adv_path: str | Path) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+    """The 1:1 union of a fixed adversarial set and the clean training images it was made from.
+
+    Returns float images [2N,3,H,W] (clean first, then adversarial), labels and the set's
+    metadata. The clean half is taken at the set's own source indices, so the mix is exactly 1:1.
+    """
+    tensors, meta = load_tensors(adv_path)
+    if meta.get("schema") != "advcli.advset/1":
+        raise DataError(f"{str(adv_path)!r} is not an adversarial set from `advcli attack` (schema {meta.get('schema')!r})")
+    split = (meta.get("data") or {}).get("split", meta.get("split"))
+    if split != "train":
+        raise UsageError(
+            f"--adv-data {str(adv_path)!r} was made from the {split!r} split; training needs "
+            "`advcli attack --split train`"
+        )
+    idx, x_adv, y_adv = tensors["index"].long(), tensors["x_adv"].float(), tensors["y"].long()
+    if int(idx.max()) >= len(data.train_y) or not torch.equal(data.train_y[idx], y_adv):
+        raise DataError(
+            f"--adv-data {str(adv_path)!r} does not match this training set (indices or labels differ); "
+            "was it made with the same --dataset and --val-split?"
+        )
+    x = torch.cat([to_float(data.train_x[idx]), x_adv])
+    y = torch.cat([data.train_y[idx], y_adv])
+    return x, y, meta
+
+
+def _val_hook(t: ThreatModel, data: ImageData, device: torch.device, every: int, steps: int, n: int, amp: str):
+    assert data.val_x is not None and data.val_y is not None
+    xv, yv = to_float(data.val_x[:n]).to(device), data.val_y[:n].to(device)
+    pgd = build_attack(_spec(t, name="pgd", steps=steps, step_size=None, restarts=1))
+
+    def hook(model: nn.Module, epoch: int, stats: EpochStats) -> dict[str, float]:
+        if (epoch + 1) % every:
+            return {}
+        g = torch.Generator(device=device).manual_seed(10_007)
+        correct = torch.zeros((), dtype=torch.int64, device=device)
+        for s in range(0, len(yv), 250):
+            with autocast(device, amp):
+                xa = pgd.perturb(model, xv[s : s + 250], yv[s : s + 250], g)
+                with torch.no_grad():
+                    correct += (model(xa).argmax(1) == yv[s : s + 250]).sum()
+        return {"val_robust_accuracy": float(correct) / len(yv)}
+
+    return hook
+
+
+def _overfit_hook(t: ThreatModel, data: ImageData, device: torch.device, action: str, reporter: Reporter):
+    xb, yb = to_float(data.train_x[:256]).to(device), data.train_y[:256].to(device)
+    pgd = build_attack(_spec(t, name="pgd", steps=10, step_size=None, restarts=1))
+    fgsm = build_attack(_spec(t, name="fgsm", steps=None, step_size=None, restarts=1))
+    best = {"pgd": 0.0}
+
+    def acc(model: nn.Module, attack: Attack) -> float:
+        g = torch.Generator(device=device).manual_seed(0)
+        xa = attack.perturb(model, xb, yb, g)
+        was = model.training
+        model.eval()
+        with torch.no_grad():
+            a = float((model(xa).argmax(1) == yb).float().mean())
+        model.train(was)
+        return a
+
+    def hook(model: nn.Module, epoch: int, stats: EpochStats) -> dict[str, float]:
+        a_pgd, a_fgsm = acc(model, pgd), acc(model, fgsm)
+        collapsed = best["pgd"] > 0 and a_pgd < 0.5 * best["pgd"] and a_fgsm - a_pgd > 0.2
+        best["pgd"] = max(best["pgd"], a_pgd)
+        out = {"train_batch_pgd_accuracy": a_pgd, "train_batch_fgsm_accuracy": a_fgsm}
+        if collapsed:
+            msg = (
+                f"catastrophic overfitting at epoch {epoch + 1}: PGD accuracy on a training batch fell to "
+                f"{100 * a_pgd:.1f}% (best {100 * best['pgd']:.1f}%) while FGSM accuracy is {100 * a_fgsm:.1f}%"
+            )
+            if action == "stop":
+                stats.extra.update(out)
+                raise StopTraining(msg + "; stopped (--on-overfit stop)")
+            reporter.log("warning: " + msg + "; consider --attack pgd, a smaller step size or --on-overfit stop")
+        return out
+
+    return hook
+
+
+def adv_fit(
+    opts: TrainOptions,
+    adv: AdvOptions,
+    data: ImageData,
+    device: torch.device,
+    *,
+    resume: bool = False,
+    reporter: Reporter | None = None,
+) -> TrainResult:
+    reporter = reporter or NullReporter()
+    t = adv.threat
+    if not 0.0 <= t.fraction <= 1.0:
+        raise UsageError(f"--fraction must be between 0 and 1, got {t.fraction}")
+    if adv.keep not in ("last", "best"):
+        raise UsageError(f"unknown --keep {adv.keep!r}; valid values: last, best")
+    if adv.on_overfit not in ("warn", "stop", "off"):
+        raise UsageError(f"unknown --on-overfit {adv.on_overfit!r}; valid values: warn, stop, off")
+    if (adv.val_every or adv.keep == "best") and data.val_x is None:
+        raise UsageError("--val-every/--keep best need a validation split: pass --val-split N (never the test set)")
+    if adv.keep == "best" and not adv.val_every:
+        raise UsageError("--keep best needs --val-every K to measure robust validation accuracy")
+
+    hooks = []
+    if adv.adv_data:
+        x_tr, y_tr, set_meta = static_union(data, adv.adv_data)
+        attack_info = set_meta.get("attack") or {}
+        threat = {
+            "norm": attack_info.get("norm"), "eps": attack_info.get("eps"), "eps_text": attack_info.get("eps_text"),
+            "attack": f"static:{attack_info.get('name', 'unknown')}", "steps": attack_info.get("steps"),
+            "step_size": attack_info.get("step_size"), "fraction": 0.5,
+            "adv_data": str(adv.adv_data), "adv_data_sha256": _sha(adv.adv_data),
+        }
+        result = fit(
+            opts, data, device, train_x=x_tr, train_y=y_tr, resume=resume, reporter=reporter,
+            extra_meta={"threat_model": threat},
+        )
+        return result
+
+    if t.eps is None:
+        raise UsageError("adv-train needs --eps, e.g. --eps 8/255 (linf) or --eps 0.5 (l2)")
+    attack = build_attack(_spec(t))
+    perturber = AttackPerturber(attack, t.fraction, opts.amp)
+    if adv.val_every:
+        hooks.append(_val_hook(t, data, device, adv.val_every, adv.val_pgd_steps, adv.val_n, opts.amp))
+    if t.attack in ("fgsm", "fgsm-rs") and adv.on_overfit != "off":
+        hooks.append(_overfit_hook(t, data, device, adv.on_overfit, reporter))
+    return fit(
+        opts, data, device, perturber=perturber if t.fraction > 0 else None, epoch_hooks=hooks,
+        resume=resume, reporter=reporter, keep_best="val_robust_accuracy" if adv.keep == "best" else None,
+        extra_meta={"threat_model": threat_metadata(t, attack)},
+    )
+
+
+def _sha(path: str | Path) -> str:
+    from advcli.io import sha256_file
+
+    return sha256_file(path)

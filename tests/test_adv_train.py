@@ -1,0 +1,185 @@
+"""Adversarial training: fraction semantics, BatchNorm during the attack, resume, fine-tuning,
+static augmented sets, keep-best and the CLI."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from typer.testing import CliRunner
+
+from advcli.attacks import AttackSpec, build_attack
+from advcli.checkpoint import load_checkpoint, read_metadata, save_tensors
+from advcli.cli.app import app
+from advcli.config import Norm, parse_eps
+from advcli.models import build_model
+from advcli.stages.adv_train import AdvOptions, AttackPerturber, ThreatModel, adv_fit, static_union
+from advcli.stages.train import TrainOptions, batch_loss, fit
+
+CPU = torch.device("cpu")
+runner = CliRunner()
+EPS = parse_eps("8/255")
+
+
+def _opts(out, **kw) -> TrainOptions:
+    base = dict(arch="tiny-cnn", epochs=2, batch_size=64, lr=0.05, augment="device", n_train=384, out=str(out))
+    base.update(kw)
+    return TrainOptions(**base)
+
+
+def _adv(fraction=1.0, steps=2, **kw) -> AdvOptions:
+    return AdvOptions(threat=ThreatModel(norm=Norm.linf, eps=EPS, attack="pgd", steps=steps, fraction=fraction), **kw)
+
+
+def _w(path):
+    return load_checkpoint(path).model.state_dict()
+
+
+def _same(a, b):
+    return all(torch.equal(a[k], b[k]) for k in a)
+
+
+class Spy:
+    """Records what the training loop asks it to perturb; perturbs by a fixed, visible shift."""
+
+    def __init__(self, fraction):
+        self.fraction, self.calls = fraction, []
+
+    def perturb(self, model, x, y, generator):
+        self.calls.append((x.clone(), y.clone(), model.training))
+        return (x + 0.01).clamp(0, 1)
+
+
+def test_fraction_zero_is_standard_training_bit_for_bit(tmp_path, synthetic_data):
+    fit(_opts(tmp_path / "std.safetensors"), synthetic_data, CPU)
+    adv_fit(_opts(tmp_path / "f0.safetensors"), _adv(fraction=0.0), synthetic_data, CPU)
+    assert _same(_w(tmp_path / "std.safetensors"), _w(tmp_path / "f0.safetensors"))
+
+
+@pytest.mark.parametrize("fraction", [1.0, 0.5, 0.25])
+def test_fraction_splits_the_batch_and_weights_the_loss(fraction):
+    torch.manual_seed(0)
+    model = build_model("tiny-cnn").train()
+    x, y = torch.rand(32, 3, 32, 32), torch.randint(0, 10, (32,))
+    spy = Spy(fraction)
+    loss, logits, n_clean = batch_loss(model, x, y, perturber=spy, generator=None, device=CPU)
+    n_adv = int(round(fraction * 32))
+    assert n_clean == 32 - n_adv
+    (xa, ya, _), = spy.calls
+    assert torch.equal(xa, x[n_clean:]) and torch.equal(ya, y[n_clean:])  # the LAST f·B examples
+    assert model.training  # back in train mode for the update
+    # The reference: one batch through the model, loss (1-f)·CE(clean) + f·CE(adv).
+    model2 = build_model("tiny-cnn").train()
+    model2.load_state_dict(model.state_dict())
+    xin = torch.cat([x[:n_clean], (x[n_clean:] + 0.01).clamp(0, 1)])
+    ref_logits = model2(xin)
+    if n_clean:
+        ref = (1 - fraction) * F.cross_entropy(ref_logits[:n_clean], y[:n_clean]) + fraction * F.cross_entropy(ref_logits[n_clean:], y[n_clean:])
+    else:
+        ref = F.cross_entropy(ref_logits, y)
+    assert torch.allclose(loss, ref, atol=1e-6)
+
+
+def test_attack_runs_in_eval_mode_and_leaves_batchnorm_statistics_alone():
+    torch.manual_seed(0)
+    model = build_model("tiny-cnn").train()
+    before = {k: v.clone() for k, v in model.state_dict().items() if "running" in k or "num_batches" in k}
+    attack = build_attack(AttackSpec(name="pgd", norm=Norm.linf, eps=EPS, steps=3))
+    seen = []
+    hook = model.net[1].register_forward_hook(lambda m, i, o: seen.append(m.training))
+    x_adv = AttackPerturber(attack, 1.0).perturb(model, torch.rand(16, 3, 32, 32), torch.randint(0, 10, (16,)), torch.Generator().manual_seed(0))
+    hook.remove()
+    assert seen and not any(seen)  # every forward of the attack saw BatchNorm in eval mode
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert model.training and all(p.requires_grad for p in model.parameters())
+    assert x_adv.shape == (16, 3, 32, 32)
+
+
+def test_fraction_one_attacks_every_example(tmp_path, synthetic_data, monkeypatch):
+    import advcli.stages.adv_train as at
+
+    seen = []
+    real = at.AttackPerturber.perturb
+
+    def spy(self, model, x, y, generator):
+        seen.append(len(y))
+        return real(self, model, x, y, generator)
+
+    monkeypatch.setattr(at.AttackPerturber, "perturb", spy)
+    res = adv_fit(_opts(tmp_path / "f1.safetensors", epochs=1), _adv(fraction=1.0, steps=1), synthetic_data, CPU)
+    assert sum(seen) == 384 and seen[0] == 64
+    h = res.history[0].as_dict()
+    assert h["adv_accuracy"] == pytest.approx(h["train_accuracy"])  # nothing clean was left
+    meta = read_metadata(tmp_path / "f1.safetensors")
+    assert meta["threat_model"]["fraction"] == 1.0 and meta["threat_model"]["eps_text"] == "8/255"
+
+
+def test_adv_train_resume_is_bit_identical(tmp_path, synthetic_data):
+    from tests.test_train import _KillAt  # the same simulated kill as train's test
+
+    full = tmp_path / "full.safetensors"
+    adv_fit(_opts(full, epochs=2), _adv(fraction=0.5), synthetic_data, CPU)
+    part = tmp_path / "part.safetensors"
+    with pytest.raises(KeyboardInterrupt):
+        adv_fit(_opts(part, epochs=2), _adv(fraction=0.5), synthetic_data, CPU, reporter=_KillAt(2, 3))
+    torch.manual_seed(999)
+    adv_fit(_opts(part, epochs=2), _adv(fraction=0.5), synthetic_data, CPU, resume=True)
+    assert _same(_w(full), _w(part))
+
+
+def test_init_from_starts_from_the_given_weights(tmp_path, synthetic_data, tiny_ckpt):
+    out = tmp_path / "ft.safetensors"
+    adv_fit(_opts(out, epochs=1, lr=1e-12, momentum=0.0, weight_decay=0.0, init_from=str(tiny_ckpt)), _adv(steps=1), synthetic_data, CPU)
+    parent, child = _w(tiny_ckpt), _w(out)
+    for k, v in parent.items():
+        if v.is_floating_point() and "running" not in k:
+            assert torch.allclose(v, child[k], atol=1e-6), k
+    assert read_metadata(out)["parent_sha256"] == load_checkpoint(tiny_ckpt).sha256
+
+
+def test_static_adv_data_mixes_one_to_one(tmp_path, synthetic_data):
+    idx = torch.arange(10, 74)
+    x_adv = (synthetic_data.train_x[idx].float() / 255 * 0.5).contiguous()
+    path = save_tensors(
+        tmp_path / "adv.safetensors",
+        {"x_adv": x_adv, "y": synthetic_data.train_y[idx], "index": idx},
+        {"schema": "advcli.advset/1", "data": {"split": "train", "dataset": "synthetic"}, "attack": {"name": "fgsm", "norm": "linf", "eps": 8 / 255}},
+    )
+    x, y, _ = static_union(synthetic_data, path)
+    assert len(y) == 128
+    assert torch.equal(x[:64], synthetic_data.train_x[idx].float() / 255) and torch.equal(x[64:], x_adv)
+    assert torch.equal(y[:64], y[64:])
+    out = tmp_path / "static.safetensors"
+    res = adv_fit(_opts(out, epochs=1, n_train=None), AdvOptions(threat=ThreatModel(), adv_data=str(path)), synthetic_data, CPU)
+    assert res.history and read_metadata(out)["threat_model"]["attack"] == "static:fgsm"
+    bad = save_tensors(tmp_path / "test.safetensors", {"x_adv": x_adv, "y": synthetic_data.train_y[idx], "index": idx},
+                       {"schema": "advcli.advset/1", "data": {"split": "test"}})
+    r = runner.invoke(app, ["adv-train", "--adv-data", str(bad), "--out", str(tmp_path / "o.safetensors")])
+    assert r.exit_code == 2 and "--split train" in r.output
+
+
+def test_keep_best_needs_a_validation_split_and_uses_it(tmp_path):
+    from advcli.data import load_dataset
+
+    r = runner.invoke(app, ["adv-train", "--eps", "8/255", "--keep", "best", "--val-every", "1", "--out", str(tmp_path / "x.safetensors")])
+    assert r.exit_code == 2 and "--val-split" in r.output
+    data = load_dataset("synthetic", seed=0, val_split=200)
+    res = adv_fit(_opts(tmp_path / "best.safetensors", epochs=2), _adv(steps=1, val_every=1, val_n=100, keep="best"), data, CPU)
+    scores = [h.extra["val_robust_accuracy"] for h in res.history]
+    assert len(scores) == 2 and all(0 <= s <= 1 for s in scores)
+    assert any("kept epoch" in n for n in res.notes)
+
+
+def test_cli_adv_train_errors(tmp_path):
+    for args, msg in [
+        (["--eps", "8/0"], "divides by zero"),
+        (["--eps", "-1"], "eps"),
+        (["--eps", "8/255", "--attack", "cw"], "valid values: pgd, fgsm, fgsm-rs"),
+        (["--eps", "8/255", "--fraction", "1.5"], "between 0 and 1"),
+        ([], "needs --eps"),
+    ]:
+        r = runner.invoke(app, ["adv-train", *args, "--out", str(tmp_path / "o.safetensors"), "--epochs", "1", "--n-train", "64"])
+        assert r.exit_code in (1, 2), (args, r.output)
+        assert msg in r.output and "Traceback" not in r.output, (args, r.output)
+    assert not (tmp_path / "o.safetensors").exists()

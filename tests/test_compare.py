@@ -1,0 +1,296 @@
+"""`advcli compare`: the seeds' table layouts from hand-made result files, with statistics
+computed independently in the tests."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import statistics
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from scipy import stats as sp
+from typer.testing import CliRunner
+
+from advcli.cli.app import app
+from advcli.errors import ResultsError, UsageError
+from advcli.results import (
+    DataInfo,
+    Entry,
+    EvalResult,
+    ModelInfo,
+    index_sha256,
+    load_any,
+    save_results,
+)
+from advcli.stages import compare as cmp
+
+N = 200
+EPS = {"8/255": 8 / 255, "16/255": 16 / 255}
+
+
+def _flags(rng: np.random.Generator, n_true: int, n: int = N) -> np.ndarray:
+    f = np.zeros(n, dtype=bool)
+    f[rng.choice(n, size=n_true, replace=False)] = True
+    return f
+
+
+def _result(label: str, sha: str, counts: dict[str, int], *, seed: int = 0,
+            aa: dict[str, int] | None = None, index: str | None = None,
+            trained_with: str = "clean", rng: np.random.Generator | None = None,
+            flags: dict[str, np.ndarray] | None = None) -> EvalResult:
+    """counts: {"clean": k, "8/255": k, ...} = how many of the N examples are correct."""
+    rng = rng or np.random.default_rng(zlib.crc32(f"{label}|{sha}".encode()))
+    flags = dict(flags or {})
+    entries = []
+    for key, k in counts.items():
+        f = flags.get(key, _flags(rng, k))
+        if key == "clean":
+            entries.append(Entry("clean", float(f.mean()), N, flags=f))
+        else:
+            entries.append(Entry("pgd", float(f.mean()), N, norm="linf", eps=EPS[key],
+                                 eps_text=key, flags=f, params={"steps": 10, "restarts": 1}))
+    for key, k in (aa or {}).items():
+        f = _flags(rng, k)
+        entries.append(Entry("autoattack", float(f.mean()), N, norm="linf", eps=EPS[key],
+                             eps_text=key, flags=f, params={"version": "standard"}))
+    return EvalResult(
+        label=label,
+        model=ModelInfo(f"{sha}.safetensors", sha, "tiny-cnn", trained_with, seed),
+        data=DataInfo("synthetic", "test", N, 0, index or index_sha256(range(N)), "content"),
+        entries=entries,
+        seed=0,
+    )
+
+
+# The augmentation-bug study (seed 000): Standard / Robust x augment none / buggy / fixed,
+# three training seeds each; correct counts out of N = 200 per seed.
+AUG_BUG = {
+    "Standard / none": [(170, 0, 0), (172, 1, 0), (168, 0, 0)],
+    "Standard / buggy": [(180, 0, 0), (182, 0, 0), (181, 1, 0)],
+    "Standard / fixed": [(186, 0, 0), (188, 0, 0), (187, 0, 0)],
+    "Robust / none": [(140, 80, 30), (143, 84, 33), (138, 79, 28)],
+    "Robust / buggy": [(150, 88, 35), (152, 90, 36), (149, 85, 35)],
+    "Robust / fixed": [(158, 95, 40), (160, 97, 41), (157, 94, 38)],
+}
+
+
+@pytest.fixture
+def aug_bug_files(tmp_path: Path) -> list[Path]:
+    paths = []
+    for label, seeds in AUG_BUG.items():
+        for s, (c, r8, r16) in enumerate(seeds):
+            res = _result(label, f"{label}-{s}".replace(" / ", "-"),
+                          {"clean": c, "8/255": r8, "16/255": r16}, seed=s)
+            paths.append(save_results(tmp_path / f"{label.replace(' / ', '-')}-{s}.yaml", res))
+    return paths
+
+
+def _expected_cell(counts: list[int]) -> str:
+    values = [100 * k / N for k in counts]
+    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
+
+
+def test_seed_000_layout(aug_bug_files: list[Path]) -> None:
+    [table] = cmp.compare([load_any(p) for p in aug_bug_files])
+    assert cmp.header(table) == [
+        "Model",
+        "Standard Accuracy (%)",
+        "Robust Accuracy (ε = 8/255) (%)",
+        "Robust Accuracy (ε = 16/255) (%)",
+        "n",
+    ]
+    rows = cmp.text_rows(table)
+    assert [r[0] for r in rows] == list(AUG_BUG)
+    for row, seeds in zip(rows, AUG_BUG.values(), strict=True):
+        for col in range(3):
+            assert row[1 + col] == _expected_cell([s[col] for s in seeds])
+        assert row[4] == "3"
+    # the same numbers through json, as fractions
+    data = cmp.to_data([table])[0]
+    cell = data["rows"][3]["cells"]["Robust Accuracy (ε = 8/255) (%)"]
+    assert cell["values"] == [80 / N, 84 / N, 79 / N]
+    assert cell["std"] == pytest.approx(statistics.stdev([80 / N, 84 / N, 79 / N]))
+
+
+def test_baseline_across_seeds_uses_welch(aug_bug_files: list[Path]) -> None:
+    [table] = cmp.compare([load_any(p) for p in aug_bug_files], baseline="Robust / none")
+    rows = {r.label: r for r in table.rows}
+    assert rows["Robust / none"].baseline
+    key = table.columns[1].key  # PGD 8/255
+    other = [s[1] / N for s in AUG_BUG["Robust / fixed"]]
+    base = [s[1] / N for s in AUG_BUG["Robust / none"]]
+    diff = rows["Robust / fixed"].cells[key].diff
+    assert diff is not None and diff.test == "welch"
+    assert diff.delta == pytest.approx(statistics.mean(other) - statistics.mean(base))
+    assert diff.p_value == pytest.approx(sp.ttest_ind(other, base, equal_var=False).pvalue)
+    assert diff.ci95 is not None and diff.ci95[0] <= diff.delta <= diff.ci95[1]
+    text = cmp.cell_text(rows["Robust / fixed"].cells[key], table)
+    delta_pp = 100 * (statistics.mean(other) - statistics.mean(base))
+    assert f"(Δ +{delta_pp:.2f}, " in text
+    assert text.endswith("*)") == (diff.p_value < 0.05)
+    assert "(baseline)" in cmp.text_rows(table)[3][0]
+
+
+def test_baseline_single_runs_use_mcnemar_on_the_same_examples(tmp_path: Path) -> None:
+    rng = np.random.default_rng(7)
+    base_clean, other_clean = _flags(rng, 150), _flags(rng, 170)
+    base = _result("A", "sha-a", {"clean": 150}, flags={"clean": base_clean})
+    other = _result("B", "sha-b", {"clean": 170}, flags={"clean": other_clean})
+    items = [load_any(save_results(tmp_path / f"{r.label}.yaml", r)) for r in (base, other)]
+    [table] = cmp.compare(items, baseline="A")
+    diff = table.rows[1].cells[table.columns[0].key].diff
+    only_b = int(np.sum(other_clean & ~base_clean))
+    only_a = int(np.sum(base_clean & ~other_clean))
+    assert diff.test == "mcnemar"
+    assert diff.p_value == pytest.approx(sp.binomtest(only_b, only_a + only_b, 0.5).pvalue)
+    assert diff.delta == pytest.approx((170 - 150) / N)
+
+
+def test_mismatched_examples_for_a_paired_test_is_one_clear_error(tmp_path: Path) -> None:
+    a = _result("A", "sha-a", {"clean": 150})
+    b = _result("B", "sha-b", {"clean": 160}, index=index_sha256(range(1, N + 1)))
+    items = [load_any(save_results(tmp_path / f"{r.label}.yaml", r)) for r in (a, b)]
+    cmp.compare(items)  # no pairing asked: fine
+    with pytest.raises(ResultsError, match="evaluated on different examples") as info:
+        cmp.compare(items, baseline="A")
+    assert "\n" not in str(info.value)
+    assert "B.yaml" in str(info.value)
+    res = CliRunner().invoke(app, ["compare", str(tmp_path / "A.yaml"), str(tmp_path / "B.yaml"),
+                                   "--baseline", "A"])
+    assert res.exit_code == 1 and "evaluated on different examples" in res.output
+    assert "Traceback" not in res.output
+
+
+def test_unknown_baseline_lists_the_labels(aug_bug_files: list[Path]) -> None:
+    with pytest.raises(UsageError, match="labels: Standard / none, Standard / buggy"):
+        cmp.compare([load_any(p) for p in aug_bug_files], baseline="nope")
+
+
+def test_stutz_layout_error_metric_with_pgd_and_autoattack(tmp_path: Path) -> None:
+    items = []
+    for label, (c, p, a) in {"ResNet-18": (166, 90, 84), "SimpleNet": (150, 80, 70)}.items():
+        r = _result(label, label, {"clean": c, "8/255": p}, aa={"8/255": a})
+        items.append(load_any(save_results(tmp_path / f"{label}.yaml", r)))
+    [table] = cmp.compare(items, metric="error")
+    assert cmp.header(table) == [
+        "Model",
+        "Test Error (%)",
+        "PGD-10 Robust Test Error (ε = 8/255) (%)",
+        "AA Robust Test Error (ε = 8/255) (%)",
+    ]
+    assert cmp.text_rows(table)[0][1:] == [f"{100 - 100 * 166 / N:.2f}",
+                                           f"{100 - 100 * 90 / N:.2f}",
+                                           f"{100 - 100 * 84 / N:.2f}"]
+
+
+def test_two_eval_runs_of_one_checkpoint_fill_one_seed(tmp_path: Path) -> None:
+    pgd = _result("R", "same-sha", {"clean": 150, "8/255": 90})
+    aa = _result("R", "same-sha", {"clean": 150}, aa={"8/255": 85})
+    items = [load_any(save_results(tmp_path / f"{i}.yaml", r)) for i, r in enumerate((pgd, aa))]
+    [table] = cmp.compare(items)
+    assert len(table.rows) == 1 and table.rows[0].n == 1
+    assert not table.show_n
+    assert len(table.columns) == 3
+
+
+def test_published_rows_sit_before_their_reproduction_and_are_cited(tmp_path: Path) -> None:
+    repro = save_results(tmp_path / "r.yaml", _result("Robust / fixed", "s", {"clean": 160}))
+    pub = tmp_path / "pub.yaml"
+    pub.write_text(yaml.safe_dump({
+        "schema": "advcli.results/1", "label": "Robust / fixed", "published": True,
+        "citation": "Blog post (2021)",
+        "results": [{"attack": "clean", "accuracy": 0.8312}],
+    }))
+    [table] = cmp.compare([load_any(repro), load_any(pub)])
+    rows = cmp.text_rows(table)
+    assert rows[0] == ["Robust / fixed (published)", "83.12"]
+    assert rows[1] == ["Robust / fixed", f"{100 * 160 / N:.2f}"]
+    assert "Robust / fixed (published): Blog post (2021)" in cmp.footnotes(table)
+    # a baseline against a published row: the difference, but no test (no flags)
+    [table] = cmp.compare([load_any(repro), load_any(pub)], baseline="Robust / fixed")
+    d = table.rows[0].cells[table.columns[0].key].diff
+    assert d.delta == pytest.approx(0.8312 - 0.8) and d.p_value is None
+
+
+def _summary(tmp_path: Path, name: str, trained_with: str, sha: str, attack: dict,
+             clean: float, adv: float, ssim: float) -> Path:
+    p = tmp_path / f"{name}.yaml"
+    p.write_text(yaml.safe_dump({
+        "schema": "advcli.attack/1", "label": name,
+        "checkpoint": {"path": f"{sha}.safetensors", "sha256": sha, "label": name,
+                       "trained_with": trained_with},
+        "attack": attack, "data": {"dataset": "synthetic", "split": "test", "n": 100, "seed": 0},
+        "metrics": {"clean_accuracy": clean, "adv_accuracy": adv, "success_rate": 0.5,
+                    "ssim_dissimilarity_mean": ssim},
+    }))
+    return p
+
+
+FGSM = {"name": "fgsm", "norm": "linf", "eps": 8 / 255, "eps_text": "8/255"}
+PGD = {"name": "pgd", "norm": "linf", "eps": 1 / 255, "eps_text": "1/255", "steps": 10}
+STADV = {"name": "stadv", "norm": None, "eps": None, "eps_text": None, "tau": 0.05, "bound": 0.3}
+
+
+def test_matrix_trained_with_by_attacked_with_and_ssim_table(tmp_path: Path) -> None:
+    files = []
+    for tw, sha, accs in [("clean", "c", (0.9, 0.1, 0.2, 0.05)),
+                          ("static:fgsm", "f", (0.88, 0.6, 0.4, 0.1)),
+                          ("static:stadv", "s", (0.87, 0.2, 0.25, 0.5))]:
+        for attack, adv, ssim in [(FGSM, accs[1], 0.03), (PGD, accs[2], 0.004),
+                                  (STADV, accs[3], 0.02)]:
+            files.append(_summary(tmp_path, f"{tw}-{attack['name']}".replace(":", "_"), tw, sha,
+                                  attack, accs[0], adv, ssim))
+    matrix, ssim_table = cmp.compare([load_any(p) for p in files], matrix=True)
+    assert cmp.header(matrix) == ["Trained with", "Clean", "FGSM (ε = 8/255)",
+                                  "PGD-10 (ε = 1/255)", "stAdv"]
+    assert cmp.text_rows(matrix) == [
+        ["clean", "90.00", "10.00", "20.00", "5.00"],
+        ["static:fgsm", "88.00", "60.00", "40.00", "10.00"],
+        ["static:stadv", "87.00", "20.00", "25.00", "50.00"],
+    ]
+    assert matrix.rows[0].n == 1  # three summaries of one checkpoint are one model
+    assert cmp.header(ssim_table) == ["Attack", "Mean 1−SSIM", "n"]
+    assert cmp.text_rows(ssim_table) == [["FGSM (ε = 8/255)", "0.0300 ± 0.0000", "3"],
+                                         ["PGD-10 (ε = 1/255)", "0.0040 ± 0.0000", "3"],
+                                         ["stAdv", "0.0200 ± 0.0000", "3"]]
+
+
+def test_text_formats(aug_bug_files: list[Path]) -> None:
+    tables = cmp.compare([load_any(p) for p in aug_bug_files], baseline="Standard / none")
+    md = cmp.to_markdown(tables)
+    table_lines = [ln for ln in md.splitlines() if ln.startswith("|")]
+    assert len(table_lines) == 2 + len(AUG_BUG)
+    assert {ln.count("|") for ln in table_lines} == {6}
+    assert table_lines[1] == "|:---|---:|---:|---:|---:|"
+    rows = list(csv.reader(io.StringIO(cmp.to_csv(tables))))
+    head = rows[0]
+    robust = rows[1 + list(AUG_BUG).index("Robust / fixed")]
+    col = head.index("Robust Accuracy (ε = 8/255) (%)")
+    assert float(robust[col]) == pytest.approx(100 * statistics.mean([95, 97, 94]) / N)
+    assert float(robust[head.index("Robust Accuracy (ε = 8/255) (%) p")]) < 0.05
+    tex = cmp.to_latex(tables)
+    assert "\\toprule" in tex and "Standard Accuracy (\\%)" in tex and "$\\pm$" in tex
+    data = json.loads(json.dumps(cmp.to_data(tables)))
+    assert data[0]["rows"][0]["baseline"] is True
+
+
+def test_cli_compare_markdown_and_errors(aug_bug_files: list[Path], tmp_path: Path) -> None:
+    runner = CliRunner()
+    res = runner.invoke(app, ["compare", *map(str, aug_bug_files), "--format", "markdown"])
+    assert res.exit_code == 0, res.output
+    assert "| Model | Standard Accuracy (%) |" in res.stdout
+    res = runner.invoke(app, ["compare", *map(str, aug_bug_files), "--baseline", "zzz"])
+    assert res.exit_code == 2
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("schema: advcli.results/9\nlabel: x\n")
+    res = runner.invoke(app, ["compare", str(aug_bug_files[0]), str(bad)])
+    assert res.exit_code == 1
+    assert "schema 'advcli.results/9'" in res.output
+    assert "Traceback" not in res.output
+    res = runner.invoke(app, ["compare", str(aug_bug_files[0]), "--format", "xml"])
+    assert res.exit_code == 2
