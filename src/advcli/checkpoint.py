@@ -79,7 +79,9 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     return _decode(raw)
 
 
-def load_tensors(path: str | Path, device: str | torch.device = "cpu") -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def load_tensors(
+    path: str | Path, device: str | torch.device = "cpu"
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     p = Path(path)
     meta = read_metadata(p)
     try:

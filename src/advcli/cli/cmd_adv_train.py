@@ -6,11 +6,35 @@ from pathlib import Path
 
 import typer
 
+from advcli import distributed
 from advcli.cli import render
 from advcli.cli.cmd_train import (
-    Amp, Arch, AugmentOpt, BatchSize, ChannelsLast, Config, DataDir, Dataset, Device, Download,
-    Epochs, Label, LabelSmoothing, Lr, Momentum, NTrain, Quiet, Resume, ScheduleOpt, Seed,
-    ValSplit, WeightDecay, Workers, render_result, train_options,
+    Amp,
+    Arch,
+    AugmentOpt,
+    BatchSize,
+    ChannelsLast,
+    Config,
+    DataDir,
+    Dataset,
+    Device,
+    Download,
+    Epochs,
+    Label,
+    LabelSmoothing,
+    Lr,
+    Momentum,
+    NTrain,
+    Quiet,
+    Resume,
+    ScheduleOpt,
+    Seed,
+    SyncBn,
+    ValSplit,
+    WeightDecay,
+    Workers,
+    render_result,
+    train_options,
 )
 from advcli.cli.common import handle_errors, resolve_options
 from advcli.config import Norm, parse_choice, parse_eps, parse_fraction
@@ -56,6 +80,7 @@ def adv_train(
     label_smoothing: float = LabelSmoothing,
     channels_last: bool = ChannelsLast,
     amp: str = Amp,
+    sync_bn: bool = SyncBn,
     label: str | None = Label,
     resume: bool = Resume,
     quiet: bool = Quiet,
@@ -83,7 +108,12 @@ def adv_train(
         threat=threat, adv_data=opts["adv_data"], val_every=int(opts["val_every"]),
         val_pgd_steps=int(opts["val_pgd_steps"]), keep=str(opts["keep"]), on_overfit=str(opts["on_overfit"]),
     )
-    dev = resolve_device(opts["device"])
-    data = load_dataset(topts.dataset, opts["data_dir"], bool(opts["download"]), topts.seed, val_split=topts.val_split)
-    result = adv_fit(topts, adv, data, dev, resume=bool(opts["resume"]), reporter=render.RichReporter(quiet=bool(opts["quiet"])))
-    render_result(result, "advcli adv-train")
+    info, dev = distributed.setup(resolve_device(opts["device"]))
+    try:
+        data = load_dataset(topts.dataset, opts["data_dir"], bool(opts["download"]), topts.seed, val_split=topts.val_split)
+        reporter = render.RichReporter(quiet=bool(opts["quiet"]) or not info.is_main)
+        result = adv_fit(topts, adv, data, dev, resume=bool(opts["resume"]), reporter=reporter)
+        if info.is_main:
+            render_result(result, "advcli adv-train")
+    finally:
+        distributed.cleanup()

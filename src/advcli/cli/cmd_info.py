@@ -7,9 +7,9 @@ from pathlib import Path
 
 import typer
 
+from advcli.checkpoint import read_metadata
 from advcli.cli import render
 from advcli.cli.common import FORMAT_HELP, handle_errors
-from advcli.checkpoint import read_metadata
 from advcli.errors import UsageError
 
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import typer
 
+from advcli import distributed
 from advcli.cli import render
 from advcli.cli.common import CONFIG_HELP, DEVICE_HELP, handle_errors, resolve_options
 from advcli.config import Augment, Schedule, parse_choice
@@ -39,6 +40,7 @@ NTrain = typer.Option(None, "--n-train", min=1, help="Use only the first N train
 LabelSmoothing = typer.Option(0.0, "--label-smoothing", min=0.0, max=1.0, help="Cross-entropy label smoothing.")
 ChannelsLast = typer.Option(False, "--channels-last/--no-channels-last", help="NHWC memory format (faster convolutions on many CPUs and GPUs).")
 Amp = typer.Option("none", "--amp", help="Mixed precision of the forward pass: none, bf16 (CPUs with AMX/AVX512-BF16 and GPUs), fp16 (CUDA, with loss scaling).")
+SyncBn = typer.Option(False, "--sync-bn/--no-sync-bn", help="Under torchrun: synchronise BatchNorm statistics across ranks (SyncBatchNorm).")
 Label = typer.Option(None, "--label", help="Short name of this model in compare tables (default: the output file name).")
 Resume = typer.Option(False, "--resume", help="Continue from the training state saved beside --out after the last completed epoch.")
 Quiet = typer.Option(False, "--quiet", "-q", help="No progress bars.")
@@ -64,6 +66,7 @@ def train_options(opts: dict[str, Any]) -> TrainOptions:
         n_train=opts["n_train"],
         channels_last=bool(opts["channels_last"]),
         amp=str(opts["amp"]).lower(),
+        sync_bn=bool(opts.get("sync_bn", False)),
         out=str(opts["out"]),
         label=opts["label"],
         init_from=opts.get("init_from"),
@@ -108,6 +111,7 @@ def train(
     label_smoothing: float = LabelSmoothing,
     channels_last: bool = ChannelsLast,
     amp: str = Amp,
+    sync_bn: bool = SyncBn,
     label: str | None = Label,
     resume: bool = Resume,
     quiet: bool = Quiet,
@@ -119,7 +123,12 @@ def train(
     """
     opts = resolve_options(ctx, locals())
     topts = train_options(opts)
-    dev = resolve_device(opts["device"])
-    data = load_dataset(topts.dataset, opts["data_dir"], bool(opts["download"]), topts.seed, val_split=topts.val_split)
-    result = fit(topts, data, dev, resume=bool(opts["resume"]), reporter=render.RichReporter(quiet=bool(opts["quiet"])))
-    render_result(result)
+    info, dev = distributed.setup(resolve_device(opts["device"]))
+    try:
+        data = load_dataset(topts.dataset, opts["data_dir"], bool(opts["download"]), topts.seed, val_split=topts.val_split)
+        reporter = render.RichReporter(quiet=bool(opts["quiet"]) or not info.is_main)
+        result = fit(topts, data, dev, resume=bool(opts["resume"]), reporter=reporter)
+        if info.is_main:
+            render_result(result)
+    finally:
+        distributed.cleanup()

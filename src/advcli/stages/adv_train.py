@@ -106,7 +106,9 @@ def static_union(data: ImageData, adv_path: str | Path) -> tuple[torch.Tensor, t
     """
     tensors, meta = load_tensors(adv_path)
     if meta.get("schema") != "advcli.advset/1":
-        raise DataError(f"{str(adv_path)!r} is not an adversarial set from `advcli attack` (schema {meta.get('schema')!r})")
+        raise DataError(
+            f"{str(adv_path)!r} is not an adversarial set from `advcli attack` (schema {meta.get('schema')!r})"
+        )
     split = (meta.get("data") or {}).get("split", meta.get("split"))
     if split != "train":
         raise UsageError(

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from advcli import distributed
 from advcli.checkpoint import (
     load_checkpoint,
     load_tensors,
@@ -59,6 +60,7 @@ class TrainOptions:
     n_train: int | None = None
     channels_last: bool = False
     amp: str = "none"
+    sync_bn: bool = False
     out: str = "model.safetensors"
     label: str | None = None
     init_from: str | None = None
@@ -146,14 +148,17 @@ def evaluate_accuracy(
     """Clean accuracy in eval mode (no augmentation)."""
     was_training = model.training
     model.eval()
+    info = distributed.current()
     correct = torch.zeros((), dtype=torch.int64, device=device)
     with torch.no_grad():
-        for start in range(0, len(y), batch_size):
+        # Under torchrun each rank takes every world_size-th batch; the counts are summed.
+        for start in range(info.rank * batch_size, len(y), batch_size * info.world_size):
             xb = x_uint8[start : start + batch_size].to(device)
             xb = xb.float().div_(255) if xb.dtype == torch.uint8 else xb.float()
             with autocast(device, amp):
                 logits = model(xb)
             correct += (logits.argmax(1) == y[start : start + batch_size].to(device)).sum()
+    distributed.all_reduce_sum(correct)
     model.train(was_training)
     return float(correct) / max(len(y), 1)
 
@@ -169,6 +174,7 @@ def batch_loss(
     amp: str = "none",
     label_smoothing: float = 0.0,
     channels_last: bool = False,
+    attack_model: nn.Module | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """One training batch: (loss, logits, n_clean).
 
@@ -176,7 +182,8 @@ def batch_loss(
     replaced by adversarial examples (attack in eval mode; the model is back in train mode
     before the update); both parts go through the model as ONE batch, so BatchNorm sees both,
     and the loss is (1-f)·CE(clean) + f·CE(adv). Without a perturber (or f = 0) this is
-    exactly standard training.
+    exactly standard training. `attack_model` is the unwrapped module when `model` is a
+    DistributedDataParallel wrapper (the attack needs input gradients only, no gradient sync).
     """
     b = len(yb)
     fraction = perturber.fraction if perturber is not None else 0.0
@@ -184,7 +191,7 @@ def batch_loss(
     n_clean = b - n_adv
     if n_adv:
         with autocast(device, amp):
-            x_adv = perturber.perturb(model, xb[n_clean:], yb[n_clean:], generator)  # type: ignore[union-attr]
+            x_adv = perturber.perturb(attack_model or model, xb[n_clean:], yb[n_clean:], generator)  # type: ignore[union-attr]
         model.train()
         xb = torch.cat([xb[:n_clean], x_adv]) if n_clean else x_adv
     if channels_last:
@@ -212,9 +219,16 @@ def history_path_for(out: str | Path) -> Path:
 
 
 def _save_state(
-    path: Path, model: nn.Module, opt: torch.optim.Optimizer, epoch: int, history: list[EpochStats], meta: dict[str, Any]
+    path: Path,
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    epoch: int,
+    history: list[EpochStats],
+    meta: dict[str, Any],
+    best_state: dict[str, torch.Tensor] | None = None,
 ) -> None:
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    tensors.update({f"best.{k}": v for k, v in (best_state or {}).items()})
     for i, st in opt.state_dict()["state"].items():
         for name, value in st.items():
             if isinstance(value, torch.Tensor):
@@ -236,7 +250,9 @@ def _save_state(
     )
 
 
-def _load_state(path: Path, model: nn.Module, opt: torch.optim.Optimizer) -> tuple[int, list[dict[str, Any]], dict[str, Any]]:
+def _load_state(
+    path: Path, model: nn.Module, opt: torch.optim.Optimizer
+) -> tuple[int, list[dict[str, Any]], dict[str, Any], dict[str, torch.Tensor] | None]:
     tensors, meta = load_tensors(path)
     if meta.get("schema") != "advcli.train-state/1":
         raise CheckpointError(f"{str(path)!r} is not an advcli training-state file")
@@ -250,7 +266,8 @@ def _load_state(path: Path, model: nn.Module, opt: torch.optim.Optimizer) -> tup
     torch.set_rng_state(tensors["rng.torch"])
     pos, has_gauss, cached = meta["numpy_pos"]
     np.random.set_state(("MT19937", tensors["rng.numpy_keys"].numpy().astype(np.uint32), pos, has_gauss, cached))
-    return int(meta["epoch"]), list(meta.get("history", [])), meta
+    best = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")} or None
+    return int(meta["epoch"]), list(meta.get("history", [])), meta, best
 
 
 def _stats_from_dict(d: dict[str, Any]) -> EpochStats:
@@ -282,7 +299,8 @@ def fit(
     union). `keep_best` names a history metric (e.g. "val_robust_accuracy"): the checkpoint
     written is then the epoch with its highest value instead of the last epoch.
     """
-    reporter = reporter or NullReporter()
+    info = distributed.current()
+    reporter = (reporter or NullReporter()) if info.is_main else NullReporter()
     t0 = time.perf_counter()
     if opts.epochs < 1 or opts.batch_size < 1:
         raise UsageError("--epochs and --batch-size must be at least 1")
@@ -310,8 +328,15 @@ def fit(
     model.to(device)
     if opts.channels_last:
         model.to(memory_format=torch.channels_last)
+    train_model: nn.Module = model
+    if info.enabled:
+        from torch.nn.parallel import DistributedDataParallel
+
+        if opts.sync_bn:
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # type: ignore[assignment]
+        train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     decay, no_decay = [], []
-    for name, p in model.named_parameters():
+    for p in model.parameters():
         (no_decay if p.ndim <= 1 else decay).append(p)
     opt = torch.optim.SGD(
         [{"params": decay, "weight_decay": opts.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
@@ -319,36 +344,41 @@ def fit(
     )
     # fp16 needs loss scaling (CUDA only); bf16 has fp32's range and needs none.
     scaler = torch.amp.GradScaler("cuda") if (opts.amp == "fp16" and device.type == "cuda") else None
-    steps_per_epoch = math.ceil(len(y_tr) / opts.batch_size)
+    # --batch-size is per rank: the global batch is batch_size x world_size.
+    steps_per_epoch = math.ceil((len(y_tr) // info.world_size) / opts.batch_size)
     total_steps = steps_per_epoch * opts.epochs
 
     state_file = state_path_for(opts.out)
     history: list[EpochStats] = []
     start_epoch = 0
+    best_score, best_epoch = -math.inf, None
+    best_state: dict[str, torch.Tensor] | None = None
     if resume:
         if not state_file.is_file():
             raise UsageError(f"--resume: no training state {str(state_file)!r}; run without --resume first")
-        start_epoch, hist, _ = _load_state(state_file, model, opt)
+        start_epoch, hist, state_meta, best_state = _load_state(state_file, model, opt)
         history = [_stats_from_dict(h) for h in hist]
+        if state_meta.get("best_epoch") is not None:
+            best_epoch, best_score = int(state_meta["best_epoch"]), float(state_meta["best_score"])
         reporter.log(f"resuming after epoch {start_epoch} from {state_file}")
 
     x_tr_dev = x_tr.to(device) if opts.augment in ("none", "device") else x_tr
     y_tr_dev = y_tr.to(device) if opts.augment in ("none", "device") else y_tr
-    best_score, best_state, best_epoch = -math.inf, None, None
     notes: list[str] = []
     for epoch in range(start_epoch, opts.epochs):
         te = time.perf_counter()
-        model.train()
+        train_model.train()
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.int64)
         adv_loss_sum = torch.zeros((), device=device)
         adv_correct = torch.zeros((), device=device, dtype=torch.int64)
         seen = n_adv_seen = 0
-        attack_gen = epoch_generator(opts.seed + 1, epoch, 0, device)
+        attack_gen = epoch_generator(opts.seed + 1, epoch, info.rank, device)
         reporter.start(f"epoch {epoch + 1}/{opts.epochs}", steps_per_epoch)
         batches = train_batches(
             x_tr_dev, y_tr_dev, augment=Augment(opts.augment), batch_size=opts.batch_size,
             workers=opts.workers, seed=opts.seed, epoch=epoch, device=device,
+            rank=info.rank, world_size=info.world_size,
         )
         for i, (xb, yb) in enumerate(batches):
             step = epoch * steps_per_epoch + i
@@ -356,8 +386,9 @@ def fit(
             for g in opt.param_groups:
                 g["lr"] = lr
             loss, logits, n_clean = batch_loss(
-                model, xb, yb, perturber=perturber, generator=attack_gen, device=device,
+                train_model, xb, yb, perturber=perturber, generator=attack_gen, device=device,
                 amp=opts.amp, label_smoothing=opts.label_smoothing, channels_last=opts.channels_last,
+                attack_model=model,
             )
             n_adv = len(yb) - n_clean
             opt.zero_grad(set_to_none=True)
@@ -380,6 +411,11 @@ def fit(
             n_adv_seen += n_adv
             reporter.advance()
         reporter.finish()
+        if info.enabled:
+            counts = torch.tensor([seen, n_adv_seen], device=device)
+            for t in (loss_sum, correct, adv_loss_sum, adv_correct, counts):
+                distributed.all_reduce_sum(t)
+            seen, n_adv_seen = int(counts[0]), int(counts[1])
         stats = EpochStats(
             epoch=epoch + 1,
             lr=lr_at((epoch + 1) * steps_per_epoch, total_steps, opts.lr, opts.schedule),
@@ -411,19 +447,26 @@ def fit(
             if score is not None and score > best_score:
                 best_score, best_epoch = score, stats.epoch
                 best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        _save_state(state_file, model, opt, epoch + 1, history, {"best_epoch": best_epoch})
+        if info.is_main:
+            _save_state(
+                state_file, model, opt, epoch + 1, history,
+                {"best_epoch": best_epoch, "best_score": best_score if best_epoch else None}, best_state,
+            )
+        distributed.barrier()
         if stop_reason:
             notes.append(stop_reason)
             reporter.log(stop_reason)
             break
 
-    final_acc = history[-1].test_accuracy if history else evaluate_accuracy(model, data.test_x, data.test_y, device, amp=opts.amp)
+    final_acc = (
+        history[-1].test_accuracy
+        if history
+        else evaluate_accuracy(model, data.test_x, data.test_y, device, amp=opts.amp)
+    )
     if keep_best and best_state is not None:
         model.load_state_dict(best_state)
         final_acc = evaluate_accuracy(model, data.test_x, data.test_y, device, amp=opts.amp)
         notes.append(f"kept epoch {best_epoch} (best {keep_best} = {best_score:.4f})")
-    elif keep_best and resume:
-        notes.append("--keep best after --resume keeps the last epoch: the best weights of earlier sessions were not saved")
     meta = model_metadata(
         arch=model_arch(opts.arch),
         num_classes=data.num_classes,
@@ -439,21 +482,26 @@ def fit(
         parent_sha256=parent_sha,
         threat_model=None,
         classes=data.classes,
+        distributed={"world_size": info.world_size, "global_batch_size": opts.batch_size * info.world_size}
+        if info.enabled else None,
     )
     meta.update(extra_meta or {})
     if opts.channels_last:
         model.to(memory_format=torch.contiguous_format)
-    ckpt = save_checkpoint(opts.out, model, meta)
-    import yaml
+    ckpt = Path(opts.out)
+    if info.is_main:
+        save_checkpoint(ckpt, model, meta)
+        import yaml
 
-    atomic_write_text(
-        history_path_for(opts.out),
-        yaml.safe_dump(
-            {"schema": "advcli.history/1", "checkpoint": str(ckpt), "sha256": sha256_file(ckpt),
-             "history": [h.as_dict() for h in history]},
-            sort_keys=False,
-        ),
-    )
+        atomic_write_text(
+            history_path_for(opts.out),
+            yaml.safe_dump(
+                {"schema": "advcli.history/1", "checkpoint": str(ckpt), "sha256": sha256_file(ckpt),
+                 "history": [h.as_dict() for h in history]},
+                sort_keys=False,
+            ),
+        )
+    distributed.barrier()
     return TrainResult(
         checkpoint=ckpt, history=history, test_accuracy=final_acc,
         seconds=time.perf_counter() - t0, resumed_from_epoch=start_epoch, notes=notes,
