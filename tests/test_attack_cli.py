@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 from advcli.checkpoint import load_checkpoint
 from advcli.cli.app import app
 from advcli.data import test_subset, to_float
+from advcli.errors import ResultsError
 from advcli.io import sha256_file
 from advcli.stages.attack import load_adv_set, read_summary
 
@@ -107,9 +108,7 @@ def test_pgd_writes_an_adv_set_and_summary_that_round_trip(tiny_ckpt, synthetic_
     assert m["l2_mean"] == pytest.approx(float(delta.norm(dim=1).mean()), rel=1e-6)
     a = x.permute(0, 2, 3, 1).double().numpy()
     b = adv.x_adv.permute(0, 2, 3, 1).double().numpy()
-    dssim = [
-        1 - structural_similarity(a[i], b[i], channel_axis=-1, data_range=1.0) for i in range(24)
-    ]
+    dssim = [1 - structural_similarity(a[i], b[i], channel_axis=-1, data_range=1.0) for i in range(24)]
     assert m["ssim_dissimilarity_mean"] == pytest.approx(float(np.mean(dssim)), rel=1e-9)
     assert m["ssim_dissimilarity_mean"] > 0
 
@@ -225,3 +224,12 @@ def test_a_failing_write_removes_what_was_written(tiny_ckpt, tmp_path):
     assert r.exit_code == 1
     assert "cannot write" in r.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["not-a-folder"]
+
+
+def test_readers_reject_other_files(tiny_ckpt, tmp_path):
+    with pytest.raises(ResultsError, match="not an advcli adversarial set"):
+        load_adv_set(tiny_ckpt)
+    other = tmp_path / "results.yaml"
+    other.write_text("schema: advcli.results/1\n")
+    with pytest.raises(ResultsError, match="not an attack summary"):
+        read_summary(other)

@@ -226,9 +226,7 @@ class _Exploding(nn.Module):
 
 
 def _spec(name: str, steps: int = 2) -> AttackSpec:
-    return AttackSpec(
-        name, Norm.linf, None if name == "stadv" else EPS, steps=None if "fgsm" in name else steps
-    )
+    return AttackSpec(name, Norm.linf, None if name == "stadv" else EPS, steps=None if "fgsm" in name else steps)
 
 
 @pytest.mark.parametrize("name", ["fgsm", "fgsm-rs", "pgd", "stadv"])
@@ -257,9 +255,7 @@ def test_model_mode_and_requires_grad_are_restored(tiny_ckpt, batch, name):
     assert [p.requires_grad for p in model.parameters()] == flags
     assert all(p.grad is None for p in model.parameters()), "only the input gradient is computed"
     after = model.state_dict()
-    assert all(torch.equal(v, after[k]) for k, v in state.items()), (
-        "weights or BN statistics changed"
-    )
+    assert all(torch.equal(v, after[k]) for k, v in state.items()), "weights or BN statistics changed"
 
     exploding = _Exploding(model)
     exploding.train()
@@ -328,9 +324,7 @@ def test_autoattack_wrapper():
     # channels-last: same values, strides that pyautoattack's `.view` calls cannot handle
     xt = x.contiguous(memory_format=torch.channels_last)
     assert not xt.is_contiguous()
-    result = run_autoattack(
-        model, xt, y, "linf", "8/255", version="custom", attacks=["apgd-ce"], batch_size=16, seed=0
-    )
+    result = run_autoattack(model, xt, y, "linf", "8/255", version="custom", attacks=["apgd-ce"], batch_size=16, seed=0)
     assert model.training, "the model's mode is restored"
     assert all(p.requires_grad for p in model.parameters())
     model.eval()

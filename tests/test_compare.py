@@ -284,6 +284,11 @@ def test_cli_compare_markdown_and_errors(aug_bug_files: list[Path], tmp_path: Pa
     res = runner.invoke(app, ["compare", *map(str, aug_bug_files), "--format", "markdown"])
     assert res.exit_code == 0, res.output
     assert "| Model | Standard Accuracy (%) |" in res.stdout
+    cfg = tmp_path / "compare.yaml"
+    cfg.write_text("metric: error\nformat: csv\n")
+    res = runner.invoke(app, ["compare", *map(str, aug_bug_files), "--config", str(cfg)])
+    assert res.exit_code == 0, res.output
+    assert res.stdout.startswith("Model,published,Test Error (%)")
     res = runner.invoke(app, ["compare", *map(str, aug_bug_files), "--baseline", "zzz"])
     assert res.exit_code == 2
     bad = tmp_path / "bad.yaml"

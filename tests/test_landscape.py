@@ -41,6 +41,15 @@ from advcli.stages.landscape import LandscapeSettings, compute_landscape, read_d
 CPU = torch.device("cpu")
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """These models are tiny: one thread avoids thread wake-up stalls on a busy 2-core box."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _tiny(seed: int = 0, num_classes: int = 10) -> Classifier:
     """A random tiny-cnn with confident outputs (a loss far from log(classes) everywhere)."""
     torch.manual_seed(seed)

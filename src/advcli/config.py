@@ -30,7 +30,7 @@ class Eps:
         return self.text
 
 
-_EPS_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(?:/\s*([0-9]*\.?[0-9]+))?\s*$")
+_EPS_RE = re.compile(r"^\s*([-+]?[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(?:/\s*([0-9]*\.?[0-9]+))?\s*$")
 
 
 def parse_eps(text: str | float | int | Eps, *, name: str = "eps", allow_zero: bool = True) -> Eps:

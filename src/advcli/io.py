@@ -19,6 +19,10 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     except OSError as exc:
         raise AdvcliError(f"cannot write {str(p)!r}: {exc.strerror}; check the folder exists and is writable") from exc
     try:
+        # mkstemp creates 0600; give the file the permissions a plain open() would.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()

@@ -35,7 +35,7 @@ def versions() -> dict[str, str]:
 
     return {
         "advcli": advcli.__version__,
-        "torch": torch.__version__,
+        "torch": str(torch.__version__),  # TorchVersion is a str subclass yaml refuses
         "numpy": numpy.__version__,
         "python": platform.python_version(),
     }

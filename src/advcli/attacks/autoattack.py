@@ -93,23 +93,15 @@ def run_autoattack(
     eps_value = parse_eps(eps, name="eps").value
     version = str(version).strip().lower()
     if version not in VERSIONS:
-        raise UsageError(
-            f"unknown AutoAttack version {version!r}; valid values: {', '.join(VERSIONS)}"
-        )
+        raise UsageError(f"unknown AutoAttack version {version!r}; valid values: {', '.join(VERSIONS)}")
     if version == "custom":
         if not attacks:
-            raise UsageError(
-                "AutoAttack version custom needs a list of attacks, e.g. apgd-ce,square"
-            )
+            raise UsageError("AutoAttack version custom needs a list of attacks, e.g. apgd-ce,square")
         bad = [a for a in attacks if a not in ATTACKS]
         if bad:
-            raise UsageError(
-                f"unknown AutoAttack attack(s) {', '.join(bad)}; valid values: {', '.join(ATTACKS)}"
-            )
+            raise UsageError(f"unknown AutoAttack attack(s) {', '.join(bad)}; valid values: {', '.join(ATTACKS)}")
     elif attacks:
-        raise UsageError(
-            f"AutoAttack version {version} fixes its attacks; use version custom to choose them"
-        )
+        raise UsageError(f"AutoAttack version {version} fixes its attacks; use version custom to choose them")
     if batch_size < 1:
         raise UsageError(f"batch size must be >= 1, got {batch_size}")
     check_inputs(x, y)
@@ -151,9 +143,7 @@ def run_autoattack(
         logger.propagate = saved[1]
     notes = list(handler.warnings)
     if "square" in run and x.shape[2] != x.shape[3]:
-        notes.append(
-            "Square Attack may not work properly on non-square images (auto-attack issue 95)"
-        )
+        notes.append("Square Attack may not work properly on non-square images (auto-attack issue 95)")
     notes += [f"{w.category.__name__}: {w.message}" for w in caught]
     return AutoAttackResult(
         x_adv=x_adv.detach(),

@@ -206,9 +206,7 @@ def steepest_step(grad: torch.Tensor, norm: Norm) -> torch.Tensor:
     return grad.sign() if norm is Norm.linf else normalize_l2(grad)
 
 
-def random_start(
-    x: torch.Tensor, norm: Norm, eps: float, generator: torch.Generator | None
-) -> torch.Tensor:
+def random_start(x: torch.Tensor, norm: Norm, eps: float, generator: torch.Generator | None) -> torch.Tensor:
     """A random point of the eps-ball around x, clamped to [0, 1].
 
     Linf: uniform in the cube. L2: a Gaussian direction scaled to radius eps·U(0, 1) (the

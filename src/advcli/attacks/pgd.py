@@ -74,9 +74,7 @@ class PGD(Attack):
         x_adv = random_start(x, self.norm, self.eps, generator) if self.random_init else x.clone()
         for _ in range(self.steps):
             grad, _ = input_grad(model, x_adv, y, self.targeted)
-            x_adv = project(
-                x_adv + self.step_size * steepest_step(grad, self.norm), x, self.norm, self.eps
-            )
+            x_adv = project(x_adv + self.step_size * steepest_step(grad, self.norm), x, self.norm, self.eps)
         return x_adv
 
     def _perturb(
@@ -87,7 +85,5 @@ class PGD(Attack):
             return x_adv
         best = score(model, x_adv, y, self.targeted)
         for _ in range(self.restarts - 1):
-            best = keep_worst(
-                best, score(model, self._one_run(model, x, y, generator), y, self.targeted)
-            )
+            best = keep_worst(best, score(model, self._one_run(model, x, y, generator), y, self.targeted))
         return best[0]

@@ -55,9 +55,7 @@ def build_attack(spec: AttackSpec) -> Attack:
         raise UsageError(f"--bound is stadv's flow bound; {name.value} uses --eps")
     if name is AttackName.fgsm:
         if spec.steps not in (None, 1) or step_size is not None or spec.restarts != 1:
-            raise UsageError(
-                "fgsm is one step of size eps: drop --steps, --step-size and --restarts"
-            )
+            raise UsageError("fgsm is one step of size eps: drop --steps, --step-size and --restarts")
         return FGSM(norm, eps.value, targeted=spec.targeted)
     if name is AttackName.fgsm_rs:
         if spec.steps not in (None, 1):
@@ -92,7 +90,5 @@ def attack_record(spec: AttackSpec, attack: Attack) -> dict[str, Any]:
     if spec.step_size is not None:
         record["step_size_text"] = parse_eps(spec.step_size, name="step size").text
     if attack.name == AttackName.stadv.value:
-        record["bound_text"] = (
-            None if spec.bound is None else parse_eps(spec.bound, name="bound").text
-        )
+        record["bound_text"] = None if spec.bound is None else parse_eps(spec.bound, name="bound").text
     return record

@@ -17,26 +17,18 @@ from advcli.errors import DataError, UsageError
 SPLITS = ("test", "train")
 FORMATS = ("table", "yaml", "json")
 DEFAULT_EPS = {Norm.linf: "8/255", Norm.l2: "0.5"}
-EPS_HELP = (
-    "Ball radius in [0,1] pixel units, like 8/255 (default: 8/255 for linf, 0.5 for l2). "
-    "Not for stadv."
-)
+EPS_HELP = "Ball radius in [0,1] pixel units, like 8/255 (default: 8/255 for linf, 0.5 for l2). Not for stadv."
 STEP_SIZE_HELP = (
     "Step size (default: pgd 2.5*eps/steps, fgsm-rs 1.25*eps; "
     "stadv: Adam learning rate in pixels, 2.5*bound/steps, 0.01 when unbounded)."
 )
-BOUND_HELP = (
-    "stadv: largest flow displacement of any pixel, a radius in pixels (e.g. 0.5) "
-    "(default: unbounded)."
-)
+BOUND_HELP = "stadv: largest flow displacement of any pixel, a radius in pixels (e.g. 0.5) (default: unbounded)."
 
 
 @handle_errors
 def attack_cmd(
     ctx: typer.Context,
-    checkpoint: Annotated[
-        Path, typer.Argument(help="Checkpoint (.safetensors) of the model to attack.")
-    ],
+    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint (.safetensors) of the model to attack.")],
     attack: Annotated[str, typer.Option(help="fgsm | fgsm-rs | pgd | stadv.")] = "pgd",
     norm: Annotated[str, typer.Option(help="Ball of fgsm/fgsm-rs/pgd: linf | l2.")] = "linf",
     eps: Annotated[
@@ -63,18 +55,14 @@ def attack_cmd(
     split: Annotated[str, typer.Option(help="Which split to attack: test | train.")] = "test",
     n: Annotated[
         int | None,
-        typer.Option(
-            help="Attack the first N examples (advcli's fixed stratified order) (default: all)."
-        ),
+        typer.Option(help="Attack the first N examples (advcli's fixed stratified order) (default: all)."),
     ] = None,
     batch_size: Annotated[int, typer.Option(help="Examples per attack batch.")] = 256,
-    seed: Annotated[
-        int, typer.Option(help="Seed of the subset order and of the attack's random starts.")
-    ] = 0,
+    seed: Annotated[int, typer.Option(help="Seed of the subset order and of the attack's random starts.")] = 0,
     device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
-    out: Annotated[
-        Path, typer.Option(help="Adversarial set to write (safetensors: x_adv, y, index).")
-    ] = Path("adv.safetensors"),
+    out: Annotated[Path, typer.Option(help="Adversarial set to write (safetensors: x_adv, y, index).")] = Path(
+        "adv.safetensors"
+    ),
     summary: Annotated[
         Path | None,
         typer.Option(help="YAML summary to write (default: --out with the suffix .yaml)."),
@@ -83,9 +71,7 @@ def attack_cmd(
         Path | None,
         typer.Option(help="Also draw clean / adversarial / amplified perturbation to this PNG."),
     ] = None,
-    label: Annotated[
-        str | None, typer.Option(help="Name in tables (default: the checkpoint's label).")
-    ] = None,
+    label: Annotated[str | None, typer.Option(help="Name in tables (default: the checkpoint's label).")] = None,
     dataset: Annotated[
         str | None,
         typer.Option(help="Dataset override (default: the one recorded in the checkpoint)."),
@@ -235,9 +221,7 @@ def _check_options(opts: dict[str, Any]) -> tuple[AttackSpec, str, Path]:
         step_size=None if opts["step_size"] is None else _nonneg(opts["step_size"], "--step-size"),
         restarts=int(opts["restarts"]),
         tau=float(opts["tau"]),
-        bound=None
-        if opts["bound"] is None
-        else _nonneg(opts["bound"], "--bound", allow_zero=False),
+        bound=None if opts["bound"] is None else _nonneg(opts["bound"], "--bound", allow_zero=False),
     )
     build_attack(spec)  # the attack's own checks (e.g. --step-size with fgsm)
     out_path = Path(opts["out"])

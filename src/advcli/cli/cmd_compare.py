@@ -62,7 +62,7 @@ def compare(
     alpha: Annotated[
         float, typer.Option("--alpha", help="Significance level for the * mark.")
     ] = 0.05,
-    fmt: Annotated[
+    format: Annotated[
         str,
         typer.Option(
             "--format", "-f",
@@ -77,7 +77,7 @@ def compare(
     attacked-with matrix, and mean 1−SSIM from attack summaries.
     """
     opts = resolve_options(ctx, locals())
-    out_format = parse_choice(CompareFormat, opts["fmt"], name="format")
+    out_format = parse_choice(CompareFormat, opts["format"], name="format")
     items = [load_any(p) for p in opts["files"]]
     tables = stage.compare(
         items,

@@ -99,16 +99,16 @@ def eval_cmd(
         "--n", help="Evaluate the first N examples of the split in advcli's fixed, seeded, "
         "class-interleaved order (advcli.data.test_subset); omit for all.")] = 1000,
     eps: Annotated[str | None, typer.Option(
-        "--eps", help="Comma-separated radii, e.g. 8/255,16/255 [default: the checkpoint's "
-        "threat model, else 8/255 (linf) or 0.5 (l2)].")] = None,
+        "--eps", help="Comma-separated radii, e.g. 8/255,16/255 (default: the checkpoint's "
+        "threat model, else 8/255 for linf or 0.5 for l2).")] = None,
     norm: Annotated[str | None, typer.Option(
-        "--norm", help="linf or l2 [default: the checkpoint's threat model, else linf].")] = None,
+        "--norm", help="linf or l2 (default: the checkpoint's threat model, else linf).")] = None,
     pgd: Annotated[bool, typer.Option("--pgd/--no-pgd", help="Run PGD at every eps.")] = True,
     pgd_steps: Annotated[int, typer.Option("--pgd-steps", help="PGD iterations.")] = 10,
     restarts: Annotated[int, typer.Option(
         "--restarts", help="PGD random restarts (worst case per example kept).")] = 1,
     step_size: Annotated[str | None, typer.Option(
-        "--step-size", help="PGD step size [default: 2.5*eps/steps].")] = None,
+        "--step-size", help="PGD step size (default: 2.5*eps/steps).")] = None,
     autoattack: Annotated[bool, typer.Option(
         "--autoattack/--no-autoattack",
         help="Run AutoAttack (pyautoattack) at every eps.")] = False,
@@ -127,14 +127,14 @@ def eval_cmd(
     device: Annotated[str, typer.Option("--device", help=DEVICE_HELP)] = "auto",
     dataset: Annotated[str | None, typer.Option(
         "--dataset",
-        help="Dataset override [default: the one recorded in the checkpoint].")] = None,
+        help="Dataset override (default: the one recorded in the checkpoint).")] = None,
     data_dir: Annotated[str | None, typer.Option(
         "--data-dir", help="Where torchvision datasets live.")] = None,
     label: Annotated[str | None, typer.Option(
-        "--label", help="Row name in compare tables [default: the checkpoint's label].")] = None,
+        "--label", help="Row name in compare tables (default: the checkpoint's label).")] = None,
     out: Annotated[Path | None, typer.Option(
         "--out", "-o", help="Result file to write (YAML, schema advcli.results/1).")] = None,
-    fmt: Annotated[str, typer.Option("--format", help=FORMAT_HELP)] = "table",
+    format: Annotated[str, typer.Option("--format", help=FORMAT_HELP)] = "table",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
     config: Annotated[Path | None, typer.Option("--config", help=CONFIG_HELP)] = None,
 ) -> None:
@@ -146,7 +146,7 @@ def eval_cmd(
     Example: advcli eval robust.safetensors --eps 8/255,16/255 --autoattack -o results/robust.yaml
     """
     opts = resolve_options(ctx, locals())
-    out_format = str(opts["fmt"]).strip().lower()
+    out_format = str(opts["format"]).strip().lower()
     if out_format not in FORMATS:
         raise UsageError(f"unknown --format {out_format!r}; valid values: {', '.join(FORMATS)}")
     eopts = eval_options(opts)

@@ -222,13 +222,9 @@ def load_adv_set(path: str | Path) -> AdvSet:
     try:
         x_adv, y, index = tensors["x_adv"], tensors["y"], tensors["index"]
     except KeyError as exc:
-        raise ResultsError(
-            f"{str(path)!r} lacks the tensor {exc}; re-create it with `advcli attack`"
-        ) from exc
+        raise ResultsError(f"{str(path)!r} lacks the tensor {exc}; re-create it with `advcli attack`") from exc
     if not (x_adv.shape[0] == y.shape[0] == index.shape[0]):
-        raise ResultsError(
-            f"{str(path)!r} has x_adv, y and index of different lengths; it is corrupt"
-        )
+        raise ResultsError(f"{str(path)!r} has x_adv, y and index of different lengths; it is corrupt")
     return AdvSet(x_adv=x_adv, y=y, index=index, meta=meta)
 
 
@@ -288,14 +284,10 @@ def read_summary(path: str | Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(p.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
-        raise ResultsError(
-            f"{str(p)!r} is not valid YAML; re-create it with `advcli attack`"
-        ) from exc
+        raise ResultsError(f"{str(p)!r} is not valid YAML; re-create it with `advcli attack`") from exc
     if not isinstance(data, dict) or data.get("schema") != SUMMARY_SCHEMA:
         found = data.get("schema") if isinstance(data, dict) else None
-        raise ResultsError(
-            f"{str(p)!r} is not an attack summary (schema {found!r}, expected {SUMMARY_SCHEMA})"
-        )
+        raise ResultsError(f"{str(p)!r} is not an attack summary (schema {found!r}, expected {SUMMARY_SCHEMA})")
     metrics = data.get("metrics")
     if not isinstance(metrics, dict) or not all(
         v is None or (isinstance(v, (int, float)) and not math.isnan(v)) for v in metrics.values()

@@ -112,6 +112,7 @@ class CompareTable:
     metric: str = "accuracy"
     alpha: float = 0.05
     notes: list[str] = field(default_factory=list)
+    n_means: str = "seeds (checkpoints)"  # what n counts, for the footnote
 
     @property
     def show_n(self) -> bool:
@@ -442,7 +443,7 @@ def build_ssim_table(summaries: Sequence[AttackSummary]) -> CompareTable | None:
     return CompareTable(
         title="Mean 1−SSIM between adversarial and clean images", row_header="Attack",
         columns=[Column(key, "Mean 1−SSIM")], rows=_rows_from_groups(ordered, [key]),
-        percent=False,
+        percent=False, n_means="attack summaries",
     )
 
 
@@ -524,7 +525,7 @@ def text_rows(table: CompareTable) -> list[list[str]]:
 def footnotes(table: CompareTable) -> list[str]:
     notes = []
     if any(r.n > 1 for r in table.rows):
-        notes.append("mean ± sample std over n seeds (checkpoints)")
+        notes.append(f"mean ± sample std over n {table.n_means}")
     if any(c.diff is not None for r in table.rows for c in r.cells.values()):
         notes.append(
             "Δ: difference to the baseline in percentage points; p from McNemar's exact test "

@@ -205,15 +205,18 @@ def autoattack_entry(
                  params=params, warnings=warnings, time_s=time.perf_counter() - t0)
 
 
-def transfer_entry(
-    model: nn.Module,
-    adv_path: str | Path,
-    *,
-    dataset: str | None,
-    batch_size: int,
-    device: torch.device,
-) -> tuple[Entry, np.ndarray]:
-    """Accuracy on a precomputed adversarial set (`advcli attack --out`); also its indices."""
+@dataclass
+class AdvSet:
+    """A precomputed adversarial set (`advcli attack --out`) and where it came from."""
+
+    x_adv: torch.Tensor
+    y: torch.Tensor
+    index: torch.Tensor
+    source: dict[str, Any]
+
+
+def load_adv_set(adv_path: str | Path, *, dataset: str | None) -> AdvSet:
+    """Read and check an adversarial set; run before any attack so a bad file fails fast."""
     from advcli.io import sha256_file
 
     p = Path(adv_path)
@@ -231,10 +234,11 @@ def transfer_entry(
         raise DataError(f"adversarial set {str(p)!r} was made from dataset {src_dataset!r} but "
                         f"the model is evaluated on {dataset!r}; pass the matching --dataset")
     x_adv, y, index = tensors["x_adv"].float(), tensors["y"].long(), tensors["index"].long()
-    if bool((x_adv.min() < 0) | (x_adv.max() > 1)) if x_adv.numel() else False:
+    if x_adv.dim() != 4 or not (len(x_adv) == len(y) == len(index)):
+        raise DataError(f"adversarial set {str(p)!r} has malformed tensors (x_adv "
+                        f"{tuple(x_adv.shape)}, y {tuple(y.shape)}, index {tuple(index.shape)})")
+    if x_adv.numel() and bool((x_adv.min() < 0) | (x_adv.max() > 1)):
         raise DataError(f"adversarial set {str(p)!r} has pixels outside [0, 1]")
-    t0 = time.perf_counter()
-    flags = predict_flags(model, x_adv, y, batch_size, device)
     attack = meta.get("attack") if isinstance(meta.get("attack"), dict) else {}
     source = {
         "path": str(p),
@@ -245,8 +249,18 @@ def transfer_entry(
         "split": meta.get("split"),
         "attack": attack,
     }
+    return AdvSet(x_adv, y, index, {k: v for k, v in source.items() if v is not None})
+
+
+def transfer_entry(
+    model: nn.Module, adv: AdvSet, *, batch_size: int, device: torch.device
+) -> Entry:
+    """The model's accuracy on a precomputed adversarial set, recording where it came from."""
+    t0 = time.perf_counter()
+    flags = predict_flags(model, adv.x_adv, adv.y, batch_size, device)
+    attack = adv.source.get("attack") or {}
     eps = attack.get("eps")
-    entry = Entry(
+    return Entry(
         attack="transfer",
         accuracy=float(flags.mean()) if len(flags) else 0.0,
         n=len(flags),
@@ -254,11 +268,10 @@ def transfer_entry(
         eps=None if eps is None else float(eps),
         eps_text=attack.get("eps_text") if eps is not None else None,
         flags=flags,
-        params={"source": {k: v for k, v in source.items() if v is not None}},
+        params={"source": adv.source},
         time_s=time.perf_counter() - t0,
-        index_sha256=index_sha256(index.numpy()),
+        index_sha256=index_sha256(adv.index.numpy()),
     )
-    return entry, index.numpy()
 
 
 def worst_entries(entries: Sequence[Entry], index_hash: str) -> list[Entry]:
@@ -386,15 +399,15 @@ def run_eval(
                      f"({eps_source})")
     if data is None:
         data = load_eval_data(meta, opts.dataset, opts.data_dir, ckpt.path)
+    adv = None if opts.adv_data is None else load_adv_set(opts.adv_data, dataset=data.name)
     split_x, split_y = data.split(opts.split)
     idx = test_subset(split_y, opts.n, seed=opts.seed)
     x, y = to_float(split_x[idx]), split_y[idx].long()
     ihash = index_sha256(idx.numpy())
     entries = evaluate(ckpt.model, x, y, norm=norm, eps_list=eps_list, opts=opts, device=device,
                        reporter=reporter)
-    if opts.adv_data is not None:
-        entry, _ = transfer_entry(ckpt.model, opts.adv_data, dataset=data.name,
-                                  batch_size=opts.batch_size, device=device)
+    if adv is not None:
+        entry = transfer_entry(ckpt.model, adv, batch_size=opts.batch_size, device=device)
         if entry.index_sha256 == ihash:
             entry.index_sha256 = None  # the same examples as the rest of the file
         reporter.log(f"transfer from {opts.adv_data}: {100 * entry.accuracy:.2f}% "

@@ -1,0 +1,79 @@
+"""The benchmark script (`make bench`) must not rot: run every benchmark at the smoke size.
+
+Timings are never asserted (the machine is shared and noisy); what is checked is that every
+benchmark runs, prints its ratio with a target and a verdict, and writes a sane JSON record.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+import torch
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "run.py"
+
+
+@pytest.fixture(scope="module")
+def bench() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("advcli_benchmarks_run", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture()
+def keep_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_verdicts_follow_the_target_direction(bench: ModuleType) -> None:
+    assert bench.Ratio("x", "x", 2.0, "<= 2.1").verdict == "PASS"
+    assert bench.Ratio("x", "x", 2.2, "<= 2.1").verdict == "FAIL"
+    assert bench.Ratio("x", "x", 12.0, ">= 10").verdict == "PASS"
+    assert bench.Ratio("x", "x", 9.9, ">= 10").verdict == "FAIL"
+    assert bench.Ratio("x", "x", 1.0, None).verdict == "report"
+
+
+def test_pair_ratio_is_the_median_of_pairs(bench: ModuleType) -> None:
+    # A load burst in one pair (the 10.0) must not move the result.
+    value, spread = bench.pair_ratio([2.0, 4.0, 10.0], [1.0, 2.0, 1.0])
+    assert value == 2.0
+    assert spread == (2.0, 10.0)
+
+
+def test_unknown_benchmark_is_a_usage_error(bench: ModuleType, capsys: pytest.CaptureFixture[str]) -> None:
+    assert bench.main(["--only", "pgd-step,warp-drive"]) == 2
+    assert "warp-drive" in capsys.readouterr().err
+
+
+def test_every_benchmark_runs_at_smoke_size(
+    bench: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str], keep_threads: None
+) -> None:
+    out_json = tmp_path / "bench.json"
+    code = bench.main(["--size", "smoke", "--no-cache", "--device", "cpu", "--json", str(out_json)])
+    assert code == 0  # no --strict: a missed target on a busy machine is not an error
+    stdout = capsys.readouterr().out
+    for label in ("[1] PGD step / forward", "[2] adv-train batch", "[3] eval PGD-10", "[4] device augmentation",
+                  "[5] eval --autoattack", "[6] adv-train peak memory", "speed-up of adv-train step with bf16"):
+        assert label in stdout, label
+    assert "summary:" in stdout
+
+    record = json.loads(out_json.read_text())
+    assert record["size"] == "smoke"
+    results = record["results"]
+    assert {r["bench"] for r in results} == set(bench.BENCHMARKS)
+    targets = {r["bench"]: r["target"] for r in results if r["target"]}
+    assert targets == {"pgd-step": "<= 2.1", "adv-train": "<= 1.05", "eval-pgd": ">= 1.3", "augment": ">= 10",
+                       "autoattack": "<= 1.05"}
+    for r in results:
+        assert math.isfinite(r["value"]) and r["value"] >= 0, r
+        assert r["verdict"] in ("PASS", "FAIL", "report")
+        assert (r["verdict"] == "report") == (r["target"] is None)
