@@ -20,7 +20,7 @@ demo: setup
 	ADVCLI=$(ADVCLI) DEMO_DIR=$(DEMO_DIR) bash recipes/demo.sh
 
 test: setup
-	$(PY) -m pytest -q -ra
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -ra --durations=15
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow"

@@ -16,7 +16,11 @@ CIFAR_ZIP = REPO.parent / "shared" / "data" / "cifar10-jpeg.zip"
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    # One intra-op thread: the suite's models are tiny, and tests start subprocesses (torchrun
+    # ranks, DataLoader workers) that would otherwise oversubscribe 2 cores, where OpenMP's
+    # spin-waiting makes small ops tens of times slower (measured here under load).
+    torch.set_num_threads(1)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
     os.environ.setdefault("ADVCLI_NO_PROGRESS", "1")
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -23,6 +24,7 @@ def bench() -> ModuleType:
     spec = importlib.util.spec_from_file_location("advcli_benchmarks_run", SCRIPT)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve their annotations through sys.modules
     spec.loader.exec_module(module)
     return module
 
@@ -62,7 +64,7 @@ def test_every_benchmark_runs_at_smoke_size(
     assert code == 0  # no --strict: a missed target on a busy machine is not an error
     stdout = capsys.readouterr().out
     for label in ("[1] PGD step / forward", "[2] adv-train batch", "[3] eval PGD-10", "[4] device augmentation",
-                  "[5] eval --autoattack", "[6] adv-train peak memory", "speed-up of adv-train step with bf16"):
+                  "[5] eval --autoattack", "[6] adv-train peak memory", "speed-up of the adv-train step with bf16"):
         assert label in stdout, label
     assert "summary:" in stdout
 

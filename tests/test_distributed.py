@@ -60,3 +60,22 @@ def test_two_rank_training_under_torchrun_writes_a_loadable_checkpoint(tmp_path)
     r2 = _torchrun(["train", "--epochs", "2", "--n-train", "512", "--device", "cpu", "--out", str(out), "--resume"], tmp_path)
     assert r2.returncode == 0, r2.stderr[-2000:]
     assert read_metadata(out)["metrics"]["epochs_run"] == 2
+
+
+@pytest.mark.slow
+def test_sharded_eval_equals_single_process_eval(tmp_path, tiny_ckpt):
+    from advcli.results import load_results
+
+    args = ["eval", str(tiny_ckpt), "--num-examples", "48", "--eps", "2/255", "--pgd-steps", "3", "--batch-size", "16",
+            "--autoattack", "--aa-version", "custom", "--aa-attacks", "apgd-ce", "--device", "cpu", "-q"]
+    single = subprocess.run([sys.executable, "-m", "advcli", *args, "-o", str(tmp_path / "one.yaml")],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                            env=dict(os.environ, ADVCLI_NO_PROGRESS="1"))
+    assert single.returncode == 0, single.stderr[-2000:]
+    r = _torchrun([*args, "-o", str(tmp_path / "two.yaml")], tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    one, two = load_results(tmp_path / "one.yaml"), load_results(tmp_path / "two.yaml")
+    assert [e.attack for e in one.entries] == [e.attack for e in two.entries]
+    for a, b in zip(one.entries, two.entries):
+        assert a.accuracy == b.accuracy and (a.flags == b.flags).all(), a.attack
+    assert any(0 < e.accuracy < 1 for e in one.entries if e.attack == "pgd")  # a non-trivial case

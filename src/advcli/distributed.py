@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -77,6 +78,21 @@ def all_gather_cat(t: torch.Tensor) -> list[torch.Tensor]:
     out = [torch.empty_like(t) for _ in range(info.world_size)]
     dist.all_gather(out, t)
     return out
+
+
+def my_batches(n_batches: int) -> range:
+    """The batch numbers this rank handles: every world_size-th, starting at its rank."""
+    info = current()
+    return range(info.rank, n_batches, info.world_size)
+
+
+def gather_flags(values: np.ndarray) -> np.ndarray:
+    """Merge per-rank results where each position was filled by exactly one rank (others -1)."""
+    if not current().enabled:
+        return values
+    t = torch.from_numpy(values.astype(np.int64))
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t.numpy()
 
 
 def cleanup() -> None:

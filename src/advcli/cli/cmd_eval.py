@@ -96,7 +96,7 @@ def eval_cmd(
     checkpoint: Annotated[Path, typer.Argument(help="Checkpoint (.safetensors) to evaluate.",
                                                show_default=False)],
     n: Annotated[int | None, typer.Option(
-        "--n", help="Evaluate the first N examples of the split in advcli's fixed, seeded, "
+        "--n", "--num-examples", help="(--num-examples under torchrun, whose parser takes --n as its own.) Evaluate the first N examples of the split in advcli's fixed, seeded, "
         "class-interleaved order (advcli.data.test_subset); omit for all.")] = 1000,
     eps: Annotated[str | None, typer.Option(
         "--eps", help="Comma-separated radii, e.g. 8/255,16/255 (default: the checkpoint's "
@@ -151,13 +151,21 @@ def eval_cmd(
         raise UsageError(f"unknown --format {out_format!r}; valid values: {', '.join(FORMATS)}")
     eopts = eval_options(opts)
 
+    from advcli import distributed
     from advcli.device import resolve_device
     from advcli.results import save_results
     from advcli.stages.evaluate import run_eval
 
-    dev = resolve_device(opts["device"])
-    result = run_eval(opts["checkpoint"], eopts, device=dev,
-                      reporter=render.RichReporter(quiet=bool(opts["quiet"])))
+    info, dev = distributed.setup(resolve_device(opts["device"]))
+    try:
+        from advcli.progress import NullReporter
+
+        reporter = render.RichReporter(quiet=bool(opts["quiet"])) if info.is_main else NullReporter()
+        result = run_eval(opts["checkpoint"], eopts, device=dev, reporter=reporter)
+    finally:
+        distributed.cleanup()
+    if not info.is_main:
+        return  # rank 0 alone writes and prints; every rank holds the same gathered result
     if opts["out"]:
         save_results(opts["out"], result)
     if out_format == "table":

@@ -71,17 +71,17 @@ def landscape(
     norm: Annotated[str, typer.Option(help="Ball of fgsm/fgsm-rs/pgd: linf | l2.")] = "linf",
     eps: Annotated[
         str | None,
-        typer.Option(help="Attack radius like 8/255 [default: 8/255 linf, 0.5 l2; not stadv]."),
+        typer.Option(help="Attack radius like 8/255 (default: 8/255 linf, 0.5 l2; not stadv)."),
     ] = None,
     steps: Annotated[
-        int | None, typer.Option(help="Attack iterations [default: pgd 10, stadv 100].")
+        int | None, typer.Option(help="Attack iterations (default: pgd 10, stadv 100).")
     ] = None,
     step_size: Annotated[
-        str | None, typer.Option(help="Attack step size [default: the attack's own].")
+        str | None, typer.Option(help="Attack step size (default: the attack's own).")
     ] = None,
     tau: Annotated[float, typer.Option(help="stadv: weight of the flow-smoothness loss.")] = 0.05,
     bound: Annotated[
-        str | None, typer.Option(help="stadv: flow bound in pixels [default: unbounded].")
+        str | None, typer.Option(help="stadv: flow bound in pixels (default: unbounded).")
     ] = None,
     adv_data: Annotated[Path | None, typer.Option(help=ADV_DATA_HELP)] = None,
     bn: Annotated[str, typer.Option(help=BN_HELP)] = "eval",
@@ -101,7 +101,7 @@ def landscape(
     ] = 0,
     dataset: Annotated[
         str | None,
-        typer.Option(help="Dataset override [default: the one recorded in the checkpoints]."),
+        typer.Option(help="Dataset override (default: the one recorded in the checkpoints)."),
     ] = None,
     data_dir: Annotated[str | None, typer.Option(help="Where torchvision datasets live.")] = None,
     device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",

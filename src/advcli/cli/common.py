@@ -53,6 +53,8 @@ def resolve_options(ctx: typer.Context, values: dict[str, Any]) -> dict[str, Any
         # Compared by name: typer >= 0.24 vendors click, older typer uses click's own enum.
         name for name in given if getattr(ctx.get_parameter_source(name), "name", "") == "COMMANDLINE"
     }
-    return merge_config(
-        load_config_file(Path(config)), given, explicit, stage=ctx.command.name or "", path=config
-    )
+    # Options named after Python builtins are declared `range_`, `format_`...: their config
+    # key is the option's name without the underscore.
+    alias = {name.rstrip("_"): name for name in given}
+    file_values = {alias.get(k, k): v for k, v in load_config_file(Path(config)).items()}
+    return merge_config(file_values, given, explicit, stage=ctx.command.name or "", path=config)

@@ -5,8 +5,10 @@ set, and the per-example worst case. Returns an `EvalResult`; writing it is the 
   class-interleaved order), identified in the result by the hash of their indices and of their
   pixels, so compare can tell when two files saw the same examples.
 - PGD attacks only the examples the model classifies correctly: a misclassified example is
-  already non-robust and needs no attack steps. Each eps gets its own generator seeded with
-  `seed`, so its numbers do not depend on which other eps were run.
+  already non-robust and needs no attack steps. Every batch draws its random start from its
+  own generator, seeded by (seed, batch number), so an eps's numbers do not depend on which
+  other eps were run, and under torchrun (batches dealt out across ranks, flags gathered) the
+  result is identical to a single-process run.
 - AutoAttack runs through `advcli.attacks.autoattack.run_autoattack` (the authors' package);
   its flags are ANDed with our clean flags, its perturbation size is checked against eps, and
   its warnings are kept in the entry.
@@ -28,8 +30,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from advcli import distributed
 from advcli.checkpoint import LoadedCheckpoint, load_checkpoint, load_tensors
 from advcli.config import Eps, Norm, parse_choice, parse_eps
+from advcli.data.loaders import epoch_seed
 from advcli.errors import DataError, UsageError
 from advcli.progress import NullReporter, Reporter
 from advcli.provenance import provenance
@@ -105,6 +109,14 @@ def predict_flags(
     return out
 
 
+def _gather_max(value: float) -> float:
+    if not distributed.current().enabled:
+        return value
+    t = torch.tensor([value], dtype=torch.float64)
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+    return float(t[0])
+
+
 def _perturbation(x_adv: torch.Tensor, x: torch.Tensor, norm: Norm) -> float:
     d = (x_adv.detach().float().cpu() - x.detach().float().cpu()).flatten(1)
     if d.numel() == 0:
@@ -139,21 +151,25 @@ def pgd_entry(
     t0 = time.perf_counter()
     flags = clean.copy()
     todo = np.flatnonzero(clean)
-    generator = torch.Generator().manual_seed(seed)
+    survived = np.full(len(todo), -1, dtype=np.int64)  # -1: a batch another rank handles
+    n_batches = (len(todo) + batch_size - 1) // batch_size
     reporter.start(f"pgd-{steps} {norm.value} eps={eps.text}", total=len(todo))
     worst_delta = 0.0
     try:
-        for i in range(0, len(todo), batch_size):
-            idx = torch.from_numpy(todo[i:i + batch_size])
+        for b in distributed.my_batches(n_batches):
+            sl = slice(b * batch_size, (b + 1) * batch_size)
+            idx = torch.from_numpy(todo[sl])
             xb, yb = x[idx].to(device), y[idx].to(device)
+            generator = torch.Generator().manual_seed(epoch_seed(seed, b))
             x_adv = attack.perturb(model, xb, yb, generator=generator)
             with torch.no_grad():
-                ok = (model(x_adv).argmax(1) == yb).cpu().numpy()
-            flags[todo[i:i + batch_size]] = ok
+                survived[sl] = (model(x_adv).argmax(1) == yb).cpu().numpy()
             worst_delta = max(worst_delta, _perturbation(x_adv, xb, norm))
-            reporter.advance(len(idx))
+            reporter.advance(len(idx) * distributed.current().world_size)
     finally:
         reporter.finish()
+    flags[todo] = distributed.gather_flags(survived) == 1
+    worst_delta = _gather_max(worst_delta)
     params = {k: record[k] for k in ("steps", "step_size", "restarts") if k in record}
     params["max_perturbation"] = worst_delta
     return Entry(attack="pgd", accuracy=float(flags.mean()) if len(flags) else 0.0,
@@ -180,25 +196,34 @@ def autoattack_entry(
     from advcli.attacks.autoattack import run_autoattack
 
     t0 = time.perf_counter()
-    xd = x.to(device).contiguous()
-    yd = y.to(device).contiguous()
-    res = run_autoattack(model, xd, yd, norm, eps, version=version,
-                         attacks=list(attacks) if attacks else None,
-                         batch_size=batch_size, seed=seed, reporter=reporter)
-    flags = res.robust_flags.detach().cpu().numpy().astype(bool) & clean
-    delta = _perturbation(res.x_adv, xd, norm)
-    warnings = list(res.warnings)
+    # AutoAttack runs chunk by chunk (a chunk = --batch-size examples, seeded by its number),
+    # so that under torchrun the chunks can be dealt out across ranks with the same result.
+    robust = np.full(len(y), -1, dtype=np.int64)
+    delta, warnings, ran = 0.0, [], list(attacks or [])
+    n_chunks = (len(y) + batch_size - 1) // batch_size
+    for c in distributed.my_batches(n_chunks):
+        sl = slice(c * batch_size, (c + 1) * batch_size)
+        xd, yd = x[sl].to(device).contiguous(), y[sl].to(device).contiguous()
+        res = run_autoattack(model, xd, yd, norm, eps, version=version,
+                             attacks=list(attacks) if attacks else None,
+                             batch_size=batch_size, seed=seed + c, reporter=reporter)
+        robust[sl] = res.robust_flags.detach().cpu().numpy().astype(np.int64)
+        delta = max(delta, _perturbation(res.x_adv, xd, norm))
+        warnings += [w for w in res.warnings if w not in warnings]
+        ran = list(res.attacks) if res.attacks else ran
+    robust = distributed.gather_flags(robust) == 1
+    delta = _gather_max(delta)
+    flags = robust & clean
     if delta > eps.value + 1e-5:
         warnings.append(
             f"AutoAttack returned a perturbation of {delta:.6g} > eps {eps.value:.6g} "
             f"({norm.value})"
         )
-    disagree = int(np.count_nonzero(res.robust_flags.cpu().numpy() & ~clean))
+    disagree = int(np.count_nonzero(robust & ~clean))
     if disagree:
         warnings.append(f"{disagree} examples AutoAttack counted as robust are misclassified "
                         "clean here; the model may be non-deterministic")
-    params: dict[str, Any] = {"version": version,
-                              "attacks": list(res.attacks) if res.attacks else list(attacks or [])}
+    params: dict[str, Any] = {"version": version, "attacks": ran}
     params["max_perturbation"] = delta
     return Entry(attack="autoattack", accuracy=float(flags.mean()) if len(flags) else 0.0,
                  n=len(flags), norm=norm.value, eps=eps.value, eps_text=eps.text, flags=flags,
