@@ -3,7 +3,7 @@ run, side by side, so that a shared or noisy machine slows both sides alike.
 
     .venv/bin/python benchmarks/run.py                           # everything, default sizes (`make bench`)
     .venv/bin/python benchmarks/run.py --only pgd-step,eval-pgd --repeats 9
-    .venv/bin/python benchmarks/run.py --malloc tuned            # with the allocator fix (see README)
+    .venv/bin/python benchmarks/run.py --malloc default          # without the allocator tuning the CLI does
     .venv/bin/python benchmarks/run.py --size smoke --no-cache   # seconds; what the smoke test runs
 
 Benchmarks (name: what is divided by what; target):
@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
-import ctypes
 import hashlib
 import json
 import logging
@@ -63,7 +62,7 @@ from advcli.config import Norm, parse_eps
 from advcli.data import ImageData, test_subset, to_float
 from advcli.data.loaders import train_batches
 from advcli.data.synthetic import CLASSES, make_synthetic
-from advcli.device import resolve_device
+from advcli.device import resolve_device, tune_allocator
 from advcli.io import atomic_write_bytes, atomic_write_text
 from advcli.models import build_model
 from advcli.progress import NullReporter
@@ -217,20 +216,8 @@ def emit(ctx: Context, r: Ratio) -> None:
 
 
 def tune_malloc() -> bool:
-    """glibc malloc: keep freed memory in the process instead of handing it back to the kernel.
-
-    By default glibc serves big blocks with mmap and trims the heap top on free, so every
-    forward/backward pass maps fresh pages for its activations and gradients and pays a page
-    fault (and a zeroing) for each 4 KiB of them. Raising the mmap threshold to its maximum
-    (32 MiB) and the trim threshold out of reach lets those blocks be reused. This is the change
-    recommended for advcli's CLI entry point; here it is opt-in (`--malloc tuned`).
-    """
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return False
-    m_trim_threshold, m_mmap_threshold = -1, -3  # from <malloc.h>
-    return bool(libc.mallopt(m_mmap_threshold, 32 * 2**20)) and bool(libc.mallopt(m_trim_threshold, 2**31 - 1))
+    """The allocator change advcli's CLI makes at start-up (see advcli.device.tune_allocator)."""
+    return tune_allocator()
 
 
 # --------------------------------------------------------------------------- data and models
@@ -783,7 +770,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads (default 1: on a shared machine two threads wait for each other at\n"
                         "every op and the timings measure the scheduler; 0 = torch's own choice)")
-    p.add_argument("--malloc", choices=("default", "tuned"), default="default",
+    p.add_argument("--malloc", choices=("default", "tuned"), default="tuned",
                    help="tuned: keep freed memory in the process (glibc mallopt; see tune_malloc)")
     p.add_argument("--cache-dir", default=str(Path(os.environ.get("ADVCLI_CACHE", Path.home() / ".cache/advcli"))
                                               / "bench"), help="where the trained eval model is cached")

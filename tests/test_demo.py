@@ -16,7 +16,7 @@ from advcli.checkpoint import load_checkpoint
 from advcli.config import Norm, parse_eps
 from advcli.data import test_subset, to_float
 from advcli.stages.adv_train import AdvOptions, ThreatModel, adv_fit
-from advcli.stages.train import TrainOptions, fit
+from advcli.stages.train import TrainOptions
 
 REPO = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")

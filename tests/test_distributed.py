@@ -76,6 +76,6 @@ def test_sharded_eval_equals_single_process_eval(tmp_path, tiny_ckpt):
     assert r.returncode == 0, r.stderr[-2000:]
     one, two = load_results(tmp_path / "one.yaml"), load_results(tmp_path / "two.yaml")
     assert [e.attack for e in one.entries] == [e.attack for e in two.entries]
-    for a, b in zip(one.entries, two.entries):
+    for a, b in zip(one.entries, two.entries, strict=True):
         assert a.accuracy == b.accuracy and (a.flags == b.flags).all(), a.attack
     assert any(0 < e.accuracy < 1 for e in one.entries if e.attack == "pgd")  # a non-trivial case

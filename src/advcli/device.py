@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import ctypes
+import os
+import sys
+
 import torch
 
 from advcli.errors import UsageError
@@ -19,3 +23,23 @@ def resolve_device(name: str = "auto") -> torch.device:
             raise UsageError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
         return torch.device(key)
     raise UsageError(f"unknown device {name!r}; valid values: auto, cpu, cuda, cuda:N")
+
+
+def tune_allocator() -> bool:
+    """glibc malloc: keep freed memory in the process instead of handing it back to the kernel.
+
+    By default glibc serves big blocks with mmap and trims the heap top on free, so every
+    forward/backward pass maps fresh pages for its activations and gradients and pays a page
+    fault (and zeroing) per 4 KiB. Raising the mmap threshold to its maximum (32 MiB) and the
+    trim threshold out of reach lets those blocks be reused: benchmarks/run.py measured ~19,000
+    page faults per PGD step on small-cnn going to 0, and the PGD-step / forward ratio from
+    1.96-2.16 to 1.89-1.99. Memory stays reserved after peaks. `ADVCLI_MALLOC=default` opts out.
+    """
+    if os.environ.get("ADVCLI_MALLOC") == "default" or not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # from <malloc.h>
+    return bool(libc.mallopt(m_mmap_threshold, 32 * 2**20)) and bool(libc.mallopt(m_trim_threshold, 2**31 - 1))

@@ -55,4 +55,7 @@ def _root(
 
 
 def main() -> None:
+    from advcli.device import tune_allocator
+
+    tune_allocator()
     app()
