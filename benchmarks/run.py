@@ -19,6 +19,8 @@ Benchmarks (name: what is divided by what; target):
   memory      peak memory of adv-train per batch size (a process per size: peak heap RSS
               on the CPU, torch.cuda.max_memory_allocated on a GPU)                        report
   options     adv-train step time with --channels-last / --amp bf16 / both, vs neither     report
+  compile     training step time with --compile (torch.compile) vs eager, and the
+              compilation time of the first step                                            report
 
 How a ratio is measured: every side gets one untimed warm-up call; then the sides run
 interleaved in ABBA order (A B, B A, A B, ...), `--repeats` times; the ratio of each pair is
@@ -69,7 +71,7 @@ from advcli.progress import NullReporter
 from advcli.stages.adv_train import AdvOptions, AttackPerturber, ThreatModel, adv_fit
 from advcli.stages.train import TrainOptions, batch_loss
 
-BENCHMARKS = ("pgd-step", "adv-train", "eval-pgd", "augment", "autoattack", "memory", "options")
+BENCHMARKS = ("pgd-step", "adv-train", "eval-pgd", "augment", "autoattack", "memory", "options", "compile")
 EPS = parse_eps("8/255")
 
 
@@ -728,6 +730,28 @@ def bench_options(ctx: Context) -> None:
         ))
 
 
+def bench_compile(ctx: Context) -> None:
+    """--compile: a training step of torch.compile(model) vs the eager model (report only)."""
+    s = ctx.sizes
+    arch, b = s.archs[0], s.batch
+    x, y = batch_of(ctx, b, "train")
+    eager = fresh_model(ctx, arch)
+    compiled = torch.compile(fresh_model(ctx, arch))
+    info(f"compile: {arch} training step (batch {b}), torch.compile vs eager; compiling first")
+    step = train_step_fn(ctx, compiled, x, y)
+    t0 = time.perf_counter()
+    step()
+    ctx.sync()
+    first = time.perf_counter() - t0
+    sides = {"eager": train_step_fn(ctx, eager, x, y), "compiled": step}
+    t = interleaved(ctx, sides, s.repeats)
+    emit(ctx, Ratio(
+        "compile", f"    speed-up of a training step with --compile ({arch}, batch {b})",
+        detail=f"{ms(t.wall['compiled'])} vs eager {ms(t.wall['eager'])}; first compiled step "
+        f"(compilation) {first:.1f} s", **compare(t, "eager", "compiled"),
+    ))
+
+
 RUNNERS: dict[str, Callable[[Context], None]] = {
     "pgd-step": bench_pgd_step,
     "adv-train": bench_adv_train,
@@ -736,6 +760,7 @@ RUNNERS: dict[str, Callable[[Context], None]] = {
     "autoattack": bench_autoattack,
     "memory": bench_memory,
     "options": bench_options,
+    "compile": bench_compile,
 }
 
 

@@ -60,7 +60,9 @@ def test_every_benchmark_runs_at_smoke_size(
     bench: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str], keep_threads: None
 ) -> None:
     out_json = tmp_path / "bench.json"
-    code = bench.main(["--size", "smoke", "--no-cache", "--device", "cpu", "--json", str(out_json)])
+    # compile is left out here: it needs a C compiler and a minute (tests/test_train.py covers --compile).
+    only = ",".join(b for b in bench.BENCHMARKS if b != "compile")
+    code = bench.main(["--size", "smoke", "--no-cache", "--device", "cpu", "--only", only, "--json", str(out_json)])
     assert code == 0  # no --strict: a missed target on a busy machine is not an error
     stdout = capsys.readouterr().out
     for label in ("[1] PGD step / forward", "[2] adv-train batch", "[3] eval PGD-10", "[4] device augmentation",
@@ -71,7 +73,7 @@ def test_every_benchmark_runs_at_smoke_size(
     record = json.loads(out_json.read_text())
     assert record["size"] == "smoke"
     results = record["results"]
-    assert {r["bench"] for r in results} == set(bench.BENCHMARKS)
+    assert {r["bench"] for r in results} == set(bench.BENCHMARKS) - {"compile"}
     targets = {r["bench"]: r["target"] for r in results if r["target"]}
     assert targets == {"pgd-step": "<= 2.1", "adv-train": "<= 1.05", "eval-pgd": ">= 1.3", "augment": ">= 10",
                        "autoattack": "<= 1.05"}

@@ -87,7 +87,7 @@ def test_cifar_zip_slice_reads_like_imagefolder(cifar_zip, tmp_path):
     assert d.classes[0] == "airplane" and d.classes[-1] == "truck" and d.num_classes == 10
     assert d.train_x.shape == (20, 3, 32, 32)
     first = sorted(n for n in zipfile.ZipFile(small).namelist() if "/train/" in "/" + n)[0]
-    ref = np.asarray(Image.open(io.BytesIO(zipfile.ZipFile(small).read(first))).convert("RGB")).transpose(2, 0, 1)
+    ref = np.asarray(Image.open(io.BytesIO(zipfile.ZipFile(small).read(first))).convert("RGB")).transpose(2, 0, 1).copy()
     assert torch.equal(d.train_x[0], torch.from_numpy(ref))
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -207,3 +208,21 @@ def test_cli_bad_config_files(tmp_path):
     notmap.write_text("- 1\n- 2\n")
     r = runner.invoke(app, ["train", "--config", str(notmap)])
     assert r.exit_code == 2 and "must be a mapping" in r.output
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None,
+                    reason="torch.compile's CPU backend needs a C compiler")
+def test_compile_trains_like_eager_and_reports_compilation(tmp_path, synthetic_data):
+    eager = fit(_opts(tmp_path / "e.safetensors", epochs=1), synthetic_data, CPU)
+    compiled = fit(_opts(tmp_path / "c.safetensors", epochs=1, compile=True), synthetic_data, CPU)
+    assert any(n.startswith("--compile: the first step took") for n in compiled.notes)
+    assert not any("--compile" in n for n in eager.notes)
+    # Same seed, same data order: the compiled graph computes the same function (up to float
+    # reassociation), so the trained weights agree closely.
+    a, c = _weights(tmp_path / "e.safetensors"), _weights(tmp_path / "c.safetensors")
+    assert a.keys() == c.keys()
+    for k in a:
+        if a[k].is_floating_point():
+            torch.testing.assert_close(c[k], a[k], rtol=1e-2, atol=2e-3)
+    assert read_metadata(tmp_path / "c.safetensors")["config"]["compile"] is True

@@ -40,6 +40,7 @@ NTrain = typer.Option(None, "--n-train", min=1, help="Use only the first N train
 LabelSmoothing = typer.Option(0.0, "--label-smoothing", min=0.0, max=1.0, help="Cross-entropy label smoothing.")
 ChannelsLast = typer.Option(False, "--channels-last/--no-channels-last", help="NHWC memory format (faster convolutions on many CPUs and GPUs).")
 Amp = typer.Option("none", "--amp", help="Mixed precision of the forward pass: none, bf16 (CPUs with AMX/AVX512-BF16 and GPUs), fp16 (CUDA, with loss scaling).")
+Compile = typer.Option(False, "--compile/--no-compile", help="torch.compile the training forward/backward (off by default; the first step pays the compilation, reported in seconds; attacks stay eager).")
 SyncBn = typer.Option(False, "--sync-bn/--no-sync-bn", help="Under torchrun: synchronise BatchNorm statistics across ranks (SyncBatchNorm).")
 Label = typer.Option(None, "--label", help="Short name of this model in compare tables (default: the output file name).")
 Resume = typer.Option(False, "--resume", help="Continue from the training state saved beside --out after the last completed epoch.")
@@ -66,6 +67,7 @@ def train_options(opts: dict[str, Any]) -> TrainOptions:
         n_train=opts["n_train"],
         channels_last=bool(opts["channels_last"]),
         amp=str(opts["amp"]).lower(),
+        compile=bool(opts.get("compile", False)),
         sync_bn=bool(opts.get("sync_bn", False)),
         out=str(opts["out"]),
         label=opts["label"],
@@ -111,6 +113,7 @@ def train(
     label_smoothing: float = LabelSmoothing,
     channels_last: bool = ChannelsLast,
     amp: str = Amp,
+    compile: bool = Compile,
     sync_bn: bool = SyncBn,
     label: str | None = Label,
     resume: bool = Resume,

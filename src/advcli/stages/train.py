@@ -60,6 +60,7 @@ class TrainOptions:
     n_train: int | None = None
     channels_last: bool = False
     amp: str = "none"
+    compile: bool = False
     sync_bn: bool = False
     out: str = "model.safetensors"
     label: str | None = None
@@ -335,6 +336,11 @@ def fit(
         if opts.sync_bn:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # type: ignore[assignment]
         train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if opts.compile:
+        # The training forward/backward is compiled; attacks run the eager model (they flip
+        # eval mode and requires_grad, which would make the compiled graph recompile).
+        train_model = torch.compile(train_model)
+    step_seconds: list[float] = []
     decay, no_decay = [], []
     for p in model.parameters():
         (no_decay if p.ndim <= 1 else decay).append(p)
@@ -381,6 +387,7 @@ def fit(
             rank=info.rank, world_size=info.world_size,
         )
         for i, (xb, yb) in enumerate(batches):
+            ts = time.perf_counter() if opts.compile and len(step_seconds) < 6 else None
             step = epoch * steps_per_epoch + i
             lr = lr_at(step, total_steps, opts.lr, opts.schedule)
             for g in opt.param_groups:
@@ -409,6 +416,8 @@ def fit(
                     loss_sum += F.cross_entropy(logits[:n_clean], yb[:n_clean], reduction="sum")
             seen += n_clean
             n_adv_seen += n_adv
+            if ts is not None:
+                step_seconds.append(_synced_seconds(device, ts))
             reporter.advance()
         reporter.finish()
         if info.enabled:
@@ -458,6 +467,12 @@ def fit(
             reporter.log(stop_reason)
             break
 
+    if len(step_seconds) >= 2:
+        later = sorted(step_seconds[1:])[len(step_seconds[1:]) // 2]
+        note = (f"--compile: the first step took {step_seconds[0]:.1f} s (compilation included), "
+                f"later steps {1e3 * later:.0f} ms (median of {len(step_seconds) - 1})")
+        notes.append(note)
+        reporter.log(note)
     final_acc = (
         history[-1].test_accuracy
         if history
@@ -506,6 +521,12 @@ def fit(
         checkpoint=ckpt, history=history, test_accuracy=final_acc,
         seconds=time.perf_counter() - t0, resumed_from_epoch=start_epoch, notes=notes,
     )
+
+
+def _synced_seconds(device: torch.device, since: float) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - since
 
 
 def model_arch(name: str) -> str:
