@@ -231,5 +231,5 @@ def test_readers_reject_other_files(tiny_ckpt, tmp_path):
         load_adv_set(tiny_ckpt)
     other = tmp_path / "results.yaml"
     other.write_text("schema: advcli.results/1\n")
-    with pytest.raises(ResultsError, match="not an attack summary"):
+    with pytest.raises(ResultsError, match="not an advcli attack summary"):
         read_summary(other)

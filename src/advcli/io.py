@@ -6,7 +6,10 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from advcli.errors import AdvcliError
 
@@ -47,3 +50,40 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
         while block := fh.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def read_yaml_document(path: str | Path, *, what: str, schema: str | None, make_hint: str) -> dict[str, Any]:
+    """Read an advcli YAML file: a mapping whose `schema` is `schema` (unchecked when None).
+
+    `what` names the file in errors ("attack summary"); `make_hint` says how to (re)create it.
+    Every failure is one ResultsError line naming the path."""
+    import yaml
+
+    from advcli.errors import ResultsError
+
+    p = Path(path)
+    if not p.is_file():
+        raise ResultsError(f"{what} {str(p)!r} does not exist; check the path or {make_hint}")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ResultsError(f"{what} {str(p)!r} is not valid YAML ({exc.__class__.__name__}); {make_hint}") from exc
+    if not isinstance(data, dict):
+        raise ResultsError(f"{what} {str(p)!r} must be a YAML mapping, got {type(data).__name__}; {make_hint}")
+    if schema is not None and data.get("schema") != schema:
+        raise ResultsError(
+            f"{str(p)!r} is not an advcli {what} (schema {data.get('schema')!r}, expected {schema}); {make_hint}"
+        )
+    return data
+
+
+@contextmanager
+def all_or_nothing(written: list[Path]) -> Iterator[list[Path]]:
+    """Collect the outputs a command writes; if anything fails, delete those already written so
+    that no half set of outputs is left behind."""
+    try:
+        yield written
+    except BaseException:
+        for p in written:
+            p.unlink(missing_ok=True)
+        raise

@@ -32,7 +32,7 @@ import numpy as np
 import yaml
 
 from advcli.errors import ResultsError
-from advcli.io import atomic_write_text
+from advcli.io import atomic_write_text, read_yaml_document
 
 SCHEMA = "advcli.results/1"
 ATTACK_SCHEMA = "advcli.attack/1"
@@ -307,18 +307,7 @@ def _kind_name(kinds: tuple[type, ...]) -> str:
 
 
 def _load_yaml(path: str | Path) -> dict[str, Any]:
-    p = Path(path)
-    if not p.is_file():
-        raise ResultsError(f"result file {str(p)!r} does not exist; check the path")
-    try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise ResultsError(f"result file {str(p)!r} is not valid YAML ({exc.__class__.__name__}); "
-                           "re-create it with `advcli eval -o`") from exc
-    if not isinstance(data, dict):
-        raise ResultsError(f"result file {str(p)!r} must be a YAML mapping, got "
-                           f"{type(data).__name__}")
-    return data
+    return read_yaml_document(path, what="result file", schema=None, make_hint="re-create it with `advcli eval -o`")
 
 
 def load_results(path: str | Path) -> EvalResult:

@@ -13,6 +13,7 @@ from advcli.cli import render
 from advcli.cli.common import CONFIG_HELP, DEVICE_HELP, FORMAT_HELP, handle_errors, resolve_options
 from advcli.config import Eps, Norm, parse_choice, parse_eps
 from advcli.errors import DataError, UsageError
+from advcli.io import all_or_nothing
 
 SPLITS = ("test", "train")
 FORMATS = ("table", "yaml", "json")
@@ -142,7 +143,7 @@ def attack_cmd(
     )
 
     written: list[Path] = []
-    try:
+    with all_or_nothing(written):  # a failure deletes what was already written
         written.append(
             save_adv_set(
                 out_path,
@@ -175,11 +176,6 @@ def attack_cmd(
                 )
             )
         written.append(write_summary(summary_path, doc))
-    except BaseException:
-        # Never leave a half set of outputs behind.
-        for p in written:
-            p.unlink(missing_ok=True)
-        raise
 
     _render(doc, fmt)
     for p in written:

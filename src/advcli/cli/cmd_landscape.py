@@ -15,6 +15,7 @@ from advcli.cli import render
 from advcli.cli.common import CONFIG_HELP, DEVICE_HELP, FORMAT_HELP, handle_errors, resolve_options
 from advcli.config import Norm, parse_choice, parse_eps
 from advcli.errors import DataError, UsageError
+from advcli.io import all_or_nothing
 
 DATA_KINDS = ("clean", "pgd", "fgsm", "fgsm-rs", "stadv")
 FORMATS = ("table", "yaml", "json")
@@ -260,7 +261,7 @@ def landscape(
         for c in loaded
     ]
     written: list[Path] = []
-    try:
+    with all_or_nothing(written):  # a failure deletes what was already written
         if new_directions is not None and dir_path is not None:
             written.append(
                 save_directions(
@@ -280,11 +281,6 @@ def landscape(
         if plot_path is not None:
             written.append(plot_landscape(doc, plot_path))
         written.append(write_document(out_path, doc))
-    except BaseException:
-        # Never leave a half set of outputs behind.
-        for p in written:
-            p.unlink(missing_ok=True)
-        raise
 
     _render(doc, fmt)
     for p in written:

@@ -36,7 +36,7 @@ from advcli.attacks.base import attack_mode, lp_norms
 from advcli.checkpoint import load_tensors, save_tensors
 from advcli.data import to_float
 from advcli.errors import ResultsError, UsageError
-from advcli.io import atomic_write_text
+from advcli.io import atomic_write_text, read_yaml_document
 from advcli.progress import NullReporter, Reporter
 
 ADVSET_SCHEMA = "advcli.advset/1"
@@ -279,15 +279,7 @@ def write_summary(path: str | Path, summary: dict[str, Any]) -> Path:
 def read_summary(path: str | Path) -> dict[str, Any]:
     """Load an `advcli.attack/1` summary, with a clear error for anything else."""
     p = Path(path)
-    if not p.is_file():
-        raise ResultsError(f"attack summary {str(p)!r} does not exist; run `advcli attack` first")
-    try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise ResultsError(f"{str(p)!r} is not valid YAML; re-create it with `advcli attack`") from exc
-    if not isinstance(data, dict) or data.get("schema") != SUMMARY_SCHEMA:
-        found = data.get("schema") if isinstance(data, dict) else None
-        raise ResultsError(f"{str(p)!r} is not an attack summary (schema {found!r}, expected {SUMMARY_SCHEMA})")
+    data = read_yaml_document(p, what="attack summary", schema=SUMMARY_SCHEMA, make_hint="run `advcli attack` first")
     metrics = data.get("metrics")
     if not isinstance(metrics, dict) or not all(
         v is None or (isinstance(v, (int, float)) and not math.isnan(v)) for v in metrics.values()

@@ -25,8 +25,8 @@ import torch
 import yaml
 from torch import nn
 
-from advcli.errors import ResultsError, UsageError
-from advcli.io import atomic_write_text
+from advcli.errors import UsageError
+from advcli.io import atomic_write_text, read_yaml_document
 from advcli.landscape.directions import Direction, filter_normalize
 from advcli.landscape.flatness import Flatness, hessian_top_eigenvalue, loss_increase
 from advcli.landscape.fold import fold_batchnorm, fold_direction
@@ -290,17 +290,5 @@ def write_document(path: str | Path, doc: dict[str, Any]) -> Path:
 
 def read_document(path: str | Path) -> dict[str, Any]:
     """Read a landscape YAML file and check its schema."""
-    p = Path(path)
-    if not p.is_file():
-        raise ResultsError(f"landscape file {str(p)!r} does not exist; check the path")
-    try:
-        doc = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise ResultsError(f"{str(p)!r} is not valid YAML; re-create it") from exc
-    if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
-        got = doc.get("schema") if isinstance(doc, dict) else None
-        raise ResultsError(
-            f"{str(p)!r} is not an advcli landscape file (schema {got!r}); "
-            "make one with `advcli landscape`"
-        )
+    doc = read_yaml_document(path, what="landscape file", schema=SCHEMA, make_hint="make one with `advcli landscape`")
     return doc
