@@ -48,7 +48,7 @@ def attack_cmd(
         int,
         typer.Option(help="Random restarts (pgd, fgsm-rs); the worst case per example is kept."),
     ] = 1,
-    tau: Annotated[float, typer.Option(help="stadv: weight of the flow-smoothness loss.")] = 0.05,
+    tau: Annotated[float, typer.Option(help="stadv: weight of the flow-smoothness loss (dimensionless; Xiao et al.: 0.05). Lower it (e.g. 0.005) when stAdv rarely succeeds: the right value depends on the model's logit scale.")] = 0.05,
     bound: Annotated[
         str | None,
         typer.Option(help=BOUND_HELP),

@@ -80,7 +80,7 @@ def landscape(
     step_size: Annotated[
         str | None, typer.Option(help="Attack step size (default: the attack's own).")
     ] = None,
-    tau: Annotated[float, typer.Option(help="stadv: weight of the flow-smoothness loss.")] = 0.05,
+    tau: Annotated[float, typer.Option(help="stadv: weight of the flow-smoothness loss (dimensionless; Xiao et al.: 0.05). Lower it (e.g. 0.005) when stAdv rarely succeeds: the right value depends on the model's logit scale.")] = 0.05,
     bound: Annotated[
         str | None, typer.Option(help="stadv: flow bound in pixels (default: unbounded).")
     ] = None,
