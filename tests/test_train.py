@@ -226,3 +226,31 @@ def test_compile_trains_like_eager_and_reports_compilation(tmp_path, synthetic_d
         if a[k].is_floating_point():
             torch.testing.assert_close(c[k], a[k], rtol=1e-2, atol=2e-3)
     assert read_metadata(tmp_path / "c.safetensors")["config"]["compile"] is True
+
+
+def test_n_train_is_class_balanced_even_when_the_split_is_sorted_by_class(tmp_path, synthetic_data, monkeypatch):
+    import dataclasses
+
+    import advcli.stages.train as train_mod
+    from advcli.data.datasets import train_subset
+
+    # Image folders list the training set class by class: a plain prefix is one class.
+    order = torch.argsort(synthetic_data.train_y, stable=True)
+    sorted_data = dataclasses.replace(synthetic_data, train_x=synthetic_data.train_x[order],
+                                      train_y=synthetic_data.train_y[order])
+    idx = train_subset(sorted_data.train_y, 200)
+    counts = torch.bincount(sorted_data.train_y[idx], minlength=10)
+    assert counts.tolist() == [20] * 10
+    assert torch.equal(idx, idx.sort().values)
+    assert torch.equal(train_subset(sorted_data.train_y, 10**9), torch.arange(len(sorted_data.train_y)))
+
+    seen: list[torch.Tensor] = []
+    real = train_mod.train_batches
+
+    def spy(x, y, **kw):
+        seen.append(y.clone())
+        return real(x, y, **kw)
+
+    monkeypatch.setattr(train_mod, "train_batches", spy)
+    fit(_opts(tmp_path / "m.safetensors", epochs=1, n_train=200), sorted_data, CPU)
+    assert torch.bincount(seen[0], minlength=10).tolist() == [20] * 10

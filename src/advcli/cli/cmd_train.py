@@ -36,7 +36,7 @@ Workers = typer.Option(0, "--workers", min=0, help="DataLoader worker processes 
 Seed = typer.Option(0, "--seed", help="Seed of initialisation, data order, augmentation and attacks.")
 Device = typer.Option("auto", "--device", help=DEVICE_HELP)
 ValSplit = typer.Option(0, "--val-split", min=0, help="Hold out N training images (seeded, stratified) as a validation set; never the test set.")
-NTrain = typer.Option(None, "--n-train", min=1, help="Use only the first N training images (quick runs).")
+NTrain = typer.Option(None, "--n-train", min=1, help="Train on N of the training images (quick runs): class-balanced and the same N images for every --seed.")
 LabelSmoothing = typer.Option(0.0, "--label-smoothing", min=0.0, max=1.0, help="Cross-entropy label smoothing.")
 ChannelsLast = typer.Option(False, "--channels-last/--no-channels-last", help="NHWC memory format (faster convolutions on many CPUs and GPUs).")
 Amp = typer.Option("none", "--amp", help="Mixed precision of the forward pass: none, bf16 (CPUs with AMX/AVX512-BF16 and GPUs), fp16 (CUDA, with loss scaling).")

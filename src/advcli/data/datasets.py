@@ -310,6 +310,17 @@ def test_subset(labels: torch.Tensor, n: int | None, seed: int = 0) -> torch.Ten
     return order[:n]
 
 
+def train_subset(labels: torch.Tensor, n: int) -> torch.Tensor:
+    """`--n-train N`: N training examples, class-balanced, the same for every `--seed` (the first
+    N of `stratified_order(labels, 0)`), in their original order. Image folders list the
+    training set class by class, so a plain prefix would hold one class only."""
+    if n <= 0:
+        raise UsageError(f"--n-train must be a positive number of examples, got {n}")
+    if n >= len(labels):
+        return torch.arange(len(labels))
+    return stratified_order(labels, 0)[:n].sort().values
+
+
 # pytest would otherwise collect `test_subset` from modules that import it.
 test_subset.__test__ = False  # type: ignore[attr-defined]
 

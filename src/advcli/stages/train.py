@@ -33,6 +33,7 @@ from advcli.checkpoint import (
 )
 from advcli.config import Augment, Schedule
 from advcli.data import ImageData
+from advcli.data.datasets import train_subset
 from advcli.data.loaders import epoch_generator, train_batches
 from advcli.errors import CheckpointError, UsageError
 from advcli.io import atomic_write_text, sha256_file
@@ -310,7 +311,8 @@ def fit(
     x_tr = data.train_x if train_x is None else train_x
     y_tr = data.train_y if train_y is None else train_y
     if opts.n_train:
-        x_tr, y_tr = x_tr[: opts.n_train], y_tr[: opts.n_train]
+        keep = train_subset(y_tr, opts.n_train)
+        x_tr, y_tr = x_tr[keep], y_tr[keep]
 
     torch.manual_seed(opts.seed)
     np.random.seed(opts.seed % 2**32)
