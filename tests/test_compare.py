@@ -299,3 +299,17 @@ def test_cli_compare_markdown_and_errors(aug_bug_files: list[Path], tmp_path: Pa
     assert "Traceback" not in res.output
     res = runner.invoke(app, ["compare", str(aug_bug_files[0]), "--format", "xml"])
     assert res.exit_code == 2
+
+
+def test_a_shared_citation_is_printed_once_naming_its_rows(tmp_path: Path) -> None:
+    items = []
+    for i, label in enumerate(["Standard", "Robust"]):
+        pub = tmp_path / f"pub{i}.yaml"
+        pub.write_text(yaml.safe_dump({
+            "schema": "advcli.results/1", "label": label, "published": True, "citation": "Blog post (2021)",
+            "results": [{"attack": "clean", "accuracy": 0.8 + i / 100}],
+        }))
+        items.append(load_any(pub))
+    [table] = cmp.compare(items)
+    notes = [n for n in cmp.footnotes(table) if "Blog post (2021)" in n]
+    assert notes == ["Standard and Robust (published): Blog post (2021)"]

@@ -347,7 +347,15 @@ def _ordered_groups(groups: dict[tuple[str, bool], _Group]) -> list[_Group]:
 
 
 def _citation_notes(rows: list[Row]) -> list[str]:
-    return [f"{r.label} (published): {r.citation}" for r in rows if r.published and r.citation]
+    """One note per distinct citation, naming the published rows it is the source of."""
+    by_source: dict[str, list[str]] = {}
+    for r in rows:
+        if r.published and r.citation:
+            by_source.setdefault(r.citation, []).append(r.label)
+    return [
+        f"{labels[0] if len(labels) == 1 else ', '.join(labels[:-1]) + ' and ' + labels[-1]} (published): {source}"
+        for source, labels in by_source.items()
+    ]
 
 
 def build_table(
