@@ -252,3 +252,17 @@ def test_cli_eval(tiny_ckpt: Path, tmp_path: Path) -> None:
     res = runner.invoke(app, ["eval", str(tmp_path / "missing.safetensors")])
     assert res.exit_code == 1 and "does not exist" in res.output
     assert not (tmp_path / "x.yaml").exists()
+
+
+def test_cli_eval_n_test_is_the_same_subset_as_n(tiny_ckpt: Path, tmp_path: Path) -> None:
+    runner = CliRunner()
+    flags = {}
+    for opt in ("--n", "--n-test"):
+        out = tmp_path / f"{opt.strip('-')}.yaml"
+        res = runner.invoke(app, ["eval", str(tiny_ckpt), opt, "24", "--pgd-steps", "2", "--eps", "4/255",
+                                  "--device", "cpu", "-o", str(out)])
+        assert res.exit_code == 0, res.output
+        r = load_results(out)
+        assert r.data.n == 24
+        flags[opt] = [(e.attack, e.flags.tolist()) for e in r.entries]
+    assert flags["--n"] == flags["--n-test"]

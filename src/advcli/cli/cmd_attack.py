@@ -56,7 +56,7 @@ def attack_cmd(
     split: Annotated[str, typer.Option(help="Which split to attack: test | train.")] = "test",
     n: Annotated[
         int | None,
-        typer.Option(help="Attack the first N examples (advcli's fixed stratified order) (default: all)."),
+        typer.Option("--n", "--n-test", help="Attack the first N examples of the split (advcli's fixed stratified order; --n-test is the same) (default: all)."),
     ] = None,
     batch_size: Annotated[int, typer.Option(help="Examples per attack batch.")] = 256,
     seed: Annotated[int, typer.Option(help="Seed of the subset order and of the attack's random starts.")] = 0,

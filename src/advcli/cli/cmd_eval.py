@@ -96,7 +96,7 @@ def eval_cmd(
     checkpoint: Annotated[Path, typer.Argument(help="Checkpoint (.safetensors) to evaluate.",
                                                show_default=False)],
     n: Annotated[int | None, typer.Option(
-        "--n", "--num-examples", help="(--num-examples under torchrun, whose parser takes --n as its own.) Evaluate the first N examples of the split in advcli's fixed, seeded, "
+        "--n", "--n-test", "--num-examples", help="(--n-test is the same; --num-examples under torchrun, whose parser takes --n as its own.) Evaluate the first N examples of the split in advcli's fixed, seeded, "
         "class-interleaved order (advcli.data.test_subset); omit for all.")] = 1000,
     eps: Annotated[str | None, typer.Option(
         "--eps", help="Comma-separated radii, e.g. 8/255,16/255 (default: the checkpoint's "

@@ -66,7 +66,7 @@ def landscape(
         ),
     ] = False,
     n: Annotated[
-        int, typer.Option(help="Evaluate on the first N test examples (advcli's fixed order).")
+        int, typer.Option("--n", "--n-test", help="Evaluate on the first N test examples (advcli's fixed stratified order; --n-test is the same).")
     ] = 1000,
     data: Annotated[str, typer.Option(help=DATA_HELP)] = "clean",
     norm: Annotated[str, typer.Option(help="Ball of fgsm/fgsm-rs/pgd: linf | l2.")] = "linf",
