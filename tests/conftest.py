@@ -34,7 +34,7 @@ def tiny_ckpt(tmp_path_factory: pytest.TempPathFactory, synthetic_data: ImageDat
     """A tiny-cnn trained (clean) on synthetic: high clean accuracy, not robust."""
     out = tmp_path_factory.mktemp("tiny") / "tiny.safetensors"
     fit(
-        TrainOptions(arch="tiny-cnn", epochs=4, batch_size=128, lr=0.1, augment="none", out=str(out), n_train=6000),
+        TrainOptions(arch="tiny-cnn", epochs=4, batch_size=128, lr=0.1, augment="none", out=str(out)),
         synthetic_data,
         torch.device("cpu"),
     )

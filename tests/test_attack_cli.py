@@ -105,7 +105,7 @@ def test_pgd_writes_an_adv_set_and_summary_that_round_trip(tiny_ckpt, synthetic_
     delta = (adv.x_adv - x).flatten(1).double()
     assert m["linf_max"] == pytest.approx(float(delta.abs().max()), abs=1e-9)
     assert m["linf_max"] <= eps + 1e-6
-    assert m["l2_mean"] == pytest.approx(float(delta.norm(dim=1).mean()), rel=1e-6)
+    assert m["l2_mean"] == pytest.approx(float(delta.norm(dim=1).mean()), rel=1e-5)
     a = x.permute(0, 2, 3, 1).double().numpy()
     b = adv.x_adv.permute(0, 2, 3, 1).double().numpy()
     dssim = [1 - structural_similarity(a[i], b[i], channel_axis=-1, data_range=1.0) for i in range(24)]

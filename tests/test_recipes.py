@@ -39,7 +39,8 @@ _COMMANDS = typer.main.get_command(app).commands  # type: ignore[attr-defined]
 
 
 def _all_yaml() -> list[Path]:
-    return sorted(RECIPES.rglob("*.yaml"))
+    # recipes/<study>/out/ holds a recipe's outputs (git-ignored), not configs.
+    return sorted(p for p in RECIPES.rglob("*.yaml") if p.relative_to(RECIPES).parts[1:2] != ("out",))
 
 
 def _config_files() -> list[Path]:
@@ -199,7 +200,8 @@ def _dry_run(study: str, scale: str) -> str:
     if make is None:
         pytest.skip("make is not installed")
     proc = subprocess.run(
-        [make, "-n", "--no-print-directory", scale, "ADVCLI=advcli"],
+        # -B: every target counts as out of date, so outputs of an earlier run do not hide commands.
+        [make, "-n", "-B", "--no-print-directory", scale, "ADVCLI=advcli"],
         cwd=RECIPES / study, capture_output=True, text=True, timeout=60,
     )
     assert proc.returncode == 0, f"make -n {scale} in {study} failed:\n{proc.stderr}"
