@@ -111,7 +111,9 @@ def test_pgd_attacks_only_the_correctly_classified(
     monkeypatch.setattr(attacks, "build_attack", spy_build)
     model = load_checkpoint(tiny_ckpt).model
     idx = test_subset(synthetic_data.test_y, 96, seed=1)
-    x, y = to_float(synthetic_data.test_x[idx]), synthetic_data.test_y[idx]
+    x, y = to_float(synthetic_data.test_x[idx]), synthetic_data.test_y[idx].clone()
+    # Mislabel every 7th example so that some are certainly misclassified, whatever the model.
+    y[::7] = (y[::7] + 1) % 10
     opts = EvalOptions(n=96, pgd_steps=2, batch_size=32, seed=0)
     entries = evaluate(model, x, y, norm=Norm.linf, eps_list=[parse_eps("8/255")], opts=opts,
                        device=CPU)
