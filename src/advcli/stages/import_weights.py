@@ -14,7 +14,6 @@ models take raw [0, 1] pixels. The checkpoint records the source file's sha256.
 
 from __future__ import annotations
 
-import pickle
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -52,9 +51,9 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], str | No
         raise CheckpointError(f"weights file {str(p)!r} does not exist; check the path")
     try:
         obj = torch.load(p, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        # torch words this "Unsupported global: GLOBAL x.y" or "unsupported GLOBAL x.y whose
-        # module x is blocked", depending on the object.
+    except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError, OSError, ValueError
+        # torch words a refused object "Unsupported global: GLOBAL x.y" or "unsupported GLOBAL
+        # x.y whose module x is blocked", depending on the object.
         found = re.search(r"unsupported (?:global: )?GLOBAL (\S+)", str(exc), re.IGNORECASE)
         if found:
             raise CheckpointError(
@@ -63,13 +62,8 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], str | No
                 "weights with torch.save(model.state_dict(), path)"
             ) from exc
         raise CheckpointError(
-            f"{str(p)!r} is not a PyTorch weights file that torch.load can read "
-            f"({_first_line(exc, 'WeightsUnpickler error')}); check the path"
-        ) from exc
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise CheckpointError(
-            f"{str(p)!r} is not a readable PyTorch file ({_first_line(exc)}); it may be "
-            "truncated or of another format"
+            f"{str(p)!r} is not a readable PyTorch weights file ({_first_line(exc, 'WeightsUnpickler error')}); "
+            "it may be truncated or of another format"
         ) from exc
     wrapper = None
     if isinstance(obj, Mapping):
