@@ -290,5 +290,4 @@ def write_document(path: str | Path, doc: dict[str, Any]) -> Path:
 
 def read_document(path: str | Path) -> dict[str, Any]:
     """Read a landscape YAML file and check its schema."""
-    doc = read_yaml_document(path, what="landscape file", schema=SCHEMA, make_hint="make one with `advcli landscape`")
-    return doc
+    return read_yaml_document(path, what="landscape file", schema=SCHEMA, make_hint="make one with `advcli landscape`")

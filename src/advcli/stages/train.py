@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import random
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -470,9 +471,9 @@ def fit(
             break
 
     if len(step_seconds) >= 2:
-        later = sorted(step_seconds[1:])[len(step_seconds[1:]) // 2]
-        note = (f"--compile: the first step took {step_seconds[0]:.1f} s (compilation included), "
-                f"later steps {1e3 * later:.0f} ms (median of {len(step_seconds) - 1})")
+        first, *later = step_seconds
+        note = (f"--compile: the first step took {first:.1f} s (compilation included), "
+                f"later steps {1e3 * statistics.median(later):.0f} ms (median of {len(later)})")
         notes.append(note)
         reporter.log(note)
     final_acc = (
