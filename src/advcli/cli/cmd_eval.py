@@ -116,7 +116,8 @@ def eval_cmd(
         "--aa-version", help="AutoAttack version: standard, plus, rand or custom.")] = "standard",
     aa_attacks: Annotated[str | None, typer.Option(
         "--aa-attacks", help="With --aa-version custom: comma-separated subset of apgd-ce, "
-        "apgd-dlr, fab, square, apgd-t, fab-t.")] = None,
+        "apgd-dlr, fab, square, apgd-t, fab-t. pyautoattack runs them with its constructor defaults: "
+        "APGD-CE/APGD-DLR with 5 restarts (standard: 1), so a robust model costs up to 5x more.")] = None,
     adv_data: Annotated[Path | None, typer.Option(
         "--adv-data", help="Also evaluate on a precomputed adversarial set (advcli attack "
         "--out), recording where it came from (transfer).")] = None,
