@@ -339,6 +339,36 @@ def test_autoattack_wrapper():
     assert 0 < int(result.robust_flags.sum()) < 16, "a weak attack or a broken one"
 
 
+def test_autoattack_restarts_override_the_versions_default():
+    class Counting(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner, self.calls = _linear_model(), 0
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            self.calls += 1
+            return self.inner(x)
+
+    model = Counting()
+    x = torch.rand(8, 3, 8, 8)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    # eps so small that no example is fooled: every restart runs on every example
+    calls, results = {}, {}
+    for restarts in (None, 1, 2):
+        model.calls = 0
+        results[restarts] = run_autoattack(model, x, y, "linf", 1e-6, version="custom", attacks=["apgd-ce"],
+                                           seed=0, restarts=restarts)
+        calls[restarts] = model.calls
+    assert [results[r].restarts for r in (None, 1, 2)] == [5, 1, 2], "custom keeps the package's 5"
+    assert bool(results[1].robust_flags.all())
+    per_restart = calls[2] - calls[1]
+    assert per_restart > 50, calls  # 100 APGD iterations per restart
+    assert calls[None] - calls[1] == 4 * per_restart, calls
+    with pytest.raises(UsageError, match="restarts must be >= 1"):
+        run_autoattack(model, x, y, "linf", EPS, version="custom", attacks=["apgd-ce"], restarts=0)
+
+
 def test_autoattack_surfaces_its_checks_and_handles_few_classes():
     probs = _linear_model(classes=4, softmax=True)
     x = torch.rand(8, 3, 8, 8)

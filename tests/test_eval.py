@@ -68,6 +68,7 @@ def test_aa_le_pgd_le_clean_and_worst_case_is_the_and(
         assert worst.accuracy <= min(pgd.accuracy, aa.accuracy)
         assert pgd.params["max_perturbation"] <= eps + 1e-6
         assert aa.params["max_perturbation"] <= eps + 1e-6
+        assert aa.params["restarts"] == 1  # what the (shortened) package ran
         # the model is not robust: AutoAttack finds at least what PGD-10 finds
         assert aa.accuracy <= pgd.accuracy
     assert res.entry("pgd", "linf", 4 / 255).accuracy < res.entry("pgd", "linf", 2 / 255).accuracy
@@ -248,6 +249,7 @@ def test_cli_eval(tiny_ckpt: Path, tmp_path: Path) -> None:
         (["--eps", "8/0"], 2),
         (["--norm", "l3"], 2),
         (["--n", "0"], 2),
+        (["--autoattack", "--aa-restarts", "0"], 2),
     ]:
         res = runner.invoke(app, ["eval", str(tiny_ckpt), "-o", str(tmp_path / "x.yaml"), *args])
         assert res.exit_code == code, (args, res.output)

@@ -47,6 +47,7 @@ class AutoAttackResult:
     robust_flags: torch.Tensor  # bool [N]: still correct after all attacks
     warnings: list[str] = field(default_factory=list)
     attacks: list[str] = field(default_factory=list)  # the attacks that were run, in order
+    restarts: int = 1  # restarts of the untargeted APGD (apgd-ce, apgd-dlr) and FAB
 
 
 class _ToReporter(logging.Handler):
@@ -80,11 +81,13 @@ def run_autoattack(
     batch_size: int = 256,
     seed: int = 0,
     reporter: Reporter | None = None,
+    restarts: int | None = None,
 ) -> AutoAttackResult:
     """Run AutoAttack on (x, y) with the model on its own device; x float NCHW in [0, 1].
 
     `version`: standard | plus | rand, or custom with `attacks` (a list of apgd-ce, apgd-dlr,
-    fab, square, apgd-t, fab-t).
+    fab, square, apgd-t, fab-t). `restarts` overrides the restarts of the untargeted APGD and
+    FAB; None keeps the package's (standard and rand: 1; plus and custom: 5).
     """
     from pyautoattack import AutoAttack
 
@@ -104,6 +107,8 @@ def run_autoattack(
         raise UsageError(f"AutoAttack version {version} fixes its attacks; use version custom to choose them")
     if batch_size < 1:
         raise UsageError(f"batch size must be >= 1, got {batch_size}")
+    if restarts is not None and restarts < 1:
+        raise UsageError(f"AutoAttack restarts must be >= 1, got {restarts}")
     check_inputs(x, y)
 
     device = next((p.device for p in model.parameters()), x.device)
@@ -133,6 +138,10 @@ def run_autoattack(
                 version=version,
             )
             _limit_targets(adversary, model, x[:1].to(device))
+            if restarts is not None:
+                adversary.apgd.n_restarts = restarts
+                adversary.fab.n_restarts = restarts
+            used_restarts = int(adversary.apgd.n_restarts)
             run = list(adversary.attacks_to_run)
             reporter.start(f"autoattack {version} {norm.value} eps={eps_value:.5g}", total=len(run))
             x_adv, y_pred = adversary.run_standard_evaluation(x, y, batch_size=batch_size)
@@ -150,6 +159,7 @@ def run_autoattack(
         robust_flags=y_pred.to(y.device).eq(y),
         warnings=notes,
         attacks=run,
+        restarts=used_restarts,
     )
 
 

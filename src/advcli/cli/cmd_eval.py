@@ -39,7 +39,7 @@ def eval_options(opts: dict[str, Any]) -> Any:
         raise UsageError("--aa-version custom needs --aa-attacks, e.g. apgd-ce,apgd-t")
     if opts["split"] not in SPLITS:
         raise UsageError(f"unknown --split {opts['split']!r}; valid values: {', '.join(SPLITS)}")
-    for name in ("n", "batch_size", "pgd_steps", "restarts"):
+    for name in ("n", "batch_size", "pgd_steps", "restarts", "aa_restarts"):
         value = opts[name]
         if value is not None and int(value) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
@@ -58,6 +58,7 @@ def eval_options(opts: dict[str, Any]) -> Any:
         autoattack=bool(opts["autoattack"]),
         aa_version=version,
         aa_attacks=attacks,
+        aa_restarts=None if opts["aa_restarts"] is None else int(opts["aa_restarts"]),
         adv_data=Path(opts["adv_data"]) if opts["adv_data"] else None,
         batch_size=int(opts["batch_size"]),
         seed=int(opts["seed"]),
@@ -118,6 +119,10 @@ def eval_cmd(
         "--aa-attacks", help="With --aa-version custom: comma-separated subset of apgd-ce, "
         "apgd-dlr, fab, square, apgd-t, fab-t. pyautoattack runs them with its constructor defaults: "
         "APGD-CE/APGD-DLR with 5 restarts (standard: 1), so a robust model costs up to 5x more.")] = None,
+    aa_restarts: Annotated[int | None, typer.Option(
+        "--aa-restarts", help="Restarts (count) of AutoAttack's untargeted APGD (apgd-ce, apgd-dlr) "
+        "and FAB; default: the version's own (standard and rand 1, plus and custom 5). "
+        "The number used is written to the result.")] = None,
     adv_data: Annotated[Path | None, typer.Option(
         "--adv-data", help="Also evaluate on a precomputed adversarial set (advcli attack "
         "--out), recording where it came from (transfer).")] = None,

@@ -64,6 +64,7 @@ class EvalOptions:
     autoattack: bool = False
     aa_version: str = "standard"
     aa_attacks: list[str] | None = None
+    aa_restarts: int | None = None
     adv_data: Path | None = None
     batch_size: int = 256
     seed: int = 0
@@ -196,6 +197,7 @@ def autoattack_entry(
     seed: int,
     device: torch.device,
     reporter: Reporter,
+    restarts: int | None = None,
 ) -> Entry:
     """AutoAttack on every example; flags = its robust flags AND our clean flags."""
     from advcli.attacks.autoattack import run_autoattack
@@ -205,13 +207,16 @@ def autoattack_entry(
     # so that under torchrun the chunks can be dealt out across ranks with the same result.
     robust = np.full(len(y), -1, dtype=np.int64)
     delta, warnings, ran = 0.0, [], list(attacks or [])
+    used_restarts: int | None = restarts
     n_chunks = (len(y) + batch_size - 1) // batch_size
     for c in distributed.my_batches(n_chunks):
         sl = slice(c * batch_size, (c + 1) * batch_size)
         xd, yd = x[sl].to(device).contiguous(), y[sl].to(device).contiguous()
         res = run_autoattack(model, xd, yd, norm, eps, version=version,
                              attacks=list(attacks) if attacks else None,
-                             batch_size=batch_size, seed=seed + c, reporter=reporter)
+                             batch_size=batch_size, seed=seed + c, reporter=reporter,
+                             restarts=restarts)
+        used_restarts = res.restarts
         robust[sl] = res.robust_flags.detach().cpu().numpy().astype(np.int64)
         delta = max(delta, _perturbation(res.x_adv, xd, norm))
         warnings += [w for w in res.warnings if w not in warnings]
@@ -229,6 +234,8 @@ def autoattack_entry(
         warnings.append(f"{disagree} examples AutoAttack counted as robust are misclassified "
                         "clean here; the model may be non-deterministic")
     params: dict[str, Any] = {"version": version, "attacks": ran}
+    if used_restarts is not None:
+        params["restarts"] = used_restarts
     params["max_perturbation"] = delta
     return Entry(attack="autoattack", accuracy=float(flags.mean()) if len(flags) else 0.0,
                  n=len(flags), norm=norm.value, eps=eps.value, eps_text=eps.text, flags=flags,
@@ -358,7 +365,7 @@ def evaluate(
         if opts.autoattack:
             e = autoattack_entry(model, x, y, clean, norm=norm, eps=eps,
                                  version=opts.aa_version, attacks=opts.aa_attacks,
-                                 batch_size=opts.batch_size, seed=opts.seed, device=device,
+                                 restarts=opts.aa_restarts, batch_size=opts.batch_size, seed=opts.seed, device=device,
                                  reporter=reporter)
             reporter.log(f"autoattack {opts.aa_version} {norm.value} eps={eps.text}: "
                          f"{100 * e.accuracy:.2f}% ({e.time_s:.1f}s)")
