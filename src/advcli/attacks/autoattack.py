@@ -45,9 +45,9 @@ _AA_NORM = {Norm.linf: "Linf", Norm.l2: "L2"}
 class AutoAttackResult:
     x_adv: torch.Tensor  # same device as the input x
     robust_flags: torch.Tensor  # bool [N]: still correct after all attacks
+    restarts: int  # restarts the package ran its untargeted APGD (apgd-ce, apgd-dlr) with
     warnings: list[str] = field(default_factory=list)
     attacks: list[str] = field(default_factory=list)  # the attacks that were run, in order
-    restarts: int = 1  # restarts of the untargeted APGD (apgd-ce, apgd-dlr) and FAB
 
 
 class _ToReporter(logging.Handler):

@@ -117,12 +117,11 @@ def eval_cmd(
         "--aa-version", help="AutoAttack version: standard, plus, rand or custom.")] = "standard",
     aa_attacks: Annotated[str | None, typer.Option(
         "--aa-attacks", help="With --aa-version custom: comma-separated subset of apgd-ce, "
-        "apgd-dlr, fab, square, apgd-t, fab-t. pyautoattack runs them with its constructor defaults: "
-        "APGD-CE/APGD-DLR with 5 restarts (standard: 1), so a robust model costs up to 5x more.")] = None,
+        "apgd-dlr, fab, square, apgd-t, fab-t (restarts: see --aa-restarts).")] = None,
     aa_restarts: Annotated[int | None, typer.Option(
         "--aa-restarts", help="Restarts (count) of AutoAttack's untargeted APGD (apgd-ce, apgd-dlr) "
-        "and FAB; default: the version's own (standard and rand 1, plus and custom 5). "
-        "The number used is written to the result.")] = None,
+        "and FAB; default: the version's own (standard and rand 1, plus and custom 5, which on a "
+        "robust model costs up to 5x the time). The number used is written to the result.")] = None,
     adv_data: Annotated[Path | None, typer.Option(
         "--adv-data", help="Also evaluate on a precomputed adversarial set (advcli attack "
         "--out), recording where it came from (transfer).")] = None,

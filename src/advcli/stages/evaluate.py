@@ -365,8 +365,8 @@ def evaluate(
         if opts.autoattack:
             e = autoattack_entry(model, x, y, clean, norm=norm, eps=eps,
                                  version=opts.aa_version, attacks=opts.aa_attacks,
-                                 restarts=opts.aa_restarts, batch_size=opts.batch_size, seed=opts.seed, device=device,
-                                 reporter=reporter)
+                                 restarts=opts.aa_restarts, batch_size=opts.batch_size,
+                                 seed=opts.seed, device=device, reporter=reporter)
             reporter.log(f"autoattack {opts.aa_version} {norm.value} eps={eps.text}: "
                          f"{100 * e.accuracy:.2f}% ({e.time_s:.1f}s)")
             entries.append(e)
