@@ -12,12 +12,13 @@ from PIL import Image
 from skimage.metrics import structural_similarity
 from typer.testing import CliRunner
 
+from advcli.advset import load_adv_set
 from advcli.checkpoint import load_checkpoint
 from advcli.cli.app import app
 from advcli.data import test_subset, to_float
 from advcli.errors import ResultsError
 from advcli.io import sha256_file
-from advcli.stages.attack import load_adv_set, read_summary
+from advcli.stages.attack import read_summary
 
 METRICS = {
     "clean_accuracy",
@@ -227,7 +228,7 @@ def test_a_failing_write_removes_what_was_written(tiny_ckpt, tmp_path):
 
 
 def test_readers_reject_other_files(tiny_ckpt, tmp_path):
-    with pytest.raises(ResultsError, match="not an advcli adversarial set"):
+    with pytest.raises(ResultsError, match="is not an adversarial set"):
         load_adv_set(tiny_ckpt)
     other = tmp_path / "results.yaml"
     other.write_text("schema: advcli.results/1\n")

@@ -71,6 +71,10 @@ class Norm(str, enum.Enum):
     l2 = "l2"
 
 
+# The threat model a command assumes when neither the flags nor the checkpoint name an eps.
+DEFAULT_EPS = {Norm.linf: "8/255", Norm.l2: "0.5"}
+
+
 class Augment(str, enum.Enum):
     none = "none"
     buggy = "buggy"

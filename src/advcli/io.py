@@ -87,3 +87,23 @@ def all_or_nothing(written: list[Path]) -> Iterator[list[Path]]:
         for p in written:
             p.unlink(missing_ok=True)
         raise
+
+
+def plain(value: Any) -> Any:
+    """Plain YAML types: str subclasses (e.g. torch's version string), tuples, numpy/torch
+    scalars and paths become str/list/float/int, so `yaml.safe_dump` accepts them."""
+    if value is None or type(value) in (bool, int, float, str):
+        return value
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    if isinstance(value, bool):
+        return bool(value)
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        return float(value)
+    if hasattr(value, "item") and callable(value.item):
+        return plain(value.item())
+    return str(value)

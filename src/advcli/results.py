@@ -32,7 +32,7 @@ import numpy as np
 import yaml
 
 from advcli.errors import ResultsError
-from advcli.io import atomic_write_text, read_yaml_document
+from advcli.io import atomic_write_text, plain, read_yaml_document
 
 SCHEMA = "advcli.results/1"
 ATTACK_SCHEMA = "advcli.attack/1"
@@ -124,7 +124,7 @@ class Entry:
         if self.eps is not None:
             d["eps"] = float(self.eps)
             d["eps_text"] = self.eps_text if self.eps_text is not None else format_number(self.eps)
-        d.update(_plain(self.params))
+        d.update(plain(self.params))
         d["accuracy"] = float(self.accuracy)
         d["n"] = int(self.n)
         if self.index_sha256 is not None:
@@ -189,7 +189,7 @@ class EvalResult:
             d["published"] = True
             d["citation"] = self.citation
         d["seed"] = self.seed
-        d["model"] = _plain(
+        d["model"] = plain(
             {
                 "checkpoint": self.model.checkpoint,
                 "sha256": self.model.sha256,
@@ -199,7 +199,7 @@ class EvalResult:
                 "threat_model": self.model.threat_model,
             }
         )
-        d["data"] = _plain(
+        d["data"] = plain(
             {
                 "dataset": self.data.dataset,
                 "split": self.data.split,
@@ -212,7 +212,7 @@ class EvalResult:
         d["results"] = [e.to_dict() for e in self.entries]
         if self.time_s is not None:
             d["time_s"] = round(float(self.time_s), 3)
-        d["provenance"] = _plain(self.provenance)
+        d["provenance"] = plain(self.provenance)
         return d
 
 
@@ -244,22 +244,6 @@ def save_results(path: str | Path, result: EvalResult) -> Path:
     text = dump_results(result)
     parse_results(yaml.safe_load(text), source=str(path))
     return atomic_write_text(path, text)
-
-
-def _plain(value: Any) -> Any:
-    """YAML-safe plain types: numpy/torch scalars become Python numbers, tuples lists."""
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, (Path, str)):
-        # str subclasses (torch.__version__ is a TorchVersion) are not YAML-safe as they are.
-        return str(value)
-    if isinstance(value, np.generic):
-        return value.item()
-    if hasattr(value, "item") and callable(value.item) and getattr(value, "ndim", 1) == 0:
-        return value.item()
-    return value
 
 
 # --------------------------------------------------------------------------- reading

@@ -10,14 +10,12 @@ import typer
 
 from advcli.attacks import AttackName, AttackSpec, build_attack
 from advcli.cli import render
-from advcli.cli.common import CONFIG_HELP, DEVICE_HELP, FORMAT_HELP, handle_errors, resolve_options
-from advcli.config import Eps, Norm, parse_choice, parse_eps
+from advcli.cli.common import CONFIG_HELP, DEVICE_HELP, FORMAT_HELP, FORMATS, handle_errors, resolve_options
+from advcli.config import DEFAULT_EPS, Eps, Norm, parse_choice, parse_eps
 from advcli.errors import DataError, UsageError
 from advcli.io import all_or_nothing
 
 SPLITS = ("test", "train")
-FORMATS = ("table", "yaml", "json")
-DEFAULT_EPS = {Norm.linf: "8/255", Norm.l2: "0.5"}
 EPS_HELP = "Ball radius in [0,1] pixel units, like 8/255 (default: 8/255 for linf, 0.5 for l2). Not for stadv."
 STEP_SIZE_HELP = (
     "Step size (default: pgd 2.5*eps/steps, fgsm-rs 1.25*eps; "
@@ -89,11 +87,12 @@ def attack_cmd(
     # Heavy imports after the option checks: a usage error answers at once.
     import torch
 
+    from advcli.advset import save_adv_set
     from advcli.checkpoint import load_checkpoint
     from advcli.data import load_dataset, test_subset, to_float
     from advcli.device import resolve_device
     from advcli.provenance import provenance
-    from advcli.stages.attack import build_summary, run_attack, save_adv_set, write_summary
+    from advcli.stages.attack import build_summary, run_attack, write_summary
 
     dev = resolve_device(opts["device"])
     ckpt = load_checkpoint(opts["checkpoint"], dev)
@@ -147,8 +146,12 @@ def attack_cmd(
         written.append(
             save_adv_set(
                 out_path,
-                outcome,
-                {
+                x_adv=outcome.x_adv,
+                y=outcome.y,
+                index=outcome.index,
+                targets=outcome.targets,
+                attack=outcome.attack,
+                meta={
                     "checkpoint": str(ckpt.path),
                     "checkpoint_sha256": ckpt.sha256,
                     "label": doc["label"],

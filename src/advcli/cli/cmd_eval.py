@@ -8,12 +8,11 @@ from typing import Annotated, Any
 import typer
 
 from advcli.cli import render
-from advcli.cli.common import CONFIG_HELP, DEVICE_HELP, FORMAT_HELP, handle_errors, resolve_options
+from advcli.cli.common import CONFIG_HELP, DEVICE_HELP, FORMAT_HELP, FORMATS, handle_errors, resolve_options
 from advcli.config import Norm, parse_choice, parse_eps, parse_eps_list
 from advcli.errors import UsageError
 from advcli.results import EvalResult
 
-FORMATS = ("table", "yaml", "json")
 SPLITS = ("test", "train", "val")
 
 

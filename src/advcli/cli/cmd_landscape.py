@@ -12,14 +12,12 @@ from typing import Annotated, Any
 import typer
 
 from advcli.cli import render
-from advcli.cli.common import CONFIG_HELP, DEVICE_HELP, FORMAT_HELP, handle_errors, resolve_options
-from advcli.config import Norm, parse_choice, parse_eps
+from advcli.cli.common import CONFIG_HELP, DEVICE_HELP, FORMAT_HELP, FORMATS, handle_errors, resolve_options
+from advcli.config import DEFAULT_EPS, Norm, parse_choice, parse_eps
 from advcli.errors import DataError, UsageError
 from advcli.io import all_or_nothing
 
 DATA_KINDS = ("clean", "pgd", "fgsm", "fgsm-rs", "stadv")
-FORMATS = ("table", "yaml", "json")
-DEFAULT_EPS = {Norm.linf: "8/255", Norm.l2: "0.5"}
 DATA_HELP = (
     "Loss on clean images, or adversarial loss with the attack recomputed against the moved "
     "model at every grid point (pgd | fgsm | fgsm-rs | stadv). With --adv-data, fixed "
@@ -123,6 +121,7 @@ def landscape(
     # Heavy imports after the option checks: a usage error answers at once.
     import torch
 
+    from advcli.advset import load_adv_set
     from advcli.attacks import attack_record, build_attack
     from advcli.checkpoint import load_checkpoint
     from advcli.data import test_subset, to_float
@@ -137,7 +136,6 @@ def landscape(
     from advcli.landscape.grid import BNMode
     from advcli.plots_landscape import plot_landscape
     from advcli.provenance import provenance
-    from advcli.stages.attack import load_adv_set
     from advcli.stages.landscape import build_document, run_landscape, write_document
 
     dev = resolve_device(opts["device"])

@@ -19,6 +19,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 CONFIG_HELP = "YAML file of this command's options (keys = option names); flags on the command line win."
 DEVICE_HELP = "Where to compute: auto (CUDA if present, else CPU), cpu, cuda or cuda:N."
 FORMAT_HELP = "Output on stdout: table (human), yaml or json (machines)."
+FORMATS = ("table", "yaml", "json")
 
 
 def handle_errors(func: F) -> F:

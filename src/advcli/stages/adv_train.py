@@ -22,9 +22,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from advcli.advset import load_adv_set
 from advcli.attacks import AttackSpec, build_attack
 from advcli.attacks.base import Attack
-from advcli.checkpoint import load_tensors
 from advcli.config import Eps, Norm
 from advcli.data import ImageData, to_float
 from advcli.errors import DataError, UsageError
@@ -104,18 +104,15 @@ def static_union(data: ImageData, adv_path: str | Path) -> tuple[torch.Tensor, t
     Returns float images [2N,3,H,W] (clean first, then adversarial), labels and the set's
     metadata. The clean half is taken at the set's own source indices, so the mix is exactly 1:1.
     """
-    tensors, meta = load_tensors(adv_path)
-    if meta.get("schema") != "advcli.advset/1":
-        raise DataError(
-            f"{str(adv_path)!r} is not an adversarial set from `advcli attack` (schema {meta.get('schema')!r})"
-        )
-    split = (meta.get("data") or {}).get("split", meta.get("split"))
+    adv = load_adv_set(adv_path)
+    meta = adv.meta
+    split = adv.split
     if split != "train":
         raise UsageError(
             f"--adv-data {str(adv_path)!r} was made from the {split!r} split; training needs "
             "`advcli attack --split train`"
         )
-    idx, x_adv, y_adv = tensors["index"].long(), tensors["x_adv"].float(), tensors["y"].long()
+    idx, x_adv, y_adv = adv.index, adv.x_adv, adv.y
     if int(idx.max()) >= len(data.train_y) or not torch.equal(data.train_y[idx], y_adv):
         raise DataError(
             f"--adv-data {str(adv_path)!r} does not match this training set (indices or labels differ); "

@@ -4,8 +4,7 @@ numbers, and the two files `advcli attack` writes.
 - `run_attack` (pure): attacks the images batch by batch with a Reporter and returns an
   `AttackOutcome` (the adversarial images, predictions, per-example perturbation norms and
   1−SSIM, and `AttackMetrics`).
-- Files: `save_adv_set`/`load_adv_set` for the adversarial set (safetensors: `x_adv` float32,
-  `y` int64, `index` int64 into the source split; metadata schema `advcli.advset/1`), and
+- Files: the adversarial set is `advcli.advset`'s (one module owns that format);
   `build_summary`/`write_summary`/`read_summary` for the YAML summary (schema
   `advcli.attack/1`).
 
@@ -33,13 +32,11 @@ from torch import nn
 
 from advcli.attacks import AttackSpec, attack_record, build_attack
 from advcli.attacks.base import attack_mode, lp_norms
-from advcli.checkpoint import load_tensors, save_tensors
 from advcli.data import to_float
 from advcli.errors import ResultsError, UsageError
-from advcli.io import atomic_write_text, read_yaml_document
+from advcli.io import atomic_write_text, plain, read_yaml_document
 from advcli.progress import NullReporter, Reporter
 
-ADVSET_SCHEMA = "advcli.advset/1"
 SUMMARY_SCHEMA = "advcli.attack/1"
 
 
@@ -191,43 +188,6 @@ def run_attack(
 # ---- files -----------------------------------------------------------------------------------
 
 
-@dataclass
-class AdvSet:
-    x_adv: torch.Tensor
-    y: torch.Tensor
-    index: torch.Tensor
-    meta: dict[str, Any]
-
-
-def save_adv_set(path: str | Path, outcome: AttackOutcome, meta: dict[str, Any]) -> Path:
-    """Write the adversarial set (exact float32 values) with `schema: advcli.advset/1` metadata.
-
-    `meta` should hold checkpoint_sha256, dataset, split and seed; the attack record is added.
-    """
-    tensors = {"x_adv": outcome.x_adv, "y": outcome.y, "index": outcome.index}
-    if outcome.targets is not None:
-        tensors["target"] = outcome.targets
-    full = {"schema": ADVSET_SCHEMA, "attack": outcome.attack, "n": int(outcome.y.shape[0]), **meta}
-    return save_tensors(path, tensors, full)
-
-
-def load_adv_set(path: str | Path) -> AdvSet:
-    """Read an adversarial set written by `advcli attack` (checks the schema and tensor shapes)."""
-    tensors, meta = load_tensors(path)
-    if meta.get("schema") != ADVSET_SCHEMA:
-        raise ResultsError(
-            f"{str(path)!r} is not an advcli adversarial set (schema {meta.get('schema')!r}); "
-            "make one with `advcli attack`"
-        )
-    try:
-        x_adv, y, index = tensors["x_adv"], tensors["y"], tensors["index"]
-    except KeyError as exc:
-        raise ResultsError(f"{str(path)!r} lacks the tensor {exc}; re-create it with `advcli attack`") from exc
-    if not (x_adv.shape[0] == y.shape[0] == index.shape[0]):
-        raise ResultsError(f"{str(path)!r} has x_adv, y and index of different lengths; it is corrupt")
-    return AdvSet(x_adv=x_adv, y=y, index=index, meta=meta)
-
-
 def build_summary(
     outcome: AttackOutcome,
     *,
@@ -250,26 +210,6 @@ def build_summary(
         "outputs": outputs,
     }
     return plain(summary)
-
-
-def plain(value: Any) -> Any:
-    """Plain YAML types: str subclasses (e.g. torch's version string), tuples, numpy/torch
-    scalars and paths become str/list/float/int, so `yaml.safe_dump` accepts them."""
-    if value is None or type(value) in (bool, int, float, str):
-        return value
-    if isinstance(value, dict):
-        return {str(k): plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [plain(v) for v in value]
-    if isinstance(value, bool):
-        return bool(value)
-    if isinstance(value, int):
-        return int(value)
-    if isinstance(value, float):
-        return float(value)
-    if hasattr(value, "item") and callable(value.item):
-        return plain(value.item())
-    return str(value)
 
 
 def write_summary(path: str | Path, summary: dict[str, Any]) -> Path:

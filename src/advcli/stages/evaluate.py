@@ -31,8 +31,9 @@ import torch
 from torch import nn
 
 from advcli import distributed
-from advcli.checkpoint import LoadedCheckpoint, load_checkpoint, load_tensors
-from advcli.config import Eps, Norm, parse_choice, parse_eps
+from advcli.advset import AdvSet, load_adv_set
+from advcli.checkpoint import LoadedCheckpoint, load_checkpoint
+from advcli.config import DEFAULT_EPS, Eps, Norm, parse_choice, parse_eps
 from advcli.data.loaders import epoch_seed
 from advcli.errors import DataError, UsageError
 from advcli.progress import NullReporter, Reporter
@@ -45,9 +46,6 @@ from advcli.results import (
     index_sha256,
     trained_with_text,
 )
-
-DEFAULT_EPS = {Norm.linf: "8/255", Norm.l2: "0.5"}
-ADVSET_SCHEMA = "advcli.advset/1"
 
 
 @dataclass
@@ -242,60 +240,13 @@ def autoattack_entry(
                  params=params, warnings=warnings, time_s=time.perf_counter() - t0)
 
 
-@dataclass
-class AdvSet:
-    """A precomputed adversarial set (`advcli attack --out`) and where it came from."""
-
-    x_adv: torch.Tensor
-    y: torch.Tensor
-    index: torch.Tensor
-    source: dict[str, Any]
-
-
-def load_adv_set(adv_path: str | Path, *, dataset: str | None) -> AdvSet:
-    """Read and check an adversarial set; run before any attack so a bad file fails fast."""
-    from advcli.io import sha256_file
-
-    p = Path(adv_path)
-    if not p.is_file():
-        raise DataError(f"adversarial set {str(p)!r} does not exist; make it with `advcli attack`")
-    tensors, meta = load_tensors(p)
-    if meta.get("schema") != ADVSET_SCHEMA:
-        raise DataError(f"{str(p)!r} is not an adversarial set (schema {meta.get('schema')!r}, "
-                        f"expected {ADVSET_SCHEMA!r}); make one with `advcli attack --out`")
-    missing = [k for k in ("x_adv", "y", "index") if k not in tensors]
-    if missing:
-        raise DataError(f"adversarial set {str(p)!r} lacks tensor(s) {', '.join(missing)}")
-    src_dataset = meta.get("dataset")
-    if dataset and src_dataset and str(src_dataset) != str(dataset):
-        raise DataError(f"adversarial set {str(p)!r} was made from dataset {src_dataset!r} but "
-                        f"the model is evaluated on {dataset!r}; pass the matching --dataset")
-    x_adv, y, index = tensors["x_adv"].float(), tensors["y"].long(), tensors["index"].long()
-    if x_adv.dim() != 4 or not (len(x_adv) == len(y) == len(index)):
-        raise DataError(f"adversarial set {str(p)!r} has malformed tensors (x_adv "
-                        f"{tuple(x_adv.shape)}, y {tuple(y.shape)}, index {tuple(index.shape)})")
-    if x_adv.numel() and bool((x_adv.min() < 0) | (x_adv.max() > 1)):
-        raise DataError(f"adversarial set {str(p)!r} has pixels outside [0, 1]")
-    attack = meta.get("attack") if isinstance(meta.get("attack"), dict) else {}
-    source = {
-        "path": str(p),
-        "sha256": sha256_file(p),
-        "label": meta.get("label") or meta.get("checkpoint_label"),
-        "checkpoint_sha256": meta.get("checkpoint_sha256") or meta.get("sha256"),
-        "dataset": src_dataset,
-        "split": meta.get("split"),
-        "attack": attack,
-    }
-    return AdvSet(x_adv, y, index, {k: v for k, v in source.items() if v is not None})
-
-
 def transfer_entry(
     model: nn.Module, adv: AdvSet, *, batch_size: int, device: torch.device
 ) -> Entry:
     """The model's accuracy on a precomputed adversarial set, recording where it came from."""
     t0 = time.perf_counter()
     flags = predict_flags(model, adv.x_adv, adv.y, batch_size, device)
-    attack = adv.source.get("attack") or {}
+    attack = adv.attack
     eps = attack.get("eps")
     return Entry(
         attack="transfer",
@@ -305,7 +256,7 @@ def transfer_entry(
         eps=None if eps is None else float(eps),
         eps_text=attack.get("eps_text") if eps is not None else None,
         flags=flags,
-        params={"source": adv.source},
+        params={"source": adv.source()},
         time_s=time.perf_counter() - t0,
         index_sha256=index_sha256(adv.index.numpy()),
     )

@@ -26,7 +26,7 @@ import yaml
 from torch import nn
 
 from advcli.errors import UsageError
-from advcli.io import atomic_write_text, read_yaml_document
+from advcli.io import atomic_write_text, plain, read_yaml_document
 from advcli.landscape.directions import Direction, filter_normalize
 from advcli.landscape.flatness import Flatness, hessian_top_eigenvalue, loss_increase
 from advcli.landscape.fold import fold_batchnorm, fold_direction
@@ -39,7 +39,6 @@ from advcli.landscape.grid import (
     make_batches,
 )
 from advcli.progress import NullReporter, Reporter
-from advcli.stages.attack import plain
 
 SCHEMA = "advcli.landscape/1"
 
