@@ -12,7 +12,7 @@ from advcli.attacks import AttackName, AttackSpec, build_attack
 from advcli.cli import render
 from advcli.cli.common import CONFIG_HELP, DEVICE_HELP, FORMAT_HELP, FORMATS, handle_errors, resolve_options
 from advcli.config import DEFAULT_EPS, Eps, Norm, parse_choice, parse_eps
-from advcli.errors import DataError, UsageError
+from advcli.errors import UsageError
 from advcli.io import all_or_nothing
 
 SPLITS = ("test", "train")
@@ -89,18 +89,20 @@ def attack_cmd(
 
     from advcli.advset import save_adv_set
     from advcli.checkpoint import load_checkpoint
-    from advcli.data import load_dataset, test_subset, to_float
+    from advcli.data import test_subset, to_float
+    from advcli.data.for_checkpoint import dataset_for_checkpoint
     from advcli.device import resolve_device
     from advcli.provenance import provenance
+    from advcli.results import trained_with_text
     from advcli.stages.attack import build_summary, run_attack, write_summary
 
     dev = resolve_device(opts["device"])
     ckpt = load_checkpoint(opts["checkpoint"], dev)
     meta = ckpt.meta
     ckpt_label = str(meta.get("label") or Path(ckpt.path).name.removesuffix(".safetensors"))
-    trained_with = _trained_with(meta.get("threat_model"))
+    trained_with = trained_with_text(meta.get("threat_model"))
 
-    data = _load_data(opts, meta, load_dataset)
+    data = dataset_for_checkpoint(meta, name=str(opts["checkpoint"]), dataset=opts["dataset"], data_dir=opts["data_dir"])
     xs, ys = data.split(opts["split"])
     index = test_subset(ys, opts["n"], opts["seed"])
     x, y = xs[index], ys[index]
@@ -231,40 +233,6 @@ def _check_options(opts: dict[str, Any]) -> tuple[AttackSpec, str, Path]:
     return spec, fmt, summary_path
 
 
-def _load_data(opts: dict[str, Any], meta: dict[str, Any], load_dataset: Any) -> Any:
-    """The checkpoint's dataset, built as training built it (same seed and held-out split)."""
-    cfg = meta.get("config") if isinstance(meta.get("config"), dict) else {}
-    recorded = meta.get("dataset")
-    name = opts["dataset"] or recorded
-    if not name:
-        raise DataError(f"{str(opts['checkpoint'])!r} does not record its dataset; pass --dataset")
-    same = recorded is not None and str(name) == str(recorded)
-    data = load_dataset(
-        str(name),
-        data_dir=opts["data_dir"] or cfg.get("data_dir"),
-        download=False,
-        seed=int(cfg.get("seed", meta.get("seed", 0)) or 0),
-        val_split=int(cfg.get("val_split", 0) or 0) if same else 0,
-    )
-    classes = int(meta.get("num_classes", data.num_classes))
-    if classes != data.num_classes:
-        raise DataError(
-            f"the checkpoint was trained on {classes} classes but {data.name} has "
-            f"{data.num_classes}; pass the matching --dataset"
-        )
-    shape = meta.get("input_shape")
-    if shape and list(shape) != list(data.input_shape):
-        raise DataError(
-            f"the checkpoint expects images of shape {list(shape)} but {data.name} has "
-            f"{list(data.input_shape)}; pass the matching --dataset"
-        )
-    return data
-
-
-def _trained_with(threat_model: Any) -> str:
-    if not isinstance(threat_model, dict):
-        return "clean"
-    return str(threat_model.get("attack") or "adversarial")
 
 
 def _attack_title(record: dict[str, Any]) -> str:

@@ -14,7 +14,7 @@ import typer
 from advcli.cli import render
 from advcli.cli.common import CONFIG_HELP, DEVICE_HELP, FORMAT_HELP, FORMATS, handle_errors, resolve_options
 from advcli.config import DEFAULT_EPS, Norm, parse_choice, parse_eps
-from advcli.errors import DataError, UsageError
+from advcli.errors import UsageError
 from advcli.io import all_or_nothing
 
 DATA_KINDS = ("clean", "pgd", "fgsm", "fgsm-rs", "stadv")
@@ -125,6 +125,7 @@ def landscape(
     from advcli.attacks import attack_record, build_attack
     from advcli.checkpoint import load_checkpoint
     from advcli.data import test_subset, to_float
+    from advcli.data.for_checkpoint import dataset_for_checkpoints
     from advcli.device import resolve_device
     from advcli.io import sha256_file
     from advcli.landscape.directions import (
@@ -136,6 +137,7 @@ def landscape(
     from advcli.landscape.grid import BNMode
     from advcli.plots_landscape import plot_landscape
     from advcli.provenance import provenance
+    from advcli.results import trained_with_text
     from advcli.stages.landscape import build_document, run_landscape, write_document
 
     dev = resolve_device(opts["device"])
@@ -172,11 +174,11 @@ def landscape(
                 "are transfer examples for all of them"
             )
         if settings.bn is BNMode.recompute:
-            images = _load_data(opts, loaded, dataset_name)
+            images = dataset_for_checkpoints([c.meta for c in loaded], names=[str(c.path) for c in loaded], dataset=opts["dataset"] or dataset_name, data_dir=opts["data_dir"])
             xs_all, _ = images.split(str(split))
             bn_x = to_float(xs_all[index])
     else:
-        images = _load_data(opts, loaded, None)
+        images = dataset_for_checkpoints([c.meta for c in loaded], names=[str(c.path) for c in loaded], dataset=opts["dataset"] or None, data_dir=opts["data_dir"])
         index = test_subset(images.test_y, int(opts["n"]), int(opts["seed"]))
         x, y = to_float(images.test_x[index]), images.test_y[index]
         kind, dataset_name, split = ("clean" if spec is None else "attack"), images.name, "test"
@@ -254,7 +256,7 @@ def landscape(
             "path": str(c.path),
             "sha256": c.sha256,
             "arch": c.meta.get("arch"),
-            "trained_with": _trained_with(c.meta.get("threat_model")),
+            "trained_with": trained_with_text(c.meta.get("threat_model")),
         }
         for c in loaded
     ]
@@ -358,48 +360,6 @@ def _check_options(opts: dict[str, Any]) -> tuple[Any, Any, str]:
     return settings, spec, fmt
 
 
-def _load_data(opts: dict[str, Any], loaded: list[Any], name: str | None) -> Any:
-    """The checkpoints' dataset, built as training built it (same seed and held-out split)."""
-    from advcli.data import load_dataset
-
-    recorded = {str(c.meta.get("dataset")) for c in loaded if c.meta.get("dataset")}
-    chosen = opts["dataset"] or name
-    if not chosen:
-        if len(recorded) > 1:
-            names = ", ".join(sorted(recorded))
-            raise UsageError(
-                f"the checkpoints were trained on different datasets ({names}); "
-                "pass --dataset to pick the one to evaluate on"
-            )
-        if not recorded:
-            raise DataError("the checkpoint does not record its dataset; pass --dataset")
-        chosen = recorded.pop()
-    meta = loaded[0].meta
-    cfg = meta.get("config") if isinstance(meta.get("config"), dict) else {}
-    same = str(chosen) == str(meta.get("dataset"))
-    images = load_dataset(
-        str(chosen),
-        data_dir=opts["data_dir"] or cfg.get("data_dir"),
-        download=False,
-        seed=int(cfg.get("seed", meta.get("seed", 0)) or 0),
-        val_split=int(cfg.get("val_split", 0) or 0) if same else 0,
-    )
-    for c in loaded:
-        classes = int(c.meta.get("num_classes", images.num_classes))
-        if classes != images.num_classes:
-            raise DataError(
-                f"{str(c.path)!r} was trained on {classes} classes but {images.name} has "
-                f"{images.num_classes}; pass the matching --dataset"
-            )
-        shape = c.meta.get("input_shape")
-        if shape and list(shape) != list(images.input_shape):
-            raise DataError(
-                f"{str(c.path)!r} expects images of shape {list(shape)} but {images.name} has "
-                f"{list(images.input_shape)}; pass the matching --dataset"
-            )
-    return images
-
-
 def _labels(loaded: list[Any]) -> list[str]:
     """Each checkpoint's label (metadata, else the file stem), made unique with #2, #3, ..."""
     labels: list[str] = []
@@ -412,10 +372,6 @@ def _labels(loaded: list[Any]) -> list[str]:
     return labels
 
 
-def _trained_with(threat_model: Any) -> str:
-    if not isinstance(threat_model, dict):
-        return "clean"
-    return str(threat_model.get("attack") or "adversarial")
 
 
 def _render(doc: dict[str, Any], fmt: str) -> None:

@@ -34,8 +34,9 @@ from advcli import distributed
 from advcli.advset import AdvSet, load_adv_set
 from advcli.checkpoint import LoadedCheckpoint, load_checkpoint
 from advcli.config import DEFAULT_EPS, Eps, Norm, parse_choice, parse_eps
+from advcli.data.for_checkpoint import dataset_for_checkpoint
 from advcli.data.loaders import epoch_seed
-from advcli.errors import DataError, UsageError
+from advcli.errors import UsageError
 from advcli.progress import NullReporter, Reporter
 from advcli.provenance import provenance
 from advcli.results import (
@@ -332,36 +333,6 @@ def examples_sha256(x: torch.Tensor, y: torch.Tensor) -> str:
     return h.hexdigest()
 
 
-def load_eval_data(meta: dict[str, Any], dataset: str | None, data_dir: str | None,
-                   path: Path) -> Any:
-    """The checkpoint's dataset, built as training built it (same seed and held-out split)."""
-    from advcli.data import load_dataset
-
-    cfg = meta.get("config") if isinstance(meta.get("config"), dict) else {}
-    recorded = meta.get("dataset")
-    name = dataset or recorded
-    if not name:
-        raise DataError(f"{str(path)!r} does not record its dataset; pass --dataset")
-    same = recorded is not None and str(name) == str(recorded)
-    data = load_dataset(
-        str(name),
-        data_dir=data_dir or cfg.get("data_dir"),
-        download=False,
-        # `synthetic` is generated from the training seed: rebuild the same test set.
-        seed=int(cfg.get("seed", meta.get("seed", 0)) or 0),
-        val_split=int(cfg.get("val_split", 0) or 0) if same else 0,
-    )
-    classes = int(meta.get("num_classes", data.num_classes))
-    if classes != data.num_classes:
-        raise DataError(f"the checkpoint was trained on {classes} classes but {data.name} has "
-                        f"{data.num_classes}; pass the matching --dataset")
-    shape = meta.get("input_shape")
-    if shape and list(shape) != list(data.input_shape):
-        raise DataError(f"the checkpoint expects images of shape {list(shape)} but {data.name} "
-                        f"has {list(data.input_shape)}; pass the matching --dataset")
-    return data
-
-
 def run_eval(
     checkpoint: str | Path | LoadedCheckpoint,
     opts: EvalOptions,
@@ -386,7 +357,7 @@ def run_eval(
         reporter.log(f"threat model {norm.value} eps {', '.join(e.text for e in eps_list)} "
                      f"({eps_source})")
     if data is None:
-        data = load_eval_data(meta, opts.dataset, opts.data_dir, ckpt.path)
+        data = dataset_for_checkpoint(meta, name=str(ckpt.path), dataset=opts.dataset, data_dir=opts.data_dir)
     adv = None if opts.adv_data is None else load_adv_set(opts.adv_data, dataset=data.name)
     split_x, split_y = data.split(opts.split)
     idx = test_subset(split_y, opts.n, seed=opts.seed)
