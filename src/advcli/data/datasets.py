@@ -7,7 +7,8 @@ Sources (`--dataset`):
 - `cifar10`, `cifar100`, `svhn`: torchvision, under `--data-dir`, fetched only with `--download`.
 
 Decoded tensors are cached under `$ADVCLI_CACHE` (default `~/.cache/advcli`), keyed by the
-source's absolute path, size and mtime, so a second run starts in well under a second.
+source's absolute path, size and mtime, so a second run starts in well under a second. The
+cache files are written and read by `advcli.tensorfile` (data/ never imports checkpoint.py).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import torch
 from advcli.data.synthetic import CLASSES as SYNTHETIC_CLASSES
 from advcli.data.synthetic import make_synthetic
 from advcli.errors import DataError, UsageError
+from advcli.tensorfile import load_tensors, save_tensors
 
 TORCHVISION = ("cifar10", "cifar100", "svhn")
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -200,8 +202,6 @@ def _cache_key(spec: str, source: Path | None) -> str:
 
 
 def _load_cached(key: str) -> ImageData | None:
-    from advcli.checkpoint import load_tensors
-
     path = cache_dir() / f"{key}.safetensors"
     if not path.is_file():
         return None
@@ -216,8 +216,6 @@ def _load_cached(key: str) -> ImageData | None:
 
 
 def _store_cached(key: str, data: ImageData) -> None:
-    from advcli.checkpoint import save_tensors
-
     try:
         save_tensors(
             cache_dir() / f"{key}.safetensors",

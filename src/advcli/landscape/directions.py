@@ -28,8 +28,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from advcli.checkpoint import load_tensors, save_tensors
 from advcli.errors import CheckpointError
+from advcli.tensorfile import load_tensors, save_tensors
 
 SCHEMA = "advcli.directions/1"
 # Guards a zero-norm direction filter (a filter of all-zero draws cannot happen in practice,
