@@ -38,6 +38,9 @@ for _name, _target in COMMANDS:
     _mod, _fn = _target.split(":")
     app.command(_name)(getattr(importlib.import_module(_mod), _fn))
 
+# Command groups: `advcli plot history ...`.
+app.add_typer(importlib.import_module("advcli.cli.cmd_plot").app, name="plot")
+
 
 def _version(value: bool) -> None:
     if value:

@@ -1,0 +1,193 @@
+"""The run logger: NAME.metrics.jsonl (strict JSON lines, resume rule, cut lines), TensorBoard
+scalars read back with tensorboard's EventAccumulator, the missing-extra message, and the
+history PNG redrawn every epoch."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from advcli.errors import UsageError
+from advcli.metrics_log import (
+    TENSORBOARD_HINT,
+    HistoryPngSink,
+    RunLogger,
+    metrics_path_for,
+    open_run_logger,
+    read_metrics,
+    require_tensorboard,
+)
+
+STEPS = 4  # steps per epoch in these synthetic runs
+
+
+def record(epoch: int, *, adv: bool = False, shift: float = 0.0) -> dict:
+    r = {"epoch": epoch, "lr": 0.1 / epoch, "train_loss": 1.0 / epoch + shift, "train_accuracy": 0.5,
+         "test_accuracy": 0.4 + 0.1 * epoch, "seconds": 0.5}
+    if adv:
+        r.update(clean_loss=math.nan, adv_loss=1.0 / epoch, adv_accuracy=0.25)
+    return r
+
+
+def run(logger: RunLogger, epochs: range, *, shift: float = 0.0, adv: bool = False) -> None:
+    """Log `epochs` (1-based) of a synthetic run; per-step values are tensors, like the loop's."""
+    with logger:
+        for e in epochs:
+            for i in range(STEPS):
+                step = (e - 1) * STEPS + i + 1
+                extra = {"attack_success_rate": torch.tensor(0.75)} if adv else {}
+                logger.step(epoch=e, step=step, loss=torch.tensor(10.0 / step + shift), lr=0.1, **extra)
+            logger.epoch(record(e, adv=adv, shift=shift), step=e * STEPS)
+
+
+def lines(path: Path) -> list[dict]:
+    # json.loads rejects nothing here that strict JSON would accept; NaN must not appear at all.
+    text = path.read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    return [json.loads(line) for line in text.splitlines()]
+
+
+def test_every_line_is_json_with_epoch_and_step(tmp_path: Path) -> None:
+    out = tmp_path / "m.safetensors"
+    run(open_run_logger(out, label="m", steps_per_epoch=STEPS, png=False), range(1, 3), adv=True)
+    rows = lines(metrics_path_for(out))
+    assert metrics_path_for(out).name == "m.metrics.jsonl"
+    assert [r["kind"] for r in rows] == ["run"] + ["step"] * 4 + ["epoch"] + ["step"] * 4 + ["epoch"]
+    assert rows[0]["resumed_from_epoch"] == 0 and rows[0]["schema"] == "advcli.metrics/1"
+    steps = [r for r in rows if r["kind"] == "step"]
+    assert [r["step"] for r in steps] == list(range(1, 9))
+    assert [r["epoch"] for r in steps] == [1] * 4 + [2] * 4
+    assert steps[1]["loss"] == pytest.approx(5.0) and steps[0]["attack_success_rate"] == 0.75
+    epochs = [r for r in rows if r["kind"] == "epoch"]
+    assert [(r["epoch"], r["step"]) for r in epochs] == [(1, 4), (2, 8)]
+    assert epochs[0]["clean_loss"] is None  # NaN written as null
+    assert epochs[1]["attack_success_rate"] == pytest.approx(0.75)  # 1 - adv_accuracy
+    assert all(isinstance(r["time"], float) for r in rows)
+
+
+def test_steps_are_buffered_then_written_in_one_batch(tmp_path: Path) -> None:
+    out = tmp_path / "m.safetensors"
+    logger = open_run_logger(out, label="m", steps_per_epoch=100, png=False)
+    logger.flush_every = 3
+    for s in (1, 2):
+        logger.step(epoch=1, step=s, loss=torch.tensor(1.0), lr=0.1)
+    assert [r["kind"] for r in lines(metrics_path_for(out))] == ["run"]
+    logger.step(epoch=1, step=3, loss=torch.tensor(1.0), lr=0.1)
+    assert len(lines(metrics_path_for(out))) == 4
+    logger.step(epoch=1, step=4, loss=torch.tensor(1.0), lr=0.1)
+    logger.close()  # buffered steps are not lost
+    assert lines(metrics_path_for(out))[-1]["step"] == 4
+
+
+def test_a_resumed_run_supersedes_the_interrupted_epochs(tmp_path: Path) -> None:
+    out = tmp_path / "m.safetensors"
+    log = metrics_path_for(out)
+    # The interrupted run did 3 epochs; its state was saved after epoch 2, so --resume redoes 3-4.
+    run(open_run_logger(out, label="m", steps_per_epoch=STEPS, png=False), range(1, 4), shift=100.0)
+    run(open_run_logger(out, label="m", steps_per_epoch=STEPS, resumed_from_epoch=2, png=False), range(3, 5))
+    raw = lines(log)
+    assert [r["epoch"] for r in raw if r["kind"] == "epoch"] == [1, 2, 3, 3, 4]  # appended, not rewritten
+    m = read_metrics(log)
+    assert m.runs == 2 and m.skipped == 0
+    assert [r["epoch"] for r in m.epochs] == [1, 2, 3, 4]
+    assert [r["step"] for r in m.steps] == list(range(1, 17))
+    assert m.epochs[1]["train_loss"] == pytest.approx(100.5)  # kept from the first run
+    assert m.epochs[2]["train_loss"] == pytest.approx(1 / 3)  # epoch 3 from the resumed run
+    # The documented rule for other tools gives the same lines: the last per (kind, step).
+    last = {(r["kind"], r["step"]): r for r in raw if r["kind"] != "run"}
+    assert [last["epoch", 4 * e]["train_loss"] for e in (1, 2, 3, 4)] == [r["train_loss"] for r in m.epochs]
+    # A fresh run (not --resume) over the same file starts the history again.
+    run(open_run_logger(out, label="m", steps_per_epoch=STEPS, png=False), range(1, 2))
+    assert [r["epoch"] for r in read_metrics(log).epochs] == [1]
+
+
+def test_a_cut_last_line_is_skipped_and_not_glued_to_the_next_run(tmp_path: Path) -> None:
+    out = tmp_path / "m.safetensors"
+    log = metrics_path_for(out)
+    run(open_run_logger(out, label="m", steps_per_epoch=STEPS, png=False), range(1, 2))
+    with open(log, "a") as fh:
+        fh.write('{"kind": "step", "epoch": 2, "st')  # killed mid-write
+    run(open_run_logger(out, label="m", steps_per_epoch=STEPS, resumed_from_epoch=1, png=False), range(2, 3))
+    m = read_metrics(log)
+    assert m.skipped == 1 and m.runs == 2
+    assert [r["epoch"] for r in m.epochs] == [1, 2]
+
+
+def test_no_sinks_is_a_no_op() -> None:
+    logger = RunLogger()
+    logger.step(epoch=1, step=1, loss=torch.tensor(1.0))
+    logger.epoch(record(1), step=1)
+    logger.close()
+    assert logger._buffer == []
+
+
+def test_history_png_is_redrawn_every_epoch_with_the_resumed_epochs(tmp_path: Path) -> None:
+    from matplotlib.image import imread
+
+    png = tmp_path / "m.history.png"
+    sink = HistoryPngSink(png, label="m", history=[record(1), record(2)])
+    logger = RunLogger([sink])
+    logger.epoch(record(3), step=12)
+    first = png.read_bytes()
+    assert first[:8] == b"\x89PNG\r\n\x1a\n" and imread(png).ndim == 3
+    assert [r["epoch"] for r in sink.records] == [1, 2, 3]
+    logger.epoch(record(4), step=16)
+    assert png.read_bytes() != first  # the fourth epoch changed the picture
+    assert "step" not in sink.records[-1] and "time" not in sink.records[-1]
+
+
+def test_missing_tensorboard_says_how_to_get_it(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # None in sys.modules makes `import tensorboard` raise ImportError, as when it is absent.
+    for name in [m for m in sys.modules if m == "tensorboard" or m.startswith(("tensorboard.", "torch.utils.tensorboard"))]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "tensorboard", None)
+    with pytest.raises(UsageError) as err:
+        require_tensorboard()
+    assert TENSORBOARD_HINT in str(err.value) and "\n" not in str(err.value)
+    assert err.value.exit_code == 2
+    with pytest.raises(UsageError):
+        open_run_logger(tmp_path / "m.safetensors", label="m", steps_per_epoch=STEPS, tensorboard=tmp_path / "tb")
+    assert not (tmp_path / "m.metrics.jsonl").exists()
+
+
+def scalars(log_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(log_dir), size_guidance={"scalars": 0})
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+def test_tensorboard_event_files_hold_the_scalars(tmp_path: Path) -> None:
+    pytest.importorskip("tensorboard")
+    tb = tmp_path / "tb"
+    run(open_run_logger(tmp_path / "m.safetensors", label="m", steps_per_epoch=STEPS, tensorboard=tb, png=False),
+        range(1, 3), adv=True)
+    s = scalars(tb)
+    assert [step for step, _ in s["step/loss"]] == list(range(1, 9))
+    assert s["step/loss"][1][1] == pytest.approx(5.0)
+    assert [v for _, v in s["step/lr"]] == pytest.approx([0.1] * 8)
+    assert s["step/attack_success_rate"][0][1] == pytest.approx(0.75)
+    assert [step for step, _ in s["epoch/test_accuracy"]] == [4, 8]
+    assert [v for _, v in s["epoch/test_accuracy"]] == pytest.approx([0.5, 0.6])
+    assert [v for _, v in s["epoch/lr"]] == pytest.approx([0.1, 0.05])
+    assert [v for _, v in s["epoch/attack_success_rate"]] == pytest.approx([0.75, 0.75])
+    assert "epoch/clean_loss" not in s and "epoch/epoch" not in s  # NaN and bookkeeping are not scalars
+
+
+def test_tensorboard_shows_each_step_once_after_resume(tmp_path: Path) -> None:
+    pytest.importorskip("tensorboard")
+    tb = tmp_path / "tb"
+    out = tmp_path / "m.safetensors"
+    run(open_run_logger(out, label="m", steps_per_epoch=STEPS, tensorboard=tb, png=False), range(1, 4), shift=100.0)
+    run(open_run_logger(out, label="m", steps_per_epoch=STEPS, tensorboard=tb, resumed_from_epoch=2, png=False),
+        range(3, 5))
+    s = scalars(tb)
+    assert [step for step, _ in s["step/loss"]] == list(range(1, 17))
+    assert [step for step, _ in s["epoch/train_loss"]] == [4, 8, 12, 16]
+    assert s["epoch/train_loss"][2][1] == pytest.approx(1 / 3)  # the resumed run's epoch 3
