@@ -9,7 +9,15 @@ import numpy as np
 import pytest
 from scipy import stats as sp
 
-from advcli.stats import bootstrap_diff_ci, mcnemar_exact, summarize, welch_t
+from advcli.stats import (
+    MIN_BOOTSTRAP_RUNS,
+    bootstrap_diff_ci,
+    mcnemar_exact,
+    paired_difference,
+    summarize,
+    welch_t,
+    wilson_interval,
+)
 
 
 def _exact_mcnemar_by_hand(b: int, c: int) -> float:
@@ -91,3 +99,54 @@ def test_bootstrap_ci_brackets_the_difference_and_is_seeded() -> None:
     assert low > 0  # clearly separated groups
     assert bootstrap_diff_ci(a, b, n_resamples=2000, seed=1) == ci
     assert bootstrap_diff_ci([0.9], b) is None
+
+
+def test_bootstrap_ci_needs_five_runs_a_side() -> None:
+    # Three values have 10 distinct resamples: no 95 % interval (issue 15).
+    five = [0.91, 0.93, 0.92, 0.94, 0.90]
+    assert MIN_BOOTSTRAP_RUNS == 5
+    assert bootstrap_diff_ci(five[:3], [0.85, 0.86, 0.84], n_resamples=200) is None
+    assert bootstrap_diff_ci(five, [0.85, 0.86, 0.84, 0.88], n_resamples=200) is None
+    assert bootstrap_diff_ci(five, [0.85, 0.86, 0.84, 0.88, 0.86], n_resamples=200) is not None
+
+
+@pytest.mark.parametrize(("k", "n"), [(0, 10), (3, 10), (10, 10), (731, 1000), (1, 200)])
+def test_wilson_matches_scipy_and_the_formula(k: int, n: int) -> None:
+    low, high = wilson_interval(k / n, n)
+    ref = sp.binomtest(k, n).proportion_ci(confidence_level=0.95, method="wilson")
+    assert low == pytest.approx(ref.low, abs=1e-12)
+    assert high == pytest.approx(ref.high, abs=1e-12)
+    # by hand, z = 1.959964
+    p, z = k / n, 1.959963984540054
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    assert low == pytest.approx(max(0.0, centre - half), abs=1e-12)
+    assert low <= p <= high
+
+
+def test_wilson_shrinks_with_n_and_rejects_nonsense() -> None:
+    w100 = wilson_interval(0.5, 100)
+    w1000 = wilson_interval(0.5, 1000)
+    assert w1000[1] - w1000[0] < w100[1] - w100[0]
+    with pytest.raises(ValueError):
+        wilson_interval(0.5, 0)
+    with pytest.raises(ValueError):
+        wilson_interval(1.2, 10)
+
+
+def test_paired_difference_matches_scipy_ttest_rel() -> None:
+    a = [0.512, 0.498, 0.530]
+    b = [0.500, 0.495, 0.511]
+    res = paired_difference(a, b)
+    d = [x - y for x, y in zip(a, b, strict=True)]
+    assert res.mean == pytest.approx(statistics.mean(d))
+    half = sp.t.ppf(0.975, 2) * statistics.stdev(d) / math.sqrt(3)
+    assert res.low == pytest.approx(statistics.mean(d) - half)
+    assert res.high == pytest.approx(statistics.mean(d) + half)
+    assert res.p_value == pytest.approx(sp.ttest_rel(a, b).pvalue)
+    # pairing matters: the same numbers unpaired give a different (larger) p
+    assert welch_t(a, b).p_value > res.p_value
+    one = paired_difference([0.5], [0.4])
+    assert one.mean == pytest.approx(0.1) and one.low is None and one.p_value is None
+    with pytest.raises(ValueError):
+        paired_difference([0.5, 0.6], [0.4])

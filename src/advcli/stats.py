@@ -6,7 +6,13 @@
   wrong, c = the reverse. Under "equally accurate", b ~ Binomial(b + c, 1/2); the two-sided
   p-value is scipy's exact binomial test.
 - `welch_t`: Welch's unequal-variance t-test on per-seed accuracies (needs >= 2 per side).
-- `bootstrap_diff_ci`: percentile bootstrap CI of the difference of means across seeds.
+- `bootstrap_diff_ci`: percentile bootstrap CI of the difference of means across seeds, only
+  from `MIN_BOOTSTRAP_RUNS` runs a side: resampling 2-3 values gives an interval that is
+  mostly an artefact of which few values exist, not a 95 % interval.
+- `wilson_interval`: the Wilson score interval of an accuracy measured on n examples (test-set
+  sampling only; it says nothing about seed-to-seed spread).
+- `paired_difference`: the mean of seed-matched differences with its Student-t interval and
+  the paired t-test (the right test when the same seeds were trained both ways).
 """
 
 from __future__ import annotations
@@ -84,6 +90,9 @@ def welch_t(a: Sequence[float], b: Sequence[float]) -> Significance:
                       detail={"df": float(getattr(res, "df", float("nan")))})
 
 
+MIN_BOOTSTRAP_RUNS = 5
+
+
 def bootstrap_diff_ci(
     a: Sequence[float],
     b: Sequence[float],
@@ -94,10 +103,11 @@ def bootstrap_diff_ci(
 ) -> tuple[float, float] | None:
     """Percentile bootstrap CI of mean(a) - mean(b), resampling each side independently.
 
-    None with fewer than two values a side (a resample of one value has no spread).
+    None with fewer than `MIN_BOOTSTRAP_RUNS` values a side: 3 values have 10 distinct
+    resamples, so the "interval" is a few resample means, not a 95 % interval.
     """
     xa, xb = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    if xa.size < 2 or xb.size < 2:
+    if xa.size < MIN_BOOTSTRAP_RUNS or xb.size < MIN_BOOTSTRAP_RUNS:
         return None
     # scipy >= 1.15 calls the generator `rng`; older versions `random_state`.
     rng_kw = "rng" if "rng" in inspect.signature(_sp.bootstrap).parameters else "random_state"
@@ -112,3 +122,57 @@ def bootstrap_diff_ci(
         **{rng_kw: np.random.default_rng(seed)},
     )
     return float(res.confidence_interval.low), float(res.confidence_interval.high)
+
+
+def wilson_interval(accuracy: float, n: int, *, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval (no continuity correction) of a proportion observed on n trials.
+
+    `accuracy` may be a mean of several runs' accuracies on the same n examples; the interval
+    is then the test-set sampling uncertainty of one run, not the seed spread.
+    """
+    if n < 1:
+        raise ValueError(f"a Wilson interval needs n >= 1, got {n}")
+    if not 0.0 <= accuracy <= 1.0:
+        raise ValueError(f"accuracy must be in [0, 1], got {accuracy}")
+    z = float(_sp.norm.ppf(0.5 + confidence / 2))
+    z2n = z * z / n
+    centre = (accuracy + z2n / 2) / (1 + z2n)
+    half = z * math.sqrt(accuracy * (1 - accuracy) / n + z2n / (4 * n)) / (1 + z2n)
+    # The interval always holds the estimate; min/max only undo float rounding at 0 and 1.
+    return max(0.0, min(accuracy, centre - half)), min(1.0, max(accuracy, centre + half))
+
+
+@dataclass(frozen=True)
+class PairedDifference:
+    """mean(a_i - b_i) over seed-matched pairs, its Student-t interval and paired-t p-value.
+
+    `low`/`high`/`p_value` are None with fewer than two pairs; `p_value` is None when every
+    difference is the same (the t statistic is undefined; the interval is that one value).
+    """
+
+    mean: float
+    low: float | None
+    high: float | None
+    n: int
+    p_value: float | None
+    confidence: float = 0.95
+
+
+def paired_difference(
+    a: Sequence[float], b: Sequence[float], *, confidence: float = 0.95
+) -> PairedDifference:
+    """Paired t on a_i - b_i (pairs in order): mean ± t_{n-1} · sd / sqrt(n)."""
+    xa, xb = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if xa.shape != xb.shape or xa.size == 0:
+        raise ValueError(f"paired values differ in length or are empty: {xa.size} vs {xb.size}")
+    d = xa - xb
+    mean, n = float(d.mean()), int(d.size)
+    if n < 2:
+        return PairedDifference(mean, None, None, n, None, confidence)
+    sd = float(d.std(ddof=1))
+    half = float(_sp.t.ppf(0.5 + confidence / 2, n - 1)) * sd / math.sqrt(n)
+    p = None
+    if sd > 0:
+        t = mean / (sd / math.sqrt(n))
+        p = float(2 * _sp.t.sf(abs(t), n - 1))
+    return PairedDifference(mean, mean - half, mean + half, n, p, confidence)
