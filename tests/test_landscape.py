@@ -618,3 +618,51 @@ def test_cli_missing_checkpoint_and_config_file(folder_ckpts, tmp_path: Path) ->
     cfg.write_text(yaml.safe_dump({"pointz": 3}))
     res = runner.invoke(app, ["landscape", str(a), "--config", str(cfg)])
     assert res.exit_code == 2 and "pointz" in res.output
+
+
+def test_stage_alone_loads_computes_and_leaves_writing_to_write_landscape(folder_ckpts) -> None:
+    """`run_landscape` is the command's one stage call: it loads checkpoints, data and an
+    adversarial set itself, reports its warnings in the result and writes nothing; then
+    `write_landscape` writes all outputs or none."""
+    from advcli.data import load_dataset
+    from advcli.stages.landscape import LandscapeOptions, run_landscape, write_landscape
+
+    root, data, (a, b) = folder_ckpts
+    images = load_dataset(f"folder:{data}")
+    idx = images.test_y.argsort()[:12]  # any 12 examples; the set keeps its own index
+    x = images.test_x[idx].float() / 255
+    set_path = save_tensors(
+        root / "stage-adv.safetensors", {"x_adv": x, "y": images.test_y[idx], "index": idx},
+        {"schema": "advcli.advset/1", "attack": {"name": "pgd"}, "dataset": images.name,
+         "split": "test", "seed": 0, "checkpoint_sha256": "0" * 64},
+    )
+    dirs = root / "stage-dirs.safetensors"
+    opts = LandscapeOptions(
+        settings=LandscapeSettings(dim=1, points=3, batch_size=8), adv_data=set_path, n=10,
+        directions=dirs,
+    )
+    run = run_landscape([a, load_checkpoint(b)], opts, device=CPU)
+    assert [m.label for m in run.result.models] == ["alpha", "beta"]
+    assert run.data["kind"] == "fixed" and run.data["n"] == 10 and run.data["attack"] == {"name": "pgd"}
+    assert run.data["adv_data"]["n"] == 12
+    assert run.warnings == [
+        "the adversarial set was made against none of these checkpoints: its examples are "
+        "transfer examples for all of them"
+    ]
+    assert run.new_directions is not None and not dirs.exists()  # drawn, not yet written
+    model = load_checkpoint(a).model
+    with torch.no_grad():
+        ref = F.cross_entropy(model(x[:10]), images.test_y[idx][:10]).item()
+    assert run.result.models[0].center.loss == pytest.approx(ref, rel=1e-5)
+
+    # A failure while writing (the YAML path is a folder) removes what was already written.
+    blocked = root / "stage-out"
+    blocked.mkdir()
+    with pytest.raises(OSError):
+        write_landscape(run, blocked, root / "stage.png")
+    assert not dirs.exists() and not (root / "stage.png").exists()
+
+    doc, written = write_landscape(run, root / "stage.yaml")
+    assert written == [dirs, root / "stage.yaml"] and dirs.is_file()
+    assert doc["directions"]["file_sha256"] is not None
+    assert read_document(root / "stage.yaml") == doc

@@ -1,10 +1,18 @@
-"""The landscape stage: filter-normalised loss landscapes of one or more models on one subset.
+"""The landscape stage: filter-normalised loss landscapes of one or more checkpoints on one subset.
 
-- `LandscapeSettings`: the grid, BatchNorm mode, flatness radius, Hessian switch, batch size.
+- `LandscapeOptions` / `LandscapeSettings`: the resolved options of `advcli landscape`; the
+  settings say what to compute (grid, BatchNorm mode, flatness radius, Hessian switch, batch
+  size), the options on which data and along which directions.
+- `run_landscape(checkpoints, opts, device, reporter)`: the command's one stage call. It loads
+  the checkpoints and their dataset (`advcli.data.for_checkpoint`), chooses the subset (the
+  first n test images in advcli's fixed order, or the first n of a fixed adversarial set read by
+  `advcli.advset`), reads or draws the raw directions, computes every landscape and returns a
+  `LandscapeRun` with the provenance of all of it. It writes nothing: `write_landscape` writes
+  the new directions file, the picture and the YAML file, all or nothing.
 - `compute_landscape` (pure): one model -> `ModelLandscape` (grid of loss/accuracy, centre
   point, flatness numbers). The model's parameters, buffers, modes and memory layout are
   restored exactly afterwards, even when it raises.
-- `run_landscape` (pure): several labelled models on the same grid, data and direction seed.
+- `compute_landscapes` (pure): several labelled models on the same grid, data and directions.
 - `build_document` / `write_document` / `read_document`: the YAML file, schema
   `advcli.landscape/1`. Grid arrays: `loss`/`accuracy` are lists over `grid.x` (dim 1) or lists
   of rows (dim 2: row j is y = grid.y[j], column i is x = grid.x[i]). `flatness:` maps each
@@ -25,13 +33,26 @@ import torch
 import yaml
 from torch import nn
 
+from advcli.advset import load_adv_set
+from advcli.attacks import AttackSpec, attack_record, build_attack
+from advcli.checkpoint import LoadedCheckpoint, load_checkpoint
+from advcli.data import ImageData, test_subset, to_float
+from advcli.data.for_checkpoint import dataset_for_checkpoints
 from advcli.errors import UsageError
-from advcli.io import atomic_write_text, plain, read_yaml_document
-from advcli.landscape.directions import Direction, filter_normalize
+from advcli.io import all_or_nothing, atomic_write_text, plain, read_yaml_document, sha256_file
+from advcli.landscape.directions import (
+    Direction,
+    check_compatible,
+    filter_normalize,
+    gaussian_directions,
+    load_directions,
+    save_directions,
+)
 from advcli.landscape.flatness import Flatness, hessian_top_eigenvalue, loss_increase
 from advcli.landscape.fold import fold_batchnorm, fold_direction
 from advcli.landscape.grid import (
     BNMode,
+    DataKind,
     PointEvaluator,
     PointValue,
     evaluate_grid,
@@ -39,6 +60,8 @@ from advcli.landscape.grid import (
     make_batches,
 )
 from advcli.progress import NullReporter, Reporter
+from advcli.provenance import provenance
+from advcli.results import index_sha256, trained_with_text
 
 SCHEMA = "advcli.landscape/1"
 
@@ -198,7 +221,7 @@ def compute_landscape(
     )
 
 
-def run_landscape(
+def compute_landscapes(
     models: Sequence[tuple[str, nn.Module]],
     x: torch.Tensor,
     y: torch.Tensor,
@@ -227,6 +250,253 @@ def run_landscape(
         )
     result.time_s = time.perf_counter() - start
     return result
+
+
+# --------------------------------------------------------------------------- the stage
+
+
+@dataclass
+class LandscapeOptions:
+    """Resolved options of `advcli landscape` (checked by the command, see cli/cmd_landscape)."""
+
+    settings: LandscapeSettings = field(default_factory=LandscapeSettings)
+    data: str = "clean"  # --data: "clean" or the name of the attack (pgd, fgsm, fgsm-rs, stadv)
+    attack: AttackSpec | None = None  # recompute this attack at every point
+    adv_data: Path | None = None  # fixed adversarial examples instead of clean test images
+    n: int = 1000
+    seed: int = 0  # the subset's order (the attack's starts: settings.attack_seed)
+    directions_seed: int = 0
+    directions: Path | None = None  # raw directions file: read when it exists, else written
+    dataset: str | None = None
+    data_dir: str | None = None
+
+
+@dataclass
+class LandscapeRun:
+    """What `run_landscape` computed, and what the YAML file records about where it came from."""
+
+    result: LandscapeResult
+    settings: LandscapeSettings
+    checkpoints: list[dict[str, Any]]  # one record per model, in `result.models`' order
+    data: dict[str, Any]
+    directions: dict[str, Any]
+    provenance: dict[str, Any]
+    warnings: list[str] = field(default_factory=list)
+    # Directions drawn for a --directions file that does not exist yet. `write_landscape` writes
+    # them together with the other outputs, so a run that fails leaves no file behind.
+    new_directions: list[Direction] | None = None
+    new_directions_meta: dict[str, Any] = field(default_factory=dict)
+    directions_path: Path | None = None
+
+
+@dataclass
+class _Subset:
+    x: torch.Tensor
+    y: torch.Tensor
+    bn_x: torch.Tensor | None  # clean images for --bn recompute on fixed adversarial examples
+    attack: Any
+    record: dict[str, Any]
+
+
+def checkpoint_labels(loaded: Sequence[LoadedCheckpoint]) -> list[str]:
+    """Each checkpoint's label (metadata, else the file stem), made unique with #2, #3, ..."""
+    labels: list[str] = []
+    for c in loaded:
+        base = str(c.meta.get("label") or Path(c.path).name.removesuffix(".safetensors"))
+        label, k = base, 2
+        while label in labels:
+            label, k = f"{base}#{k}", k + 1
+        labels.append(label)
+    return labels
+
+
+def _images(
+    loaded: Sequence[LoadedCheckpoint], opts: LandscapeOptions, dataset: str | None, data: Any
+) -> ImageData:
+    if data is not None:
+        return data
+    return dataset_for_checkpoints(
+        [c.meta for c in loaded], names=[str(c.path) for c in loaded], dataset=dataset,
+        data_dir=opts.data_dir,
+    )
+
+
+def _subset(
+    loaded: Sequence[LoadedCheckpoint], opts: LandscapeOptions, data: Any, warnings: list[str]
+) -> _Subset:
+    """The examples every point is evaluated on: the first n clean test images (attacked at
+    every point when `opts.attack` is set), or the first n of a fixed adversarial set."""
+    if opts.adv_data is None:
+        images = _images(loaded, opts, opts.dataset or None, data)
+        index = test_subset(images.test_y, opts.n, opts.seed)
+        attack = attack_info = None
+        if opts.attack is not None:
+            attack = build_attack(opts.attack)
+            attack_info = attack_record(opts.attack, attack)
+        y = images.test_y[index]
+        record = {
+            "kind": (DataKind.clean if attack is None else DataKind.attack).value,
+            "dataset": images.name, "split": "test", "n": int(y.shape[0]), "seed": opts.seed,
+            "index_sha256": index_sha256(index), "attack": attack_info, "adv_data": None,
+        }
+        return _Subset(to_float(images.test_x[index]), y, None, attack, record)
+
+    adv = load_adv_set(opts.adv_data)
+    made_by = adv.attack.get("name")
+    if opts.data != "clean" and made_by and made_by != opts.data:
+        raise UsageError(
+            f"--adv-data holds {made_by} examples but --data is {opts.data}; "
+            "drop --data or pass a matching file"
+        )
+    k = min(opts.n, int(adv.y.shape[0]))
+    index = adv.index[:k]
+    split = adv.split or "test"
+    if not any(c.sha256 == adv.meta.get("checkpoint_sha256") for c in loaded):
+        warnings.append(
+            "the adversarial set was made against none of these checkpoints: its examples "
+            "are transfer examples for all of them"
+        )
+    bn_x = None
+    if opts.settings.bn is BNMode.recompute:
+        # Statistics come from the clean images the adversarial examples were made from.
+        xs_all, _ = _images(loaded, opts, opts.dataset or adv.dataset, data).split(split)
+        bn_x = to_float(xs_all[index])
+    record = {
+        "kind": DataKind.fixed.value, "dataset": adv.dataset, "split": split, "n": k,
+        "seed": adv.meta.get("seed"), "index_sha256": index_sha256(index),
+        "attack": adv.meta.get("attack"),
+        "adv_data": {
+            "path": str(opts.adv_data), "sha256": sha256_file(opts.adv_data),
+            "checkpoint_sha256": adv.meta.get("checkpoint_sha256"), "n": int(adv.y.shape[0]),
+        },
+    }
+    return _Subset(adv.x_adv[:k].float(), adv.y[:k], bn_x, None, record)
+
+
+def _directions(
+    loaded: Sequence[LoadedCheckpoint], opts: LandscapeOptions, warnings: list[str]
+) -> tuple[Callable[[nn.Module], Sequence[Direction]], dict[str, Any], list[Direction] | None]:
+    """(each model's raw directions, the record, directions still to be written to the file):
+    one raw set per architecture, read from `opts.directions` when it exists, else drawn from
+    the seed (each checkpoint filter-normalises them against its own weights)."""
+    dim, seed, path = opts.settings.dim, opts.directions_seed, opts.directions
+    if path is not None and path.exists():
+        raw, meta = load_directions(path)
+        if len(raw) < dim:
+            raise UsageError(
+                f"{str(path)!r} holds {len(raw)} direction(s) but --dim {dim} needs {dim}; "
+                "use another file or a missing path to create one"
+            )
+        for c in loaded:
+            check_compatible(raw[0], c.model, repr(str(path)))
+        if meta.get("seed") is not None and meta.get("seed") != seed:
+            warnings.append(
+                f"using the directions stored in {path} (seed {meta.get('seed')}); "
+                "--directions-seed applies only when the file is created"
+            )
+        record = {"seed": meta.get("seed"), "file": str(path), "file_sha256": sha256_file(path)}
+        return (lambda model: raw), record, None
+
+    new = None
+    if path is not None:
+        arches = {str(c.meta.get("arch")) for c in loaded}
+        if len(arches) > 1:
+            raise UsageError(
+                "--directions FILE stores directions for one architecture but the "
+                f"checkpoints mix {sorted(arches)}; drop --directions (the seed is enough)"
+            )
+        new = gaussian_directions(loaded[0].model, dim, seed)
+    record = {"seed": seed, "file": str(path) if path else None, "file_sha256": None}
+    return (lambda model: gaussian_directions(model, dim, seed)), record, new
+
+
+def run_landscape(
+    checkpoints: Sequence[str | Path | LoadedCheckpoint],
+    opts: LandscapeOptions,
+    *,
+    device: torch.device,
+    reporter: Reporter | None = None,
+    data: Any = None,
+) -> LandscapeRun:
+    """Load the checkpoints and their data, compute every landscape on one shared grid, subset
+    and set of directions, and describe everything in a `LandscapeRun` (nothing is written).
+
+    `data` (an `advcli.data.ImageData`) skips loading the dataset (tests, notebooks).
+    """
+    if not checkpoints:
+        raise UsageError("give at least one checkpoint")
+    if opts.n < 1:
+        raise UsageError(f"--n must be a positive number of examples, got {opts.n}")
+    opts.settings.check()
+    loaded = [
+        c if isinstance(c, LoadedCheckpoint) else load_checkpoint(c, device) for c in checkpoints
+    ]
+    warnings: list[str] = []
+    subset = _subset(loaded, opts, data, warnings)
+    directions_for, directions_record, new = _directions(loaded, opts, warnings)
+    result = compute_landscapes(
+        list(zip(checkpoint_labels(loaded), [c.model for c in loaded], strict=True)),
+        subset.x,
+        subset.y,
+        directions_for,
+        opts.settings,
+        device=device,
+        attack=subset.attack,
+        bn_x=subset.bn_x,
+        reporter=reporter,
+    )
+    return LandscapeRun(
+        result=result,
+        settings=opts.settings,
+        checkpoints=[
+            {
+                "path": str(c.path),
+                "sha256": c.sha256,
+                "arch": c.meta.get("arch"),
+                "trained_with": trained_with_text(c.meta.get("threat_model")),
+            }
+            for c in loaded
+        ],
+        data=subset.record,
+        directions=directions_record,
+        provenance=provenance(opts.seed, {"device": str(device)}),
+        warnings=warnings,
+        new_directions=new,
+        new_directions_meta={"seed": opts.directions_seed, "arch": loaded[0].meta.get("arch")},
+        directions_path=opts.directions,
+    )
+
+
+def write_landscape(
+    run: LandscapeRun, out: str | Path, plot: str | Path | None = None
+) -> tuple[dict[str, Any], list[Path]]:
+    """Write the new directions file (if any), the picture (if asked) and the YAML file, all or
+    nothing; return the document and the paths written."""
+    out_path = Path(out)
+    plot_path = Path(plot) if plot else None
+    directions = dict(run.directions)
+    written: list[Path] = []
+    with all_or_nothing(written):  # a failure deletes what was already written
+        if run.new_directions is not None and run.directions_path is not None:
+            written.append(
+                save_directions(run.directions_path, run.new_directions, run.new_directions_meta)
+            )
+            directions["file_sha256"] = sha256_file(run.directions_path)
+        doc = build_document(
+            run.result,
+            run.settings,
+            checkpoints=run.checkpoints,
+            directions=directions,
+            data=run.data,
+            provenance=run.provenance,
+            outputs={"yaml": str(out_path), "plot": str(plot_path) if plot_path else None},
+        )
+        if plot_path is not None:
+            from advcli.plots_landscape import plot_landscape  # matplotlib only when drawing
+
+            written.append(plot_landscape(doc, plot_path))
+        written.append(write_document(out_path, doc))
+    return doc, written
 
 
 def _floats(a: np.ndarray) -> list[Any]:
