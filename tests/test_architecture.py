@@ -6,6 +6,7 @@ Every import counts, including those inside functions: a lazy import is still a 
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -76,3 +77,49 @@ def test_the_import_reader_sees_every_form(tmp_path: Path) -> None:
 def test_data_does_not_import_checkpoint() -> None:
     # Tensor files are advcli.tensorfile's; checkpoint.py would pull in the model registry.
     assert offenders(python_files("data"), ("advcli.checkpoint",)) == {}
+
+
+def test_the_core_never_imports_the_cli_typer_or_rich() -> None:
+    # Stages, attacks, data, models and landscapes are a library: no terminal in them.
+    files = python_files("stages", "attacks", "data", "models", "landscape")
+    assert offenders(files, ("advcli.cli", "typer", "rich", "click")) == {}
+
+
+def test_commands_load_no_checkpoint_and_no_dataset_themselves() -> None:
+    # parse options -> one stage call -> render/write: the stage loads what it works on.
+    # import reads outside weights and info reads a header: their loading is the command.
+    files = [p for p in python_files("cli") if p.name not in ("cmd_import.py", "cmd_info.py")]
+    banned = (
+        "advcli.checkpoint.load_checkpoint",
+        "advcli.data.load_dataset",
+        "advcli.data.datasets.load_dataset",
+        "advcli.data.for_checkpoint",
+    )
+    assert offenders(files, banned) == {}
+
+
+SCHEMA_RE = re.compile(r"advcli\.[a-z][a-z0-9-]*/[0-9]+")
+
+
+def schema_homes() -> dict[str, set[str]]:
+    """{schema string: the modules whose code holds it as a whole string literal}. Mentions
+    inside longer text (docstrings, help) are documentation, not a definition."""
+    homes: dict[str, set[str]] = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        for node in ast.walk(tree):
+            if (
+                isinstance(node, ast.Constant)
+                and isinstance(node.value, str)
+                and SCHEMA_RE.fullmatch(node.value)
+            ):
+                homes.setdefault(node.value, set()).add(str(path.relative_to(SRC)))
+    return homes
+
+
+def test_each_schema_string_lives_in_exactly_one_module() -> None:
+    homes = schema_homes()
+    expected = {"advcli.advset/1", "advcli.attack/1", "advcli.results/1", "advcli.landscape/1",
+                "advcli.checkpoint/1", "advcli.directions/1"}
+    assert expected <= set(homes), f"schema strings not found as literals: {expected - set(homes)}"
+    assert {s: sorted(m) for s, m in homes.items() if len(m) > 1} == {}
