@@ -140,12 +140,8 @@ def test_init_from_starts_from_the_given_weights(tmp_path, synthetic_data, tiny_
 
 def test_static_adv_data_mixes_one_to_one(tmp_path, synthetic_data):
     idx = torch.arange(10, 74)
-    x_adv = (synthetic_data.train_x[idx].float() / 255 * 0.5).contiguous()
-    path = save_tensors(
-        tmp_path / "adv.safetensors",
-        {"x_adv": x_adv, "y": synthetic_data.train_y[idx], "index": idx},
-        {"schema": "advcli.advset/1", "data": {"split": "train", "dataset": "synthetic"}, "attack": {"name": "fgsm", "norm": "linf", "eps": 8 / 255}},
-    )
+    path = _static_set(tmp_path, synthetic_data, idx)
+    x_adv = synthetic_data.train_x[idx].float() / 255 * 0.5
     x, y, _ = static_union(synthetic_data, path)
     assert len(y) == 128
     assert torch.equal(x[:64], synthetic_data.train_x[idx].float() / 255) and torch.equal(x[64:], x_adv)
@@ -183,3 +179,83 @@ def test_cli_adv_train_errors(tmp_path):
         assert r.exit_code in (1, 2), (args, r.output)
         assert msg in r.output and "Traceback" not in r.output, (args, r.output)
     assert not (tmp_path / "o.safetensors").exists()
+
+
+def test_validation_pgd_runs_in_fp32_under_bf16_amp(tmp_path, monkeypatch):
+    """--keep best picks the epoch by the validation PGD: a bf16 attack is weaker, so it runs in
+    fp32; the training attack keeps the AMP precision. Observed as the dtype of the logits the
+    model returns while each attack runs."""
+    import advcli.stages.adv_train as at
+    from advcli.data import load_dataset
+
+    seen: dict[int, set] = {}
+    real_build = at.build_attack
+
+    def build(spec):
+        attack = real_build(spec)
+        perturb = attack.perturb
+
+        def spy(model, x, y, generator=None):
+            h = model.register_forward_hook(lambda m, i, o: seen.setdefault(spec.steps, set()).add(o.dtype))
+            try:
+                return perturb(model, x, y, generator)
+            finally:
+                h.remove()
+
+        attack.perturb = spy
+        return attack
+
+    monkeypatch.setattr(at, "build_attack", build)
+    data = load_dataset("synthetic", seed=0, val_split=100)
+    adv_fit(_opts(tmp_path / "bf16.safetensors", epochs=1, n_train=128, amp="bf16"),
+            _adv(steps=1, val_every=1, val_n=50, val_pgd_steps=3, keep="best"), data, CPU)
+    assert seen[1] == {torch.bfloat16}  # the training attack (1 step)
+    assert seen[3] == {torch.float32}  # the validation PGD (3 steps)
+
+
+def _static_set(tmp_path, synthetic_data, idx):
+    x_adv = (synthetic_data.train_x[idx].float() / 255 * 0.5).contiguous()
+    return save_tensors(
+        tmp_path / "adv.safetensors",
+        {"x_adv": x_adv, "y": synthetic_data.train_y[idx], "index": idx},
+        {"schema": "advcli.advset/1", "data": {"split": "train", "dataset": "synthetic"},
+         "attack": {"name": "fgsm", "norm": "linf", "eps": 8 / 255}},
+    )
+
+
+def test_n_train_on_a_static_set_keeps_clean_adversarial_pairs(tmp_path, synthetic_data, monkeypatch):
+    import advcli.stages.train as train_mod
+
+    path = _static_set(tmp_path, synthetic_data, torch.arange(100, 300))
+    seen = []
+    real = train_mod.train_batches
+
+    def spy(x, y, **kw):
+        seen.append((x.clone(), y.clone()))
+        return real(x, y, **kw)
+
+    monkeypatch.setattr(train_mod, "train_batches", spy)
+    adv_fit(_opts(tmp_path / "s.safetensors", epochs=1, n_train=20, augment="none"),
+            AdvOptions(adv_data=str(path)), synthetic_data, CPU)
+    x, y = seen[0]
+    assert len(y) == 40  # 20 pairs, not 20 images
+    # Each adversarial image (second half) is its clean partner (first half) at half brightness.
+    assert torch.equal(y[:20], y[20:]) and torch.allclose(x[20:], x[:20] * 0.5)
+    assert torch.bincount(y[:20], minlength=10).tolist() == [2] * 10  # class-balanced pairs
+
+
+@pytest.mark.parametrize("extra", [
+    ["--val-split", "100", "--val-every", "1"],
+    ["--val-split", "100", "--val-every", "1", "--keep", "best"],
+    ["--on-overfit", "stop"],
+    ["--attack", "fgsm"],
+    ["--eps", "8/255"],
+])
+def test_static_set_rejects_online_only_options(tmp_path, synthetic_data, extra):
+    path = _static_set(tmp_path, synthetic_data, torch.arange(10, 74))
+    out = tmp_path / "o.safetensors"
+    r = runner.invoke(app, ["adv-train", "--adv-data", str(path), "--epochs", "1", "--n-train", "32",
+                            "--out", str(out), *extra])
+    assert r.exit_code == 2, r.output
+    assert "--adv-data trains on a fixed set" in r.output and extra[-2] in r.output and "Traceback" not in r.output
+    assert not out.exists()

@@ -13,8 +13,9 @@ from PIL import Image
 
 from advcli.data import load_dataset, stratified_order, test_subset
 from advcli.data.augment import device_augment, numpy_crop_flip
-from advcli.data.loaders import epoch_generator, train_batches
+from advcli.data.loaders import train_batches
 from advcli.errors import DataError, UsageError
+from advcli.rng import Stream, stream_generator
 
 
 def _write_tree(root: Path, n_per_class: int = 3, classes=("cat", "airplane", "dog")) -> None:
@@ -114,7 +115,7 @@ def test_val_split_is_held_out_from_train_only():
 
 def test_device_augment_is_crop_and_flip():
     x = torch.rand(64, 3, 32, 32)
-    g = epoch_generator(0, 0)
+    g = stream_generator(0, 0, 0, Stream.augment)
     out = device_augment(x, g)
     assert out.shape == x.shape
     # Every output is a shifted (and maybe flipped) copy: its centre 24x24 appears in the
@@ -129,8 +130,8 @@ def test_device_augment_is_crop_and_flip():
                     if torch.equal(padded[i, :, dy : dy + 32, dx : dx + 32], o):
                         found = True
         assert found
-    assert torch.equal(device_augment(x, epoch_generator(0, 0)), out)  # seeded
-    assert not torch.equal(device_augment(x, epoch_generator(0, 1)), out)
+    assert torch.equal(device_augment(x, stream_generator(0, 0, 0, Stream.augment)), out)  # seeded
+    assert not torch.equal(device_augment(x, stream_generator(0, 1, 0, Stream.augment)), out)
 
 
 def test_numpy_crop_flip_shape_and_content():
@@ -171,3 +172,28 @@ def test_buggy_mode_repeats_draws_across_workers_and_fixed_does_not():
     fixed = _epoch_images("fixed", 2, 0, x, y)
     assert not torch.equal(fixed[:16], fixed[16:32])
     assert not torch.equal(_epoch_images("fixed", 2, 1, x, y), fixed)
+
+
+def _row_shift(img: torch.Tensor) -> int:
+    """The vertical crop offset (0..8) of an all-bright image: the zero rows the padding left."""
+    empty = (img == 0).all(dim=(0, 2)).tolist()
+    top = next((i for i, e in enumerate(empty) if not e), len(empty))
+    bottom = next((i for i, e in enumerate(reversed(empty)) if not e), len(empty))
+    return 4 - top if top else 4 + bottom
+
+
+def test_crop_offsets_are_not_a_function_of_the_permutation():
+    # On the CPU, identically seeded generators for the data order and the crops made the
+    # first image's crop offset equal to its index mod 9: with 9 images, (first image, offset)
+    # took 9 values only. With independent streams an image's offset varies between epochs.
+    n = 9
+    x = torch.full((n, 3, 8, 8), 255, dtype=torch.uint8)
+    ids = torch.arange(n)
+    pairs = set()
+    for epoch in range(60):
+        (xb, yb), = train_batches(x, ids, augment="device", batch_size=n, workers=0, seed=0, epoch=epoch,
+                                  device=torch.device("cpu"))
+        pairs.add((int(yb[0]), _row_shift(xb[0])))
+    firsts = {i for i, _ in pairs}
+    assert len(firsts) > 1  # the permutation does change
+    assert len(pairs) > 2 * len(firsts)  # ... and, for a given first image, so does its crop

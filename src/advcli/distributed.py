@@ -2,9 +2,9 @@
 
 `torchrun --nproc-per-node N -m advcli train ...` sets RANK/WORLD_SIZE/LOCAL_RANK; `setup()`
 then joins the process group (nccl on GPUs, gloo on CPU) and pins each rank to its GPU. Every
-rank seeds its augmentation and attack random starts with its own rank (see
-`data.loaders.epoch_seed`), so ranks never share a random stream; only rank 0 writes files and
-draws progress bars.
+rank seeds its augmentation and training-attack random starts with its own rank (see
+`advcli.rng`), so ranks never share those streams; only rank 0 writes files and draws progress
+bars.
 """
 
 from __future__ import annotations

@@ -61,7 +61,7 @@ def adv_train(
     val_every: int = typer.Option(0, "--val-every", min=0, help="Every K epochs measure clean and PGD accuracy on the --val-split set (0 = never)."),
     val_pgd_steps: int = typer.Option(10, "--val-pgd-steps", min=1, help="PGD iterations of the validation attack."),
     keep: str = typer.Option("last", "--keep", help="last: the final epoch; best: the epoch with the best robust validation accuracy (needs --val-every)."),
-    on_overfit: str = typer.Option("warn", "--on-overfit", help="FGSM/FGSM-RS catastrophic-overfitting check: warn, stop or off."),
+    on_overfit: str = typer.Option(None, "--on-overfit", help="Catastrophic-overfitting check (PGD vs FGSM accuracy on a training batch after every epoch): warn, stop or off (default: warn for fgsm/fgsm-rs training, off for pgd)."),
     arch: str = Arch,
     dataset: str = Dataset,
     data_dir: str = DataDir,
@@ -108,7 +108,7 @@ def adv_train(
     )
     adv = AdvOptions(
         threat=threat, adv_data=opts["adv_data"], val_every=int(opts["val_every"]),
-        val_pgd_steps=int(opts["val_pgd_steps"]), keep=str(opts["keep"]), on_overfit=str(opts["on_overfit"]),
+        val_pgd_steps=int(opts["val_pgd_steps"]), keep=str(opts["keep"]), on_overfit=opts["on_overfit"],
     )
     info, dev = distributed.setup(resolve_device(opts["device"]))
     try:

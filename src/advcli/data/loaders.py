@@ -1,5 +1,7 @@
 """Training batches for each `--augment` mode, seeded so that every epoch is a pure function of
-(seed, epoch, rank): runs are deterministic and `--resume` needs no data-loader state.
+(seed, epoch, rank): runs are deterministic and `--resume` needs no data-loader state. The data
+order and the augmentation draw from separate streams (`advcli.rng`), so an image's crop does
+not depend on where the permutation put it.
 
 - `none` / `device`: the decoded uint8 tensors stay on the training device; batches are index
   slices; `device` augments each batch with a `torch.Generator` (no workers).
@@ -22,19 +24,7 @@ from torch.utils.data import DataLoader, get_worker_info
 from advcli.config import Augment
 from advcli.data.augment import NumpyAugmentDataset, device_augment
 from advcli.data.datasets import to_float
-
-_SEED_MIX = 1_000_003
-
-
-def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
-    """A distinct 63-bit seed per (seed, epoch, rank) (SeedSequence mixing, no collisions)."""
-    return int(np.random.SeedSequence([seed, epoch, rank]).generate_state(2, np.uint64)[0] >> 1)
-
-
-def epoch_generator(seed: int, epoch: int, rank: int = 0, device: str | torch.device = "cpu") -> torch.Generator:
-    g = torch.Generator(device=device)
-    g.manual_seed(epoch_seed(seed, epoch, rank))
-    return g
+from advcli.rng import Stream, stream_generator, stream_seed
 
 
 def _buggy_init(parent_state: tuple, worker_id: int) -> None:
@@ -73,7 +63,7 @@ def worker_loader(
         shuffle=shuffle,
         num_workers=workers,
         worker_init_fn=init if workers > 0 else None,
-        generator=epoch_generator(seed, epoch, rank),
+        generator=stream_generator(seed, epoch, rank, Stream.loader_workers),
         persistent_workers=persistent_workers and workers > 0,
         drop_last=drop_last,
     )
@@ -100,7 +90,8 @@ def train_batches(
     """
     mode = Augment(augment)
     n = len(y)
-    perm = torch.randperm(n, generator=epoch_generator(seed, epoch, 0))
+    # Rank 0's stream on every rank: the ranks shard one common permutation.
+    perm = torch.randperm(n, generator=stream_generator(seed, epoch, 0, Stream.shuffle))
     if world_size > 1:
         per_rank = n // world_size
         perm = perm[rank : per_rank * world_size : world_size]
@@ -108,17 +99,17 @@ def train_batches(
         if mode is Augment.buggy:
             # A script that seeds NumPy once at start and never draws in the parent: the workers
             # (or, with workers=0, the main process) restart from this same state every epoch.
-            np.random.seed(seed % 2**32)
+            np.random.seed(stream_seed(seed, 0, 0, Stream.buggy_numpy) % 2**32)
         xs, ys = x_uint8[perm], y[perm]
         loader = worker_loader(
             xs, ys, mode, batch_size, workers, seed, epoch, shuffle=False, rank=rank, drop_last=drop_last
         )
         if mode is Augment.fixed and workers == 0:
-            np.random.seed(epoch_seed(seed, epoch, rank) % 2**32)
+            np.random.seed(stream_seed(seed, epoch, rank, Stream.augment) % 2**32)
         for xb, yb in loader:
             yield to_float(xb.to(device, non_blocking=True)), yb.to(device, non_blocking=True)
         return
-    gen = epoch_generator(seed, epoch, rank, device) if mode is Augment.device else None
+    gen = stream_generator(seed, epoch, rank, Stream.augment, device) if mode is Augment.device else None
     x_dev = x_uint8 if x_uint8.device == device else x_uint8.to(device)
     y_dev = y if y.device == device else y.to(device)
     perm = perm.to(device)

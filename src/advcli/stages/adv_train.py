@@ -5,17 +5,27 @@
   untouched); the update then sees clean and adversarial examples as one batch.
 - Static (the loss-landscape paper's "augmented dataset"): `--adv-data` from
   `advcli attack --split train`; training runs on the 1:1 union of those adversarial images and
-  the clean images they were made from, with no attack during training.
+  the clean images they were made from, with no attack during training. `--n-train N` keeps N
+  clean/adversarial pairs. The options of online training (the attack, validation, the
+  overfitting check) are rejected with a static set rather than ignored.
 - Validation (`--val-every K`): clean and PGD accuracy on the held-out validation split;
   `--keep best` keeps the epoch with the best robust validation accuracy (Rice et al. 2020).
+  The validation PGD is an evaluation, so it runs in fp32 even under `--amp` (a bf16 attack is
+  weaker and would pick the epoch); the training attack runs at the AMP precision.
 - Catastrophic overfitting (FGSM-RS; Wong et al. 2020): after every epoch, PGD and FGSM
   accuracy on a fixed training batch; overfitting is declared when the PGD accuracy falls below
-  half of its best so far while FGSM accuracy exceeds it by more than 20 points.
+  half of its best so far while FGSM accuracy exceeds it by more than 20 points. On by default
+  (`warn`) for FGSM/FGSM-RS training; `--on-overfit warn|stop` runs it for PGD training too.
+
+The validation and overfitting checks draw their random starts from streams that are the same
+on every torchrun rank and in every epoch (`advcli.rng`): all ranks reach the same decision, and
+epochs are compared on the same starts.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import enum
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -25,25 +35,46 @@ from torch import nn
 from advcli.advset import load_adv_set
 from advcli.attacks import AttackSpec, build_attack
 from advcli.attacks.base import Attack
-from advcli.config import Eps, Norm
+from advcli.config import Eps, Norm, parse_choice
 from advcli.data import ImageData, to_float
+from advcli.data.datasets import train_subset
 from advcli.errors import DataError, UsageError
+from advcli.io import sha256_file
 from advcli.progress import NullReporter, Reporter
+from advcli.rng import Stream, stream_generator
 from advcli.stages.train import (
     EpochStats,
     StopTraining,
     TrainOptions,
     TrainResult,
-    autocast,
     fit,
 )
 
 
+class TrainAttack(str, enum.Enum):
+    pgd = "pgd"
+    fgsm = "fgsm"
+    fgsm_rs = "fgsm-rs"
+
+
+class KeepEpoch(str, enum.Enum):
+    last = "last"
+    best = "best"
+
+
+class OnOverfit(str, enum.Enum):
+    warn = "warn"
+    stop = "stop"
+    off = "off"
+
+
 @dataclass
 class ThreatModel:
+    """The online training attack (its defaults are `adv-train`'s option defaults)."""
+
     norm: Norm = Norm.linf
     eps: Eps | None = None
-    attack: str = "pgd"
+    attack: str = TrainAttack.pgd.value
     steps: int | None = 7
     step_size: Eps | None = None
     restarts: int = 1
@@ -52,13 +83,14 @@ class ThreatModel:
 
 @dataclass
 class AdvOptions:
-    threat: ThreatModel
+    threat: ThreatModel = field(default_factory=ThreatModel)
     adv_data: str | None = None
     val_every: int = 0
     val_pgd_steps: int = 10
     val_n: int = 1000
-    keep: str = "last"
-    on_overfit: str = "warn"
+    keep: str = KeepEpoch.last.value
+    # None: `warn` for FGSM/FGSM-RS training, `off` for PGD (where overfitting is not expected).
+    on_overfit: str | None = None
 
 
 class AttackPerturber:
@@ -98,11 +130,15 @@ def threat_metadata(t: ThreatModel, attack: Attack) -> dict[str, Any]:
     }
 
 
-def static_union(data: ImageData, adv_path: str | Path) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+def static_union(
+    data: ImageData, adv_path: str | Path, n_pairs: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
     """The 1:1 union of a fixed adversarial set and the clean training images it was made from.
 
     Returns float images [2N,3,H,W] (clean first, then adversarial), labels and the set's
     metadata. The clean half is taken at the set's own source indices, so the mix is exactly 1:1.
+    `n_pairs` keeps that many clean/adversarial pairs (class-balanced, `train_subset`), so a
+    subset never splits a pair.
     """
     adv = load_adv_set(adv_path)
     meta = adv.meta
@@ -118,12 +154,15 @@ def static_union(data: ImageData, adv_path: str | Path) -> tuple[torch.Tensor, t
             f"--adv-data {str(adv_path)!r} does not match this training set (indices or labels differ); "
             "was it made with the same --dataset and --val-split?"
         )
+    if n_pairs:
+        keep = train_subset(y_adv, n_pairs)
+        idx, x_adv, y_adv = idx[keep], x_adv[keep], y_adv[keep]
     x = torch.cat([to_float(data.train_x[idx]), x_adv])
     y = torch.cat([data.train_y[idx], y_adv])
     return x, y, meta
 
 
-def _val_hook(t: ThreatModel, data: ImageData, device: torch.device, every: int, steps: int, n: int, amp: str):
+def _val_hook(t: ThreatModel, data: ImageData, device: torch.device, every: int, steps: int, n: int, seed: int):
     assert data.val_x is not None and data.val_y is not None
     xv, yv = to_float(data.val_x[:n]).to(device), data.val_y[:n].to(device)
     pgd = build_attack(_spec(t, name="pgd", steps=steps, step_size=None, restarts=1))
@@ -131,26 +170,27 @@ def _val_hook(t: ThreatModel, data: ImageData, device: torch.device, every: int,
     def hook(model: nn.Module, epoch: int, stats: EpochStats) -> dict[str, float]:
         if (epoch + 1) % every:
             return {}
-        g = torch.Generator(device=device).manual_seed(10_007)
+        # No autocast: an evaluation attack runs in fp32 whatever the training precision.
+        g = stream_generator(seed, 0, 0, Stream.val_attack, device)
         correct = torch.zeros((), dtype=torch.int64, device=device)
         for s in range(0, len(yv), 250):
-            with autocast(device, amp):
-                xa = pgd.perturb(model, xv[s : s + 250], yv[s : s + 250], g)
-                with torch.no_grad():
-                    correct += (model(xa).argmax(1) == yv[s : s + 250]).sum()
+            xa = pgd.perturb(model, xv[s : s + 250], yv[s : s + 250], g)
+            with torch.no_grad():
+                correct += (model(xa).argmax(1) == yv[s : s + 250]).sum()
         return {"val_robust_accuracy": float(correct) / len(yv)}
 
     return hook
 
 
-def _overfit_hook(t: ThreatModel, data: ImageData, device: torch.device, action: str, reporter: Reporter):
+def _overfit_hook(t: ThreatModel, data: ImageData, device: torch.device, action: OnOverfit, reporter: Reporter,
+                  seed: int):
     xb, yb = to_float(data.train_x[:256]).to(device), data.train_y[:256].to(device)
     pgd = build_attack(_spec(t, name="pgd", steps=10, step_size=None, restarts=1))
     fgsm = build_attack(_spec(t, name="fgsm", steps=None, step_size=None, restarts=1))
     best = {"pgd": 0.0}
 
     def acc(model: nn.Module, attack: Attack) -> float:
-        g = torch.Generator(device=device).manual_seed(0)
+        g = stream_generator(seed, 0, 0, Stream.overfit_attack, device)
         xa = attack.perturb(model, xb, yb, g)
         was = model.training
         model.eval()
@@ -169,13 +209,31 @@ def _overfit_hook(t: ThreatModel, data: ImageData, device: torch.device, action:
                 f"catastrophic overfitting at epoch {epoch + 1}: PGD accuracy on a training batch fell to "
                 f"{100 * a_pgd:.1f}% (best {100 * best['pgd']:.1f}%) while FGSM accuracy is {100 * a_fgsm:.1f}%"
             )
-            if action == "stop":
+            if action is OnOverfit.stop:
                 stats.extra.update(out)
                 raise StopTraining(msg + "; stopped (--on-overfit stop)")
             reporter.log("warning: " + msg + "; consider --attack pgd, a smaller step size or --on-overfit stop")
         return out
 
     return hook
+
+
+def check_static_options(adv: AdvOptions) -> None:
+    """With a static set there is no online attack, validation or overfitting check: reject
+    their options instead of ignoring them (a non-default value counts as given)."""
+    given = [f"--{f.name.replace('_', '-')}" for f in fields(ThreatModel)
+             if getattr(adv.threat, f.name) != getattr(ThreatModel(), f.name)]
+    if adv.val_every:
+        given.append("--val-every")
+    if parse_choice(KeepEpoch, adv.keep, name="--keep") is KeepEpoch.best:
+        given.append("--keep best")
+    if adv.on_overfit is not None:
+        given.append("--on-overfit")
+    if given:
+        raise UsageError(
+            f"--adv-data trains on a fixed set, with no online attack, validation or overfitting check: "
+            f"drop {', '.join(given)}"
+        )
 
 
 def adv_fit(
@@ -189,49 +247,42 @@ def adv_fit(
 ) -> TrainResult:
     reporter = reporter or NullReporter()
     t = adv.threat
-    if not 0.0 <= t.fraction <= 1.0:
-        raise UsageError(f"--fraction must be between 0 and 1, got {t.fraction}")
-    if adv.keep not in ("last", "best"):
-        raise UsageError(f"unknown --keep {adv.keep!r}; valid values: last, best")
-    if adv.on_overfit not in ("warn", "stop", "off"):
-        raise UsageError(f"unknown --on-overfit {adv.on_overfit!r}; valid values: warn, stop, off")
-    if (adv.val_every or adv.keep == "best") and data.val_x is None:
-        raise UsageError("--val-every/--keep best need a validation split: pass --val-split N (never the test set)")
-    if adv.keep == "best" and not adv.val_every:
-        raise UsageError("--keep best needs --val-every K to measure robust validation accuracy")
-
-    hooks = []
     if adv.adv_data:
-        x_tr, y_tr, set_meta = static_union(data, adv.adv_data)
+        check_static_options(adv)
+        x_tr, y_tr, set_meta = static_union(data, adv.adv_data, n_pairs=opts.n_train)
         attack_info = set_meta.get("attack") or {}
         threat = {
             "norm": attack_info.get("norm"), "eps": attack_info.get("eps"), "eps_text": attack_info.get("eps_text"),
             "attack": f"static:{attack_info.get('name', 'unknown')}", "steps": attack_info.get("steps"),
             "step_size": attack_info.get("step_size"), "fraction": 0.5,
-            "adv_data": str(adv.adv_data), "adv_data_sha256": _sha(adv.adv_data),
+            "adv_data": str(adv.adv_data), "adv_data_sha256": sha256_file(adv.adv_data),
         }
-        result = fit(
+        return fit(
             opts, data, device, train_x=x_tr, train_y=y_tr, resume=resume, reporter=reporter,
             extra_meta={"threat_model": threat},
         )
-        return result
 
+    if not 0.0 <= t.fraction <= 1.0:
+        raise UsageError(f"--fraction must be between 0 and 1, got {t.fraction}")
+    keep = parse_choice(KeepEpoch, adv.keep, name="--keep")
+    attack_name = parse_choice(TrainAttack, t.attack, name="training attack")
+    default_action = OnOverfit.off if attack_name is TrainAttack.pgd else OnOverfit.warn
+    on_overfit = parse_choice(OnOverfit, adv.on_overfit or default_action, name="--on-overfit")
+    if (adv.val_every or keep is KeepEpoch.best) and data.val_x is None:
+        raise UsageError("--val-every/--keep best need a validation split: pass --val-split N (never the test set)")
+    if keep is KeepEpoch.best and not adv.val_every:
+        raise UsageError("--keep best needs --val-every K to measure robust validation accuracy")
     if t.eps is None:
         raise UsageError("adv-train needs --eps, e.g. --eps 8/255 (linf) or --eps 0.5 (l2)")
     attack = build_attack(_spec(t))
     perturber = AttackPerturber(attack, t.fraction, opts.amp)
+    hooks = []
     if adv.val_every:
-        hooks.append(_val_hook(t, data, device, adv.val_every, adv.val_pgd_steps, adv.val_n, opts.amp))
-    if t.attack in ("fgsm", "fgsm-rs") and adv.on_overfit != "off":
-        hooks.append(_overfit_hook(t, data, device, adv.on_overfit, reporter))
+        hooks.append(_val_hook(t, data, device, adv.val_every, adv.val_pgd_steps, adv.val_n, opts.seed))
+    if on_overfit is not OnOverfit.off:
+        hooks.append(_overfit_hook(t, data, device, on_overfit, reporter, opts.seed))
     return fit(
         opts, data, device, perturber=perturber if t.fraction > 0 else None, epoch_hooks=hooks,
-        resume=resume, reporter=reporter, keep_best="val_robust_accuracy" if adv.keep == "best" else None,
+        resume=resume, reporter=reporter, keep_best="val_robust_accuracy" if keep is KeepEpoch.best else None,
         extra_meta={"threat_model": threat_metadata(t, attack)},
     )
-
-
-def _sha(path: str | Path) -> str:
-    from advcli.io import sha256_file
-
-    return sha256_file(path)

@@ -35,7 +35,6 @@ from advcli.advset import AdvSet, load_adv_set
 from advcli.checkpoint import LoadedCheckpoint, load_checkpoint
 from advcli.config import DEFAULT_EPS, Eps, Norm, parse_choice, parse_eps
 from advcli.data.for_checkpoint import dataset_for_checkpoint
-from advcli.data.loaders import epoch_seed
 from advcli.errors import UsageError
 from advcli.progress import NullReporter, Reporter
 from advcli.provenance import provenance
@@ -47,6 +46,7 @@ from advcli.results import (
     index_sha256,
     trained_with_text,
 )
+from advcli.rng import Stream, stream_generator
 
 
 @dataclass
@@ -164,7 +164,7 @@ def pgd_entry(
             idx = torch.from_numpy(todo[sl])
             xb = x[idx].to(device).contiguous(memory_format=torch.channels_last)
             yb = y[idx].to(device)
-            generator = torch.Generator().manual_seed(epoch_seed(seed, b))
+            generator = stream_generator(seed, b, 0, Stream.eval_attack)
             x_adv = attack.perturb(model, xb, yb, generator=generator)
             with torch.no_grad():
                 survived[sl] = (model(x_adv).argmax(1) == yb).cpu().numpy()

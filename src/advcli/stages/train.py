@@ -3,9 +3,9 @@ latter passes a `BatchPerturber` that replaces the last `fraction` of every batc
 examples before the update (see stages/adv_train.py).
 
 Determinism: every epoch's data order, augmentation and attack random starts are drawn from
-generators seeded by (seed, epoch), the learning rate is a function of the global step, and the
-training state (weights, optimizer buffers, epoch, history, RNG states) is saved after every
-epoch, so `--resume` after a kill ends bit-identical to an uninterrupted run.
+their own streams seeded by (seed, epoch, rank, purpose) (`advcli.rng`), the learning rate is
+a function of the global step, and the training state (weights, optimizer buffers, epoch,
+history, RNG states) is saved after every epoch, so `--resume` after a kill ends bit-identical to an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -35,11 +35,12 @@ from advcli.checkpoint import (
 from advcli.config import Augment, Schedule
 from advcli.data import ImageData
 from advcli.data.datasets import train_subset
-from advcli.data.loaders import epoch_generator, train_batches
+from advcli.data.loaders import train_batches
 from advcli.errors import CheckpointError, UsageError
 from advcli.io import atomic_write_text, sha256_file
 from advcli.models import Classifier, build_model
 from advcli.progress import NullReporter, Reporter
+from advcli.rng import Stream, stream_generator, stream_seed
 
 
 @dataclass
@@ -309,15 +310,17 @@ def fit(
         raise UsageError("--epochs and --batch-size must be at least 1")
     if opts.lr <= 0:
         raise UsageError(f"--lr must be > 0, got {opts.lr}")
-    x_tr = data.train_x if train_x is None else train_x
-    y_tr = data.train_y if train_y is None else train_y
-    if opts.n_train:
-        keep = train_subset(y_tr, opts.n_train)
-        x_tr, y_tr = x_tr[keep], y_tr[keep]
+    if train_x is None or train_y is None:
+        x_tr, y_tr = data.train_x, data.train_y
+        if opts.n_train:
+            keep = train_subset(y_tr, opts.n_train)
+            x_tr, y_tr = x_tr[keep], y_tr[keep]
+    else:  # the caller's own set (e.g. clean/adversarial pairs), already cut to --n-train
+        x_tr, y_tr = train_x, train_y
 
-    torch.manual_seed(opts.seed)
-    np.random.seed(opts.seed % 2**32)
-    random.seed(opts.seed)
+    torch.manual_seed(stream_seed(opts.seed, 0, 0, Stream.init))
+    np.random.seed(stream_seed(opts.seed, 0, 0, Stream.numpy_global) % 2**32)
+    random.seed(stream_seed(opts.seed, 0, 0, Stream.python_global))
     model: Classifier = build_model(opts.arch, data.num_classes, data.mean, data.std)
     parent_sha = None
     if opts.init_from:
@@ -382,7 +385,7 @@ def fit(
         adv_loss_sum = torch.zeros((), device=device)
         adv_correct = torch.zeros((), device=device, dtype=torch.int64)
         seen = n_adv_seen = 0
-        attack_gen = epoch_generator(opts.seed + 1, epoch, info.rank, device)
+        attack_gen = stream_generator(opts.seed, epoch, info.rank, Stream.train_attack, device)
         reporter.start(f"epoch {epoch + 1}/{opts.epochs}", steps_per_epoch)
         batches = train_batches(
             x_tr_dev, y_tr_dev, augment=Augment(opts.augment), batch_size=opts.batch_size,

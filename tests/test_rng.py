@@ -1,0 +1,92 @@
+"""Random streams (advcli.rng): one stream per purpose, and no seed shared by two purposes."""
+
+from __future__ import annotations
+
+import os
+import random
+import sys
+
+import numpy as np
+import torch
+
+import advcli.rng as rng
+from advcli.config import Norm, parse_eps
+from advcli.data import load_dataset
+from advcli.rng import Stream, stream_seed
+from advcli.stages.adv_train import AdvOptions, ThreatModel, adv_fit
+from advcli.stages.train import TrainOptions
+
+CPU = torch.device("cpu")
+
+
+def _grid(seeds=range(3), epochs=range(4), ranks=range(2)) -> dict[int, tuple[int, int, int, Stream]]:
+    return {stream_seed(s, e, r, p): (s, e, r, p) for s in seeds for e in epochs for r in ranks for p in Stream}
+
+
+def test_every_seed_epoch_rank_and_purpose_has_its_own_seed():
+    table = _grid()
+    n_keys = 3 * 4 * 2 * len(Stream)
+    assert len(table) == n_keys
+    # NumPy's legacy seeding takes 32 bits: those must not collide either.
+    assert len({v % 2**32 for v in table}) == n_keys
+    # `seed + 1` offsets made seed 0's attack stream equal to seed 1's data stream.
+    assert stream_seed(0, 0, 0, Stream.train_attack) != stream_seed(1, 0, 0, Stream.shuffle)
+    # eval's per-batch PGD starts keep their historical seeds (SeedSequence([seed, batch, 0])).
+    legacy = int(np.random.SeedSequence([5, 3, 0]).generate_state(2, np.uint64)[0] >> 1)
+    assert stream_seed(5, 3, 0, Stream.eval_attack) == legacy
+
+
+class _Recorder:
+    """Every seed given to torch (global and Generator), NumPy's global state and `random`,
+    except the dataset's own selections (data/datasets.py: the fixed --n-train subset and the
+    validation split are chosen once per dataset, not drawn by the run)."""
+
+    def __init__(self, monkeypatch) -> None:
+        self.values: list[int] = []
+        values = self.values
+
+        def record(seed) -> None:
+            if not sys._getframe(2).f_code.co_filename.endswith(os.path.join("data", "datasets.py")):
+                values.append(int(seed))
+
+        class RecordingGenerator(torch.Generator):
+            def manual_seed(self, seed):
+                record(seed)
+                return super().manual_seed(seed)
+
+        for owner, name in ((torch, "manual_seed"), (np.random, "seed"), (random, "seed")):
+            real = getattr(owner, name)
+
+            def spy(seed=None, _real=real):
+                record(seed)
+                return _real(seed)
+
+            monkeypatch.setattr(owner, name, spy)
+        monkeypatch.setattr(torch, "Generator", RecordingGenerator)
+
+
+def test_an_adversarial_training_run_seeds_every_purpose_from_its_own_stream(tmp_path, monkeypatch):
+    data = load_dataset("synthetic", seed=0, val_split=100)
+    rec = _Recorder(monkeypatch)
+    opts = TrainOptions(arch="tiny-cnn", epochs=2, batch_size=64, lr=0.05, augment="device", n_train=128,
+                        seed=0, out=str(tmp_path / "m.safetensors"))
+    threat = ThreatModel(norm=Norm.linf, eps=parse_eps("8/255"), attack="fgsm-rs")
+    # fgsm-rs: random starts in training and the overfitting check on; --val-every 1: the validation PGD.
+    adv_fit(opts, AdvOptions(threat=threat, val_every=1, val_n=50), data, CPU)
+
+    table = _grid(seeds=[0], epochs=range(2), ranks=[0])
+    table.update({v % 2**32: k for v, k in list(table.items())})
+    strays = [v for v in rec.values if v not in table]
+    assert not strays, f"seeds that no advcli.rng stream made: {strays}"
+    per_epoch = {Stream.shuffle, Stream.augment, Stream.train_attack}
+    once = {Stream.init, Stream.numpy_global, Stream.python_global, Stream.val_attack, Stream.overfit_attack}
+    expected = {(0, e, 0, p) for e in range(2) for p in per_epoch} | {(0, 0, 0, p) for p in once}
+    # Each purpose got its own key, so its own seed: 11 streams, 11 distinct seeds.
+    assert {table[v] for v in rec.values} == expected
+    assert len(set(rec.values)) == len(expected)
+
+
+def test_stream_generator_is_the_stream_seed():
+    a = rng.stream_generator(7, 2, 1, Stream.augment)
+    b = torch.Generator().manual_seed(stream_seed(7, 2, 1, Stream.augment))
+    assert torch.equal(torch.rand(5, generator=a), torch.rand(5, generator=b))
