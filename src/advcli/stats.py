@@ -13,6 +13,8 @@
   sampling only; it says nothing about seed-to-seed spread).
 - `paired_difference`: the mean of seed-matched differences with its Student-t interval and
   the paired t-test (the right test when the same seeds were trained both ways).
+- `binomial_tail`, `collision_probability`: how likely k agreements in n paired draws are by
+  chance (check-loader's p(chance) for two augmentation streams that agree).
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ from __future__ import annotations
 import inspect
 import math
 import warnings
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -176,3 +179,32 @@ def paired_difference(
         t = mean / (sd / math.sqrt(n))
         p = float(2 * _sp.t.sf(abs(t), n - 1))
     return PairedDifference(mean, mean - half, mean + half, n, p, confidence)
+
+
+def binomial_tail(matches: int, length: int, q: float) -> float:
+    """P[X >= matches] for X ~ Binomial(length, q), summed in log space (no underflow surprises)."""
+    if matches <= 0:
+        return 1.0
+    if q <= 0.0:
+        return 0.0
+    if q >= 1.0:
+        return 1.0
+    logs = [
+        math.lgamma(length + 1) - math.lgamma(k + 1) - math.lgamma(length - k + 1)
+        + k * math.log(q) + (length - k) * math.log1p(-q)
+        for k in range(matches, length + 1)
+    ]
+    top = max(logs)
+    return min(1.0, math.exp(top) * sum(math.exp(v - top) for v in logs))
+
+
+def collision_probability(outcomes: Sequence[Hashable]) -> float:
+    """Chance that two independent draws give the same outcome: sum_k c_k(c_k-1) / n(n-1) over
+    the outcome counts c_k, floored at 1/n so that a never-seen collision is not taken as
+    impossible."""
+    n = len(outcomes)
+    if n < 2:
+        return 1.0
+    counts = Counter(outcomes).values()
+    q = sum(c * (c - 1) for c in counts) / (n * (n - 1))
+    return max(q, 1.0 / n)
