@@ -1,4 +1,5 @@
-"""`advcli compare`: the seeds' tables from result files and attack summaries."""
+"""`advcli compare`: the seeds' tables from result files, attack summaries and landscape files,
+and the published claims checked against them."""
 
 from __future__ import annotations
 
@@ -13,8 +14,10 @@ import typer
 from advcli.cli import render
 from advcli.cli.common import CONFIG_HELP, handle_errors, resolve_options
 from advcli.config import parse_choice
-from advcli.results import load_any
-from advcli.stages import compare as stage
+from advcli.errors import UsageError
+from advcli.stages import compare_render as text
+from advcli.stages.claims import load_claims
+from advcli.stages.compare import CompareOptions, Metric, run_compare
 
 
 class CompareFormat(str, enum.Enum):
@@ -31,13 +34,14 @@ def compare(
     files: Annotated[
         list[Path],
         typer.Argument(
-            help="Result files (`advcli eval -o`, published result files) and attack summaries "
-            "(`advcli attack`), e.g. results/*.yaml.",
+            help="Result files (`advcli eval -o`, published result files), attack summaries "
+            "(`advcli attack`) and landscape files (`advcli landscape`), e.g. results/*.yaml.",
             show_default=False,
         ),
     ],
     metric: Annotated[
-        str, typer.Option("--metric", help="accuracy, or error (= 1 − accuracy, Stutz's table).")
+        str, typer.Option("--metric", help="accuracy, or error (= 1 − accuracy, Stutz's table); "
+                          "cells in %.")
     ] = "accuracy",
     baseline: Annotated[
         str | None,
@@ -52,7 +56,8 @@ def compare(
         typer.Option(
             "--matrix",
             help="Trained-with × attacked-with accuracy matrix (rows = how each model was "
-            "trained, columns = attack), from result files and attack summaries.",
+            "trained, columns = attack), from result files, published files and attack "
+            "summaries (robust = correct before and after the attack).",
         ),
     ] = False,
     worst: Annotated[
@@ -60,8 +65,27 @@ def compare(
         typer.Option("--worst", help="Also show the per-example worst case over the attacks run."),
     ] = False,
     alpha: Annotated[
-        float, typer.Option("--alpha", help="Significance level for the * mark.")
+        float, typer.Option("--alpha", help="Significance level (0-1) for the * mark and for "
+                            "claims that need a significant difference.")
     ] = 0.05,
+    ci: Annotated[
+        bool,
+        typer.Option(
+            "--ci",
+            help="Show each accuracy cell's 95 % Wilson interval [low, high] in % for the test "
+            "examples of one run (test-set sampling only; ± is the seed spread).",
+        ),
+    ] = False,
+    claims: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--claims",
+            help="YAML file whose `claims:` list states published claims to check (e.g. a "
+            "recipe's compare.yaml); each is printed as pass / fail / inconclusive under the "
+            "tables. In a --config file, `claims:` is the list itself.",
+            show_default=False,
+        ),
+    ] = None,
     format: Annotated[
         str,
         typer.Option(
@@ -73,35 +97,48 @@ def compare(
 ) -> None:
     """Tabulate result files: clean and robust accuracy per label, with statistics.
 
-    Mean ± std over seeds, differences to a baseline with p-values, the trained-with ×
-    attacked-with matrix, and mean 1−SSIM from attack summaries.
+    Mean ± std over seeds, Wilson intervals, differences to a baseline with p-values, the
+    trained-with × attacked-with matrix, mean 1−SSIM from attack summaries, flatness from
+    landscape files, and published claims checked as pass / fail / inconclusive.
     """
     opts = resolve_options(ctx, locals())
     out_format = parse_choice(CompareFormat, opts["format"], name="format")
-    items = [load_any(p) for p in opts["files"]]
-    tables = stage.compare(
-        items,
-        metric=str(opts["metric"]).strip().lower(),
+    raw_claims = opts["claims"]
+    if raw_claims is not None and not isinstance(raw_claims, list):
+        raise UsageError("`claims:` in a --config file must be a list of claims")
+    report = run_compare(CompareOptions(
+        files=[Path(p) for p in opts["files"]],
+        metric=parse_choice(Metric, str(opts["metric"]), name="metric"),
         baseline=opts["baseline"],
         matrix=bool(opts["matrix"]),
         worst=bool(opts["worst"]),
         alpha=float(opts["alpha"]),
-    )
+        ci=bool(opts["ci"]),
+        claims=load_claims(raw_claims),
+    ))
+    tables, verdicts = report.tables, report.claims
     if out_format is CompareFormat.table:
         for i, t in enumerate(tables):
             if i:
                 render.out.print()
-            table = render.table(t.title, stage.header(t), stage.text_rows(t))
-            notes = stage.footnotes(t)
+            table = render.table(t.title, text.header(t), text.text_rows(t))
+            notes = text.footnotes(t)
             if notes:
                 table.caption = "\n".join(notes)
             render.out.print(table)
+        if verdicts:
+            render.out.print()
+            render.out.print("Claims", markup=False, highlight=False)
+            for v in verdicts:
+                render.out.print(f"  {text.claim_line(v)}", markup=False, highlight=False,
+                                 soft_wrap=True)
     elif out_format is CompareFormat.json:
-        sys.stdout.write(json.dumps(stage.to_data(tables), indent=2, ensure_ascii=False) + "\n")
+        sys.stdout.write(json.dumps(text.to_data(tables, verdicts), indent=2,
+                                    ensure_ascii=False) + "\n")
     else:
         writer = {
-            CompareFormat.markdown: stage.to_markdown,
-            CompareFormat.csv: stage.to_csv,
-            CompareFormat.latex: stage.to_latex,
+            CompareFormat.markdown: text.to_markdown,
+            CompareFormat.csv: text.to_csv,
+            CompareFormat.latex: text.to_latex,
         }[out_format]
-        sys.stdout.write(writer(tables))
+        sys.stdout.write(writer(tables, verdicts))

@@ -1,62 +1,144 @@
-"""`advcli compare`: the seeds' tables from result files, with statistics. Pure: no rich/typer.
+"""`advcli compare`: the seeds' tables from result files, attack summaries and landscape files,
+with statistics. Pure: no rich/typer.
 
-This module owns the table model (`CompareTable`: columns, rows, cells with mean ± std and n,
-differences to a baseline with p-values) and its text renderings (markdown, csv, latex, json);
-the CLI draws the rich version from the same model.
+This module owns the table model (`CompareTable`: columns, rows, cells holding their
+observations, with mean ± std and n, a Wilson interval, differences to a baseline with
+p-values) and how the tables are built from the inputs. `compare_render` turns tables into
+text (markdown, csv, latex, json data; the CLI draws the rich version from the same strings);
+`claims` checks a recipe's published claims against the tables.
 
 - Rows are labels, in the order the files were given; a published file (`published: true`)
   is its own row, placed just before the reproduced row of the same label, marked and cited.
 - Files of one label are pooled per checkpoint (two eval runs of one checkpoint, say PGD and
-  AutoAttack, fill one seed) and the seeds give mean ± sample std and n.
-- Columns: clean accuracy first, then robust accuracy per (norm, eps, attack), titled like the
-  seeds' tables ("Standard Accuracy (%)", "Robust Accuracy (ε = 8/255) (%)"); the attack
-  (PGD-10, AA, ...) and the norm appear in titles only when the table holds more than one.
+  AutoAttack, fill one seed) and the seeds give mean ± sample std and n. One checkpoint in
+  one column twice is one measurement when both files were made on the same examples (the
+  first file is used); on other examples it is an error, never a silent drop.
+- Columns: clean accuracy first, then robust accuracy per norm, eps, attack and every strength
+  parameter (PGD steps, step size, restarts; AutoAttack version, attacks, restarts; stAdv tau,
+  bound, steps, step size), so that evaluations of different strength never pool as seeds.
+  Titles follow the seeds' tables ("Standard Accuracy (%)", "Robust Accuracy (ε = 8/255)
+  (%)"); the attack and the norm appear only when the table holds more than one, a strength
+  parameter only where two columns differ in it.
+- Published files often leave parameters unstated (a missing key, or a name in an entry's
+  `unstated:` list for values the schema needs, such as eps). Such an entry goes in the one
+  reproduced column that agrees with everything it does state, and a note says what was
+  not stated.
+- Each accuracy cell carries the 95 % Wilson interval for its n test examples (`ci`: shown):
+  test-set sampling only; the ± is the seed spread.
 - `baseline`: each other row's difference to it, with McNemar's exact test on the per-example
   flags when both rows are one run on the same examples, or Welch's t-test when both have
-  several seeds.
-- `matrix`: trained-with × attacked-with (loss-landscape paper, Table 1), from eval results
-  and attack summaries; attack summaries also give a mean 1−SSIM table (Table 2).
+  several seeds (and a bootstrap interval from `stats.MIN_BOOTSTRAP_RUNS` seeds a side).
+- `matrix`: trained-with × attacked-with (loss-landscape paper, Table 1), from eval results,
+  published files and attack summaries (their `robust_accuracy`: correct before AND after the
+  attack); summaries and published entries with `ssim_dissimilarity_mean` give the mean 1−SSIM
+  table (Table 2).
+- Landscape files (`advcli landscape`) give a flatness table: per checkpoint label, the mean
+  loss increase at radius r along the filter-normalised directions, one column per dimension,
+  mean ± std over checkpoints × direction draws.
 """
 
 from __future__ import annotations
 
-import csv
-import io
+import enum
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from advcli.errors import ResultsError, UsageError
-from advcli.results import AttackSummary, Entry, EvalResult, format_number
-from advcli.stats import Significance, bootstrap_diff_ci, mcnemar_exact, summarize, welch_t
+from advcli.results import AttackSummary, Entry, EvalResult, format_number, load_any
+from advcli.stats import (
+    Significance,
+    bootstrap_diff_ci,
+    mcnemar_exact,
+    summarize,
+    welch_t,
+    wilson_interval,
+)
 
-METRICS = ("accuracy", "error")
+
+class Metric(str, enum.Enum):
+    accuracy = "accuracy"
+    error = "error"  # 1 − accuracy, Stutz's table
+
+
+class TableKind(str, enum.Enum):
+    """Which table: what claims name in `table:`."""
+
+    accuracy = "accuracy"
+    matrix = "matrix"
+    ssim = "ssim"
+    flatness = "flatness"
+
+
 _NORM_ORDER = {"linf": 0, "l2": 1, None: 2}
 _NORM_TEXT = {"linf": "L∞", "l2": "L2"}
 _KIND_ORDER = ["clean", "fgsm", "fgsm-rs", "pgd", "autoattack", "stadv", "worst", "transfer"]
 _ATTACK_NAMES = {"fgsm": "FGSM", "fgsm-rs": "FGSM-RS", "pgd": "PGD", "stadv": "stAdv",
                  "autoattack": "AA", "worst": "Worst-case", "clean": "Clean"}
+# Every parameter that changes how strong an attack is: two evaluations that differ in one
+# are different columns.
+_STRENGTH: dict[str, tuple[str, ...]] = {
+    "pgd": ("steps", "step_size", "restarts", "random_start", "targeted"),
+    "fgsm": ("targeted",),
+    "fgsm-rs": ("step_size", "restarts", "targeted"),
+    "autoattack": ("version", "attacks", "restarts"),
+    "stadv": ("tau", "bound", "steps", "step_size", "targeted"),
+}
+# What advcli ran with when its own file does not record a parameter (older eval files do not
+# write random_start or targeted). A published file's missing parameter is unknown instead,
+# except `targeted`: a published robust accuracy is untargeted unless it says otherwise.
+_DEFAULTS: dict[str, dict[str, Any]] = {
+    "pgd": {"restarts": 1, "random_start": True, "targeted": False},
+    "fgsm": {"targeted": False},
+    "fgsm-rs": {"restarts": 1, "targeted": False},
+    "stadv": {"targeted": False},
+}
+_PUBLISHED_DEFAULTS = {"targeted": False}
+# Parameters worth naming in the note about a published row's unstated values.
+_NOTE_NAMES = {"eps": "ε", "steps": "steps", "step_size": "step size", "restarts": "restarts",
+               "version": "AutoAttack version", "attacks": "AutoAttack attacks", "tau": "τ",
+               "bound": "bound"}
+_EPS_KINDS = ("fgsm", "fgsm-rs", "pgd", "autoattack", "worst")
 
 
 # --------------------------------------------------------------------------- table model
 
 @dataclass(frozen=True)
 class ColumnKey:
-    """What a column holds: an attack variant at one threat model (eps compared rounded)."""
+    """What a column holds: an attack variant at one threat model (eps compared rounded) and
+    its strength parameters as sorted (name, value) pairs; None = not stated."""
 
     kind: str
     variant: str
     norm: str | None = None
     eps: float | None = None
     eps_text: str | None = field(default=None, compare=False)
+    strength: tuple[tuple[str, Any], ...] = ()
+
+    def param(self, name: str) -> Any:
+        return dict(self.strength).get(name)
 
 
 @dataclass
 class Column:
     key: ColumnKey
     title: str
+
+
+@dataclass
+class Observation:
+    """One number for one cell (one checkpoint, one file), with what tests need."""
+
+    value: float  # in the table's metric; accuracies as fractions
+    source: str  # the file it came from
+    flags: np.ndarray | None = None  # per-example correctness (also in an error table)
+    # dataset, split, index hash, n, content hash: equal tuples = the same examples in order
+    examples: tuple[str | None, str | None, str | None, int | None, str | None] | None = None
+    n_examples: int | None = None
+    train_seed: int | None = None  # the checkpoint's training seed, to pair seeds
 
 
 @dataclass
@@ -71,8 +153,13 @@ class Diff:
 
 @dataclass
 class Cell:
-    values: list[float]
+    observations: list[Observation]
     diff: Diff | None = None
+    wilson95: tuple[float, float] | None = None  # accuracy cells with a known n
+
+    @property
+    def values(self) -> list[float]:
+        return [o.value for o in self.observations]
 
     @property
     def mean(self) -> float:
@@ -84,7 +171,7 @@ class Cell:
 
     @property
     def n(self) -> int:
-        return len(self.values)
+        return len(self.observations)
 
 
 @dataclass
@@ -108,11 +195,13 @@ class CompareTable:
     row_header: str
     columns: list[Column]
     rows: list[Row]
-    percent: bool = True  # values are fractions shown as %; False: plain numbers (1−SSIM)
-    metric: str = "accuracy"
+    kind: TableKind = TableKind.accuracy
+    percent: bool = True  # values are fractions shown as %; False: plain numbers
+    metric: Metric = Metric.accuracy
     alpha: float = 0.05
     notes: list[str] = field(default_factory=list)
     n_means: str = "seeds (checkpoints)"  # what n counts, for the footnote
+    show_ci: bool = False  # show each cell's Wilson interval
 
     @property
     def show_n(self) -> bool:
@@ -140,10 +229,33 @@ def _variant(kind: str, params: dict[str, Any]) -> str:
     return name
 
 
-def entry_key(entry: Entry) -> ColumnKey:
+def _hashable(value: Any) -> Any:
+    if isinstance(value, float):
+        return round(value, 7)  # 2/255 written as a fraction or as a decimal: one column
+    if isinstance(value, (list, tuple)):
+        return tuple(_hashable(v) for v in value)
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    return str(value)
+
+
+def _strength(kind: str, params: dict[str, Any], *, published: bool) -> tuple[tuple[str, Any], ...]:
+    defaults = _PUBLISHED_DEFAULTS if published else _DEFAULTS.get(kind, {})
+    unstated = set(params.get("unstated") or ()) if published else set()
+    out = []
+    for name in _STRENGTH.get(kind, ()):
+        value = None if name in unstated else params.get(name, defaults.get(name))
+        out.append((name, _hashable(value)))
+    return tuple(out)
+
+
+def entry_key(entry: Entry, *, published: bool = False) -> ColumnKey:
     """The column an eval entry belongs in."""
     if entry.is_clean:
         return ColumnKey("clean", "Clean")
+    unstated = set(entry.params.get("unstated") or ()) if published else set()
+    eps = None if "eps" in unstated else entry.eps_key()
+    eps_text = None if eps is None else entry.eps_text
     if entry.attack == "transfer":
         source = entry.params.get("source") or {}
         attack = source.get("attack") or {}
@@ -152,9 +264,14 @@ def entry_key(entry: Entry) -> ColumnKey:
         variant = f"{_variant(kind, attack)} transfer"
         if origin:
             variant += f" from {origin}"
-        return ColumnKey("transfer", variant, entry.norm, entry.eps_key(), entry.eps_text)
-    return ColumnKey(entry.attack, _variant(entry.attack, entry.params), entry.norm,
-                     entry.eps_key(), entry.eps_text)
+        return ColumnKey("transfer", variant, entry.norm, eps, eps_text,
+                         _strength(kind, attack, published=published))
+    if entry.attack == "worst":
+        of = tuple(sorted(str(a) for a in entry.params.get("of") or ()))
+        return ColumnKey("worst", _variant("worst", {}), entry.norm, eps, eps_text,
+                         (("of", of or None),))
+    return ColumnKey(entry.attack, _variant(entry.attack, entry.params), entry.norm, eps,
+                     eps_text, _strength(entry.attack, entry.params, published=published))
 
 
 def summary_key(summary: AttackSummary) -> ColumnKey:
@@ -165,7 +282,7 @@ def summary_key(summary: AttackSummary) -> ColumnKey:
     eps_f = None if eps is None or kind == "stadv" else round(float(eps), 7)
     eps_text = a.get("eps_text") or (None if eps_f is None else format_number(eps_f))
     return ColumnKey(kind, _variant(kind, a), a.get("norm") if eps_f is not None else None,
-                     eps_f, eps_text)
+                     eps_f, eps_text, _strength(kind, a, published=False))
 
 
 def _kind_rank(kind: str) -> int:
@@ -174,12 +291,57 @@ def _kind_rank(kind: str) -> int:
 
 def _order_threat_first(k: ColumnKey) -> tuple:
     return (k.kind != "clean", _NORM_ORDER.get(k.norm, 2), k.eps if k.eps is not None else -1.0,
-            _kind_rank(k.kind), k.variant)
+            _kind_rank(k.kind), k.variant, repr(k.strength))
 
 
 def _order_attack_first(k: ColumnKey) -> tuple:
     return (_kind_rank(k.kind), k.variant, _NORM_ORDER.get(k.norm, 2),
-            k.eps if k.eps is not None else -1.0)
+            k.eps if k.eps is not None else -1.0, repr(k.strength))
+
+
+def pixel_text(value: float) -> str:
+    """A [0, 1]-scale pixel quantity as the papers write it: "2/255" when it is a round
+    number of 255ths (to 2 decimals), else a short decimal."""
+    scaled = value * 255
+    # Keys hold values rounded to 7 decimals: 1/255 comes back as 1.0000080/255.
+    if scaled >= 0.01 and abs(scaled - round(scaled, 2)) < 5e-5:
+        return f"{round(scaled, 2):g}/255"
+    return f"{value:.4g}"
+
+
+def _param_text(name: str, value: Any) -> str:
+    if value is None:
+        return "unbounded" if name == "bound" else f"{_NOTE_NAMES.get(name, name)} not stated"
+    if name == "step_size":
+        return f"step {pixel_text(float(value))}"
+    if name == "bound":
+        return f"bound {value:g} px"
+    if name == "tau":
+        return f"τ = {value:g}"
+    if name in ("steps", "restarts"):
+        return f"{value} {name}"
+    if name in ("random_start", "targeted"):
+        return name.replace("_", " ") if value else f"no {name.replace('_', ' ')}"
+    if name in ("attacks", "of"):
+        return ", ".join(value)
+    return f"{name} {value}"
+
+
+def _strength_texts(keys: Sequence[ColumnKey]) -> dict[ColumnKey, str]:
+    """For columns that share attack, variant and threat model but differ in strength: the
+    parameters they differ in, as text ("step 1/255"); nothing for the others."""
+    groups: dict[tuple, list[ColumnKey]] = {}
+    for k in keys:
+        groups.setdefault((k.kind, k.variant, k.norm, k.eps), []).append(k)
+    out: dict[ColumnKey, str] = {}
+    for members in groups.values():
+        if len(members) < 2:
+            continue
+        names = list(dict.fromkeys(n for k in members for n, _ in k.strength))
+        differ = [n for n in names if len({k.param(n) for k in members}) > 1]
+        for k in members:
+            out[k] = ", ".join(_param_text(n, k.param(n)) for n in differ)
+    return out
 
 
 def _threat_text(k: ColumnKey, with_norm: bool) -> str:
@@ -191,106 +353,203 @@ def _threat_text(k: ColumnKey, with_norm: bool) -> str:
     return ", ".join(parts)
 
 
-def _title(k: ColumnKey, metric: str, with_variant: bool, with_norm: bool) -> str:
+def _variant_text(k: ColumnKey, extra: dict[ColumnKey, str]) -> str:
+    return f"{k.variant} ({extra[k]})" if extra.get(k) else k.variant
+
+
+def _title(k: ColumnKey, metric: Metric, with_variant: bool, with_norm: bool,
+           extra: dict[ColumnKey, str]) -> str:
     if k.kind == "clean":
-        return "Standard Accuracy (%)" if metric == "accuracy" else "Test Error (%)"
-    base = "Robust Accuracy" if metric == "accuracy" else "Robust Test Error"
-    if with_variant or k.kind in ("worst", "transfer"):
-        base = f"{k.variant} {base}"
+        return "Standard Accuracy (%)" if metric is Metric.accuracy else "Test Error (%)"
+    base = "Robust Accuracy" if metric is Metric.accuracy else "Robust Test Error"
+    if with_variant or k.kind in ("worst", "transfer") or extra.get(k):
+        base = f"{_variant_text(k, extra)} {base}"
     threat = _threat_text(k, with_norm)
     return f"{base} ({threat}) (%)" if threat else f"{base} (%)"
 
 
-def _matrix_title(k: ColumnKey, with_norm: bool) -> str:
+def _matrix_title(k: ColumnKey, with_norm: bool, extra: dict[ColumnKey, str]) -> str:
     threat = _threat_text(k, with_norm)
-    return f"{k.variant} ({threat})" if threat else k.variant
+    name = _variant_text(k, extra)
+    return f"{name} ({threat})" if threat else name
+
+
+def _column_text(k: ColumnKey) -> str:
+    """A column for error messages: the attack, every parameter and the threat model."""
+    params = ", ".join(_param_text(n, v) for n, v in k.strength)
+    threat = _threat_text(k, with_norm=True)
+    return ", ".join(p for p in (k.variant, threat, params) if p)
 
 
 # --------------------------------------------------------------------------- observations
 
-@dataclass
-class _Obs:
-    """One number for one cell, with what a paired test needs."""
-
-    value: float  # in the shown metric, as a fraction
-    flags: np.ndarray | None
-    # dataset, split, index hash, n, content hash: equal tuples = the same examples in order
-    examples: tuple[str | None, str, str | None, int, str | None] | None
-    source: str
+def _metric_value(accuracy: float, metric: Metric) -> float:
+    return accuracy if metric is Metric.accuracy else 1.0 - accuracy
 
 
-def _metric_value(accuracy: float, metric: str) -> float:
-    return accuracy if metric == "accuracy" else 1.0 - accuracy
-
-
-def _entry_obs(result: EvalResult, entry: Entry, metric: str) -> _Obs:
+def _entry_obs(result: EvalResult, entry: Entry, metric: Metric) -> Observation:
     index = entry.index_sha256 or result.data.index_sha256
     content = result.data.examples_sha256
     if entry.attack == "transfer":
         # Transfer flags are about the adversarial set's images, not the clean examples.
         content = (entry.params.get("source") or {}).get("sha256")
     examples = None
-    if entry.flags is not None and index is not None:
+    if index is not None:
         examples = (result.data.dataset, result.data.split, index, entry.n, content)
-    return _Obs(_metric_value(entry.accuracy, metric), entry.flags, examples,
-                str(result.path or result.label))
+    return Observation(_metric_value(entry.accuracy, metric), str(result.path or result.label),
+                       entry.flags, examples, entry.n or None, result.model.seed)
 
 
-@dataclass
-class _Group:
-    """A row in the making: per seed (checkpoint), the observations per column."""
-
-    label: str
-    published: bool
-    citation: str | None = None
-    seeds: dict[str, dict[ColumnKey, _Obs]] = field(default_factory=dict)
-
-    def add(self, seed: str, key: ColumnKey, obs: _Obs) -> None:
-        # First file wins: the same checkpoint evaluated twice on one column is one seed.
-        self.seeds.setdefault(seed, {}).setdefault(key, obs)
-
-    def cell_obs(self, key: ColumnKey) -> list[_Obs]:
-        return [cols[key] for cols in self.seeds.values() if key in cols]
-
-
-def _seed_id(result: EvalResult) -> str:
-    if result.model.sha256:
-        return result.model.sha256
-    return str(result.path or id(result))
-
-
-def _split_inputs(
-    items: Sequence[EvalResult | AttackSummary],
-) -> tuple[list[EvalResult], list[AttackSummary]]:
-    results = [x for x in items if isinstance(x, EvalResult)]
-    summaries = [x for x in items if isinstance(x, AttackSummary)]
-    return results, summaries
-
-
-# --------------------------------------------------------------------------- statistics
-
-def _paired_test(base: _Obs, other: _Obs, labels: tuple[str, str]) -> Significance | None:
-    if base.flags is None or other.flags is None or base.examples is None or other.examples is None:
+def _same_examples(a: Observation, b: Observation) -> bool | None:
+    """True: made on the same examples in the same order; False: not; None: cannot tell."""
+    if a.examples is None or b.examples is None:
         return None
-    if base.examples != other.examples:
-        raise ResultsError(
-            f"cannot pair {labels[1]!r} ({other.source}) with baseline {labels[0]!r} "
-            f"({base.source}): they were evaluated on different examples "
-            f"({_examples_text(other.examples)} vs {_examples_text(base.examples)}); re-run "
-            "`advcli eval` with the same dataset, --n and --seed, or drop --baseline"
-        )
-    return mcnemar_exact(other.flags, base.flags)
+    (da, sa, ia, na, ca), (db, sb, ib, nb, cb) = a.examples, b.examples
+    if ia is None or ib is None or na is None or nb is None:
+        return None
+    if (ia, na, sa) != (ib, nb, sb):
+        return False
+    return not ((da and db and da != db) or (ca and cb and ca != cb))
 
 
-def _examples_text(ex: tuple[str | None, str, str | None, int, str | None] | None) -> str:
-    if ex is None:
+def _examples_text(obs: Observation) -> str:
+    if obs.examples is None:
         return "unknown examples"
-    dataset, split, index, n, content = ex
+    dataset, split, index, n, content = obs.examples
     text = f"{dataset}/{split} n={n} index {str(index)[:12]}"
     return text + (f" content {content[:12]}" if content else "")
 
 
-def _diff(base: list[_Obs], other: list[_Obs], labels: tuple[str, str]) -> Diff:
+@dataclass
+class _Group:
+    """A row in the making: per seed (checkpoint), the observation per column."""
+
+    label: str
+    published: bool
+    citation: str | None = None
+    seeds: dict[str, dict[ColumnKey, Observation]] = field(default_factory=dict)
+    unstated: set[str] = field(default_factory=set)  # published parameters placed by matching
+
+    def add(self, seed: str, key: ColumnKey, obs: Observation) -> None:
+        cols = self.seeds.setdefault(seed, {})
+        prev = cols.get(key)
+        if prev is None:
+            cols[key] = obs
+            return
+        same = _same_examples(prev, obs)
+        if same or (same is None and prev.value == obs.value):
+            return  # the same measurement twice (e.g. clean accuracy in every summary)
+        why = (f"on different examples ({_examples_text(obs)} vs {_examples_text(prev)})"
+               if same is False else "with different numbers and no record of their examples")
+        raise ResultsError(
+            f"{obs.source} and {prev.source} both measure {self.label!r} in column '{_column_text(key)}' "
+            f"for one checkpoint {why}; compare them in separate calls, or re-run one with the "
+            "same examples (--n, --seed) so that a checkpoint has one number per column"
+        )
+
+    def cell_obs(self, key: ColumnKey) -> list[Observation]:
+        return [cols[key] for cols in self.seeds.values() if key in cols]
+
+
+def _seed_id(result: EvalResult) -> str:
+    if result.model.sha256 and not result.published:
+        return result.model.sha256
+    return str(result.path or id(result))
+
+
+def _matches(stated: ColumnKey, column: ColumnKey) -> bool:
+    """Whether a published key agrees with a reproduced column on everything it states."""
+    if stated.kind != column.kind or stated.kind in ("clean", "transfer"):
+        return False
+    if stated.norm is not None and stated.norm != column.norm:
+        return False
+    if stated.eps is not None and stated.eps != column.eps:
+        return False
+    if stated.kind not in _EPS_KINDS and stated.eps != column.eps:
+        return False  # stAdv has no eps: None is a value there, not a gap
+    theirs = dict(column.strength)
+    return all(v is None or theirs.get(n) == v for n, v in stated.strength)
+
+
+def _unstated_names(key: ColumnKey) -> set[str]:
+    names = {n for n, v in key.strength if v is None and n in _NOTE_NAMES}
+    if key.eps is None and key.kind in _EPS_KINDS:
+        names.add("eps")
+    return names
+
+
+def place_published(key: ColumnKey, reproduced: set[ColumnKey]) -> ColumnKey | None:
+    """The one reproduced column a published key with unstated parameters belongs in."""
+    if key in reproduced:
+        return key
+    found = [k for k in reproduced if _matches(key, k)]
+    return found[0] if len(found) == 1 else None
+
+
+def _place_published(groups: Sequence[_Group]) -> None:
+    reproduced = {k for g in groups if not g.published for cols in g.seeds.values() for k in cols}
+    for g in groups:
+        if not g.published:
+            continue
+        for cols in g.seeds.values():
+            for key in list(cols):
+                target = place_published(key, reproduced)
+                if target is None or target == key or target in cols:
+                    continue
+                cols[target] = cols.pop(key)
+                g.unstated |= _unstated_names(key)
+
+
+def _unstated_notes(groups: Sequence[_Group]) -> list[str]:
+    by_text: dict[str, list[str]] = {}
+    order = list(_NOTE_NAMES)
+    for g in groups:
+        if g.unstated:
+            names = [_NOTE_NAMES[n] for n in sorted(g.unstated, key=order.index)]
+            by_text.setdefault(_and(names), []).append(g.label)
+    return [f"{_and(labels)} (published): {text} not stated by the source; shown in the column "
+            "that matches everything it states" for text, labels in by_text.items()]
+
+
+def _and(items: Sequence[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+# --------------------------------------------------------------------------- statistics
+
+def paired_significance(base: Observation, other: Observation) -> Significance | None:
+    """McNemar's exact test when both observations carry flags on the same examples."""
+    if base.flags is None or other.flags is None or _same_examples(base, other) is not True:
+        return None
+    return mcnemar_exact(other.flags, base.flags)
+
+
+def _paired_test(base: Observation, other: Observation,
+                 labels: tuple[str, str]) -> Significance | None:
+    if base.flags is None or other.flags is None or base.examples is None or other.examples is None:
+        return None
+    if _same_examples(base, other) is False:
+        raise ResultsError(
+            f"cannot pair {labels[1]!r} ({other.source}) with baseline {labels[0]!r} "
+            f"({base.source}): they were evaluated on different examples "
+            f"({_examples_text(other)} vs {_examples_text(base)}); re-run "
+            "`advcli eval` with the same dataset, --n and --seed, or drop --baseline"
+        )
+    return paired_significance(base, other)
+
+
+def significance(base: Sequence[Observation], other: Sequence[Observation]) -> Significance | None:
+    """The test compare uses for two cells: Welch across seeds (two or more a side), McNemar
+    for one run a side on the same examples, else none."""
+    bv, ov = [o.value for o in base], [o.value for o in other]
+    if len(bv) >= 2 and len(ov) >= 2:
+        return welch_t(ov, bv)
+    if len(bv) == 1 and len(ov) == 1:
+        return paired_significance(base[0], other[0])
+    return None
+
+
+def _diff(base: list[Observation], other: list[Observation], labels: tuple[str, str]) -> Diff:
     bv, ov = [o.value for o in base], [o.value for o in other]
     diff = Diff(delta=float(np.mean(ov) - np.mean(bv)))
     if len(bv) >= 2 and len(ov) >= 2:
@@ -298,9 +557,9 @@ def _diff(base: list[_Obs], other: list[_Obs], labels: tuple[str, str]) -> Diff:
         diff.test, diff.p_value = sig.test, sig.p_value
         diff.ci95 = bootstrap_diff_ci(ov, bv, n_resamples=2000)
     elif len(bv) == 1 and len(ov) == 1:
-        sig = _paired_test(base[0], other[0], labels)
-        if sig is not None:
-            diff.test, diff.p_value = sig.test, sig.p_value
+        paired = _paired_test(base[0], other[0], labels)
+        if paired is not None:
+            diff.test, diff.p_value = paired.test, paired.p_value
     return diff
 
 
@@ -324,12 +583,26 @@ def _apply_baseline(groups: list[_Group], rows: list[Row], columns: list[Column]
                 rows[i].cells[col.key].diff = _diff(base_obs, obs, (baseline, group.label))
 
 
+def _wilson(obs: Sequence[Observation]) -> tuple[float, float] | None:
+    """The Wilson interval of the cell's mean for the smallest n among its runs."""
+    ns = [o.n_examples for o in obs]
+    if not ns or any(n is None or n < 1 for n in ns):
+        return None
+    mean = float(np.mean([o.value for o in obs]))
+    return wilson_interval(min(1.0, max(0.0, mean)), min(n for n in ns if n is not None))
+
+
 # --------------------------------------------------------------------------- building tables
 
-def _rows_from_groups(groups: list[_Group], keys: list[ColumnKey]) -> list[Row]:
+def _rows_from_groups(groups: list[_Group], keys: list[ColumnKey], *,
+                      intervals: bool) -> list[Row]:
     rows = []
     for g in groups:
-        cells = {k: Cell([o.value for o in g.cell_obs(k)]) for k in keys if g.cell_obs(k)}
+        cells = {}
+        for k in keys:
+            obs = g.cell_obs(k)
+            if obs:
+                cells[k] = Cell(obs, wilson95=_wilson(obs) if intervals else None)
         rows.append(Row(label=g.label, n=len(g.seeds), cells=cells, published=g.published,
                         citation=g.citation))
     return rows
@@ -352,23 +625,32 @@ def _citation_notes(rows: list[Row]) -> list[str]:
     for r in rows:
         if r.published and r.citation:
             by_source.setdefault(r.citation, []).append(r.label)
-    return [
-        f"{labels[0] if len(labels) == 1 else ', '.join(labels[:-1]) + ' and ' + labels[-1]} (published): {source}"
-        for source, labels in by_source.items()
-    ]
+    return [f"{_and(labels)} (published): {source}" for source, labels in by_source.items()]
+
+
+def _keys(groups: Sequence[_Group]) -> set[ColumnKey]:
+    return {k for g in groups for cols in g.seeds.values() for k in cols}
+
+
+def _metric(metric: Metric | str) -> Metric:
+    try:
+        return Metric(str(getattr(metric, "value", metric)).strip().lower())
+    except ValueError:
+        valid = ", ".join(m.value for m in Metric)
+        raise UsageError(f"unknown metric {metric!r}; valid values: {valid}") from None
 
 
 def build_table(
     results: Sequence[EvalResult],
     *,
-    metric: str = "accuracy",
+    metric: Metric | str = Metric.accuracy,
     baseline: str | None = None,
     worst: bool = False,
     alpha: float = 0.05,
+    ci: bool = False,
 ) -> CompareTable:
-    """Rows = labels, columns = clean + robust per (norm, eps, attack)."""
-    if metric not in METRICS:
-        raise UsageError(f"unknown metric {metric!r}; valid values: {', '.join(METRICS)}")
+    """Rows = labels, columns = clean + robust per (norm, eps, attack, strength)."""
+    metric = _metric(metric)
     groups: dict[tuple[str, bool], _Group] = {}
     for res in results:
         g = groups.setdefault((res.label, res.published),
@@ -376,287 +658,275 @@ def build_table(
         for entry in res.entries:
             if entry.attack == "worst" and not worst:
                 continue
-            g.add(_seed_id(res), entry_key(entry), _entry_obs(res, entry, metric))
+            g.add(_seed_id(res), entry_key(entry, published=res.published),
+                  _entry_obs(res, entry, metric))
     ordered = _ordered_groups(groups)
-    keys = sorted({k for g in ordered for cols in g.seeds.values() for k in cols},
-                  key=_order_threat_first)
+    _place_published(ordered)
+    keys = sorted(_keys(ordered), key=_order_threat_first)
     robust = [k for k in keys if k.kind not in ("clean", "worst", "transfer")]
     with_variant = len({k.variant for k in robust}) > 1
     with_norm = len({k.norm for k in keys if k.kind != "clean"}) > 1
-    columns = [Column(k, _title(k, metric, with_variant, with_norm)) for k in keys]
-    rows = _rows_from_groups(ordered, keys)
+    extra = _strength_texts(keys)
+    columns = [Column(k, _title(k, metric, with_variant, with_norm, extra)) for k in keys]
+    rows = _rows_from_groups(ordered, keys, intervals=True)
     _apply_baseline(ordered, rows, columns, baseline)
-    title = "Clean and robust accuracy" if metric == "accuracy" else "Clean and robust test error"
+    title = ("Clean and robust accuracy" if metric is Metric.accuracy
+             else "Clean and robust test error")
     return CompareTable(title=title, row_header="Model", columns=columns, rows=rows,
-                        metric=metric, alpha=alpha, notes=_citation_notes(rows))
+                        metric=metric, alpha=alpha, show_ci=ci,
+                        notes=_unstated_notes(ordered) + _citation_notes(rows))
+
+
+def _summary_examples(s: AttackSummary) -> tuple[Any, Any, Any, Any, None]:
+    d = s.data
+    n = d.get("n")
+    return (d.get("dataset"), d.get("split"), d.get("index_sha256"),
+            int(n) if isinstance(n, (int, float)) else None, None)
+
+
+def _robust_accuracy(s: AttackSummary) -> float:
+    value = s.metrics.get("robust_accuracy")
+    src = str(s.path or s.label)
+    if value is None:
+        raise ResultsError(
+            f"attack summary {src!r} has no metrics.robust_accuracy (an older advcli wrote it, "
+            "and its adv_accuracy counts examples misclassified before the attack as robust); "
+            f"re-run `advcli attack` on {s.checkpoint.get('path') or 'its checkpoint'} to rewrite it"
+        )
+    if not 0.0 <= float(value) <= 1.0:
+        raise ResultsError(f"attack summary {src!r}: metrics.robust_accuracy must be a fraction "
+                           f"in [0, 1], got {value!r}; re-run `advcli attack`")
+    return float(value)
 
 
 def build_matrix(
     results: Sequence[EvalResult],
     summaries: Sequence[AttackSummary],
     *,
-    metric: str = "accuracy",
+    metric: Metric | str = Metric.accuracy,
     baseline: str | None = None,
     alpha: float = 0.05,
+    ci: bool = False,
 ) -> CompareTable:
-    """Rows = trained with, columns = attacked with (clean first), from eval results and
-    attack summaries; one value per checkpoint and column, mean ± std over checkpoints."""
-    if metric not in METRICS:
-        raise UsageError(f"unknown metric {metric!r}; valid values: {', '.join(METRICS)}")
+    """Rows = trained with, columns = attacked with (clean first), from eval results, published
+    files and attack summaries; one value per checkpoint and column, mean ± std over
+    checkpoints. Robust accuracy counts an example only if it is correct before and after."""
+    metric = _metric(metric)
     groups: dict[tuple[str, bool], _Group] = {}
     for res in results:
         g = groups.setdefault((res.model.trained_with, res.published),
                               _Group(res.model.trained_with, res.published, res.citation))
         for entry in res.entries:
             if entry.attack != "worst":
-                g.add(_seed_id(res), entry_key(entry), _entry_obs(res, entry, metric))
+                g.add(_seed_id(res), entry_key(entry, published=res.published),
+                      _entry_obs(res, entry, metric))
     for s in summaries:
         g = groups.setdefault((s.trained_with, False), _Group(s.trained_with, False))
         seed = str(s.checkpoint.get("sha256") or s.checkpoint.get("path") or s.label)
-        src = str(s.path or s.label)
+        src, examples = str(s.path or s.label), _summary_examples(s)
+        n = examples[3]
         g.add(seed, ColumnKey("clean", "Clean"),
-              _Obs(_metric_value(s.metrics["clean_accuracy"], metric), None, None, src))
+              Observation(_metric_value(s.metrics["clean_accuracy"], metric), src,
+                          examples=examples, n_examples=n))
         g.add(seed, summary_key(s),
-              _Obs(_metric_value(s.metrics["adv_accuracy"], metric), None, None, src))
+              Observation(_metric_value(_robust_accuracy(s), metric), src, examples=examples,
+                          n_examples=n))
     ordered = _ordered_groups(groups)
-    keys = sorted({k for g in ordered for cols in g.seeds.values() for k in cols},
-                  key=_order_attack_first)
+    _place_published(ordered)
+    keys = sorted(_keys(ordered), key=_order_attack_first)
     with_norm = len({k.norm for k in keys if k.norm}) > 1
-    columns = [Column(k, _matrix_title(k, with_norm)) for k in keys]
-    rows = _rows_from_groups(ordered, keys)
+    extra = _strength_texts(keys)
+    columns = [Column(k, _matrix_title(k, with_norm, extra)) for k in keys]
+    rows = _rows_from_groups(ordered, keys, intervals=True)
     _apply_baseline(ordered, rows, columns, baseline)
-    what = "Accuracy" if metric == "accuracy" else "Test error"
+    what = "Accuracy" if metric is Metric.accuracy else "Test error"
     return CompareTable(
         title=f"{what} (%): trained with (rows) × attacked with (columns)",
-        row_header="Trained with", columns=columns, rows=rows, metric=metric, alpha=alpha,
-        notes=_citation_notes(rows),
+        row_header="Trained with", columns=columns, rows=rows, kind=TableKind.matrix,
+        metric=metric, alpha=alpha, show_ci=ci,
+        notes=_unstated_notes(ordered) + _citation_notes(rows),
     )
 
 
-def build_ssim_table(summaries: Sequence[AttackSummary]) -> CompareTable | None:
-    """Mean 1−SSIM between adversarial and clean images per attack (rows), over summaries."""
-    groups: dict[tuple[str, bool], _Group] = {}
-    key = ColumnKey("ssim", "1−SSIM")
+SSIM_KEY = ColumnKey("ssim", "1−SSIM")
+
+
+def build_ssim_table(
+    summaries: Sequence[AttackSummary], published: Sequence[EvalResult] = ()
+) -> CompareTable | None:
+    """Mean 1−SSIM between adversarial and clean images per attack (rows), over summaries;
+    a published file's entries with `ssim_dissimilarity_mean` give published rows."""
+    reproduced: dict[ColumnKey, list[AttackSummary]] = {}
     for s in summaries:
-        value = s.metrics.get("ssim_dissimilarity_mean")
-        if value is None:
-            continue
-        k = summary_key(s)
-        label = _matrix_title(k, with_norm=False)
+        if s.metrics.get("ssim_dissimilarity_mean") is not None:
+            reproduced.setdefault(summary_key(s), []).append(s)
+    pub: list[tuple[ColumnKey, EvalResult, Entry]] = []
+    for res in published:
+        for e in res.entries:
+            if res.published and e.params.get("ssim_dissimilarity_mean") is not None:
+                key = entry_key(e, published=True)
+                pub.append((place_published(key, set(reproduced)) or key, res, e))
+    if not reproduced and not pub:
+        return None
+    extra = _strength_texts(list(reproduced))
+    # Reproduced attacks first (in attack order): that fixes the row order, and each
+    # published row is then placed before its reproduced twin.
+    groups: dict[tuple[str, bool], _Group] = {}
+    for key in sorted(reproduced, key=_order_attack_first):
+        label = _matrix_title(key, False, extra)
         g = groups.setdefault((label, False), _Group(label, False))
-        g.add(str(s.path or id(s)), key, _Obs(float(value), None, None, str(s.path)))
+        for s in reproduced[key]:
+            g.add(str(s.path or id(s)), SSIM_KEY,
+                  Observation(float(s.metrics["ssim_dissimilarity_mean"]), str(s.path)))
+    for key, res, e in pub:
+        label = _matrix_title(key, False, extra)
+        g = groups.setdefault((label, True), _Group(label, True, res.citation))
+        g.add(f"{res.path}|{label}", SSIM_KEY,
+              Observation(float(e.params["ssim_dissimilarity_mean"]), str(res.path)))
+    rows = _rows_from_groups(_ordered_groups(groups), [SSIM_KEY], intervals=False)
+    return CompareTable(
+        title="Mean 1−SSIM between adversarial and clean images", row_header="Attack",
+        columns=[Column(SSIM_KEY, "Mean 1−SSIM")], rows=rows, kind=TableKind.ssim,
+        percent=False, n_means="attack summaries", notes=_citation_notes(rows),
+    )
+
+
+# --------------------------------------------------------------------------- flatness
+
+@dataclass
+class FlatnessSet:
+    """The parts of one `advcli.landscape/1` file a flatness table needs."""
+
+    path: Path
+    dim: int
+    directions_seed: Any
+    examples: tuple[Any, Any, Any, Any, None]
+    # label -> (checkpoint sha256 or None, radius, mean loss increase at the radius)
+    models: dict[str, tuple[str | None, float, float]]
+
+
+def flatness_set(doc: dict[str, Any], path: Path) -> FlatnessSet:
+    """Read the flatness numbers of a landscape document (`stages.landscape.read_document`)."""
+    try:
+        shas = {str(c["label"]): c.get("sha256") for c in doc.get("checkpoints") or []}
+        models = {}
+        for label, f in (doc.get("flatness") or {}).items():
+            models[str(label)] = (shas.get(str(label)), float(f["radius"]),
+                                  float(f["increase_mean"]))
+        data = doc.get("data") or {}
+        examples = (data.get("dataset"), data.get("split"), data.get("index_sha256"),
+                    data.get("n"), None)
+        return FlatnessSet(path, int(doc["dim"]), (doc.get("directions") or {}).get("seed"),
+                           examples, models)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ResultsError(f"landscape file {str(path)!r} lacks its flatness numbers ({exc}); "
+                           "re-create it with `advcli landscape`") from exc
+
+
+def build_flatness_table(sets: Sequence[FlatnessSet]) -> CompareTable | None:
+    """Rows = checkpoint labels, columns = mean loss increase at radius r per dimension."""
+    groups: dict[tuple[str, bool], _Group] = {}
+    for fs in sets:
+        for label, (sha, radius, increase) in fs.models.items():
+            key = ColumnKey("flatness", f"{fs.dim}-D", strength=(("radius", _hashable(radius)),))
+            g = groups.setdefault((label, False), _Group(label, False))
+            # Each direction draw is one more sample of the same checkpoint's flatness.
+            g.add(f"{sha or label}|{fs.directions_seed}", key,
+                  Observation(increase, str(fs.path), examples=fs.examples))
     if not groups:
         return None
     ordered = _ordered_groups(groups)
+    keys = sorted(_keys(ordered), key=lambda k: (k.variant, repr(k.strength)))
+    columns = [Column(k, f"Loss increase at r = {k.param('radius'):g}, {k.variant}")
+               for k in keys]
     return CompareTable(
-        title="Mean 1−SSIM between adversarial and clean images", row_header="Attack",
-        columns=[Column(key, "Mean 1−SSIM")], rows=_rows_from_groups(ordered, [key]),
-        percent=False, n_means="attack summaries",
+        title="Flatness: mean loss increase at radius r along filter-normalised directions",
+        row_header="Model", columns=columns, rows=_rows_from_groups(ordered, keys, intervals=False),
+        kind=TableKind.flatness, percent=False, n_means="checkpoints × direction draws",
     )
 
 
+# --------------------------------------------------------------------------- the stage
+
+Input = EvalResult | AttackSummary | FlatnessSet
+
+LANDSCAPE_SCHEMA = "advcli.landscape/1"
+
+
+def load_input(path: str | Path) -> Input:
+    """A result file, an attack summary or a landscape file, told apart by `schema`."""
+    from advcli.io import read_yaml_document
+
+    p = Path(path)
+    head = read_yaml_document(p, what="result file", schema=None,
+                              make_hint="pass files written by advcli eval, attack or landscape")
+    if head.get("schema") == LANDSCAPE_SCHEMA:
+        from advcli.stages.landscape import read_document
+
+        return flatness_set(read_document(p), p)
+    return load_any(p)
+
+
 def compare(
-    items: Sequence[EvalResult | AttackSummary],
+    items: Sequence[Input],
     *,
-    metric: str = "accuracy",
+    metric: Metric | str = Metric.accuracy,
     baseline: str | None = None,
     matrix: bool = False,
     worst: bool = False,
     alpha: float = 0.05,
+    ci: bool = False,
 ) -> list[CompareTable]:
-    """Every table the inputs support: the accuracy table (or the matrix) and the 1−SSIM table."""
+    """Every table the inputs support: the accuracy table (or the matrix), the 1−SSIM table
+    and the flatness table."""
     if not items:
         raise UsageError("compare needs at least one result file")
     if not 0 < alpha < 1:
         raise UsageError(f"--alpha must be between 0 and 1, got {alpha}")
-    results, summaries = _split_inputs(items)
+    results = [x for x in items if isinstance(x, EvalResult)]
+    summaries = [x for x in items if isinstance(x, AttackSummary)]
+    flatness = [x for x in items if isinstance(x, FlatnessSet)]
     tables: list[CompareTable] = []
     if matrix:
         tables.append(build_matrix(results, summaries, metric=metric, baseline=baseline,
-                                   alpha=alpha))
+                                   alpha=alpha, ci=ci))
     elif results:
         tables.append(build_table(results, metric=metric, baseline=baseline, worst=worst,
-                                  alpha=alpha))
+                                  alpha=alpha, ci=ci))
     elif baseline is not None:
         raise UsageError("--baseline needs `advcli eval` result files, or --matrix")
-    ssim = build_ssim_table(summaries)
-    if ssim is not None:
+    ssim = build_ssim_table(summaries, [r for r in results if r.published])
+    if ssim is not None and (summaries or matrix):
         tables.append(ssim)
+    flat = build_flatness_table(flatness)
+    if flat is not None:
+        tables.append(flat)
     return tables
 
 
-# --------------------------------------------------------------------------- text
-
-def _num(value: float, table: CompareTable) -> str:
-    return f"{100 * value:.2f}" if table.percent else f"{value:.4f}"
-
-
-def format_p(p: float) -> str:
-    return "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
-
-
-def _signed(value: float, table: CompareTable) -> str:
-    text = _num(abs(value), table)
-    return f"+{text}" if value >= 0 else f"−{text}"
+@dataclass
+class CompareOptions:
+    files: list[Path]
+    metric: Metric = Metric.accuracy
+    baseline: str | None = None
+    matrix: bool = False
+    worst: bool = False
+    alpha: float = 0.05
+    ci: bool = False
+    claims: list[Any] = field(default_factory=list)  # `claims.Claim`s
 
 
-def cell_text(cell: Cell | None, table: CompareTable) -> str:
-    """"94.41", "94.41 ± 0.23", with "Δ −1.20 (p = 0.031)*" against a baseline."""
-    if cell is None:
-        return "—"
-    text = _num(cell.mean, table)
-    if cell.n > 1:
-        text += f" ± {_num(cell.std, table)}"
-    if cell.diff is not None:
-        d = cell.diff
-        text += f" (Δ {_signed(d.delta, table)}"
-        if d.p_value is not None:
-            text += f", {format_p(d.p_value)}" + ("*" if d.p_value < table.alpha else "")
-        text += ")"
-    return text
+@dataclass
+class CompareReport:
+    tables: list[CompareTable]
+    claims: list[Any]  # `claims.ClaimResult`s, in the order the claims were given
 
 
-def header(table: CompareTable) -> list[str]:
-    cols = [table.row_header] + [c.title for c in table.columns]
-    return cols + ["n"] if table.show_n else cols
+def run_compare(opts: CompareOptions) -> CompareReport:
+    """Read the files, build the tables, check the claims."""
+    from advcli.stages.claims import check_claims
 
-
-def text_rows(table: CompareTable) -> list[list[str]]:
-    """The table as strings, one list per row (what the rich table and markdown show)."""
-    out = []
-    for row in table.rows:
-        cells = [row.display] + [cell_text(row.cells.get(c.key), table) for c in table.columns]
-        out.append(cells + [str(row.n)] if table.show_n else cells)
-    return out
-
-
-def footnotes(table: CompareTable) -> list[str]:
-    notes = []
-    if any(r.n > 1 for r in table.rows):
-        notes.append(f"mean ± sample std over n {table.n_means}")
-    if any(c.diff is not None for r in table.rows for c in r.cells.values()):
-        notes.append(
-            "Δ: difference to the baseline in percentage points; p from McNemar's exact test "
-            "(one run each, same examples) or Welch's t-test (several seeds each); "
-            f"* p < {table.alpha:g}"
-        )
-    return notes + table.notes
-
-
-def _md_escape(text: str) -> str:
-    # `|` would split a cell; `*` (the significance mark) must not start emphasis.
-    return text.replace("|", "\\|").replace("*", "\\*")
-
-
-def to_markdown(tables: Sequence[CompareTable]) -> str:
-    """GitHub-flavoured markdown tables, pasteable as they are."""
-    parts = []
-    for t in tables:
-        head = header(t)
-        lines = [f"**{t.title}**", "",
-                 "| " + " | ".join(_md_escape(h) for h in head) + " |",
-                 "|" + "|".join([":---"] + ["---:"] * (len(head) - 1)) + "|"]
-        lines += ["| " + " | ".join(_md_escape(c) for c in r) + " |" for r in text_rows(t)]
-        notes = footnotes(t)
-        if notes:
-            lines += [""] + [f"{_md_escape(n)}  " for n in notes]
-        parts.append("\n".join(lines).rstrip() + "\n")
-    return "\n".join(parts)
-
-
-def to_csv(tables: Sequence[CompareTable]) -> str:
-    """Numbers for spreadsheets: per column its mean (in % for accuracies), and, where they
-    apply, std, n, the difference to the baseline and p. Tables are separated by a blank line."""
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    for i, t in enumerate(tables):
-        if i:
-            buf.write("\n")
-        has_std = t.show_n
-        has_diff = any(c.diff is not None for r in t.rows for c in r.cells.values())
-        head = [t.row_header, "published"]
-        for c in t.columns:
-            head.append(c.title)
-            if has_std:
-                head += [f"{c.title} std", f"{c.title} n"]
-            if has_diff:
-                head += [f"{c.title} diff", f"{c.title} p"]
-        w.writerow(head)
-        scale = 100.0 if t.percent else 1.0
-        for r in t.rows:
-            line: list[Any] = [r.label, str(r.published).lower()]
-            for c in t.columns:
-                cell = r.cells.get(c.key)
-                line.append("" if cell is None else f"{scale * cell.mean:.4f}")
-                if has_std:
-                    line += ["", ""] if cell is None else [f"{scale * cell.std:.4f}", cell.n]
-                if has_diff:
-                    d = None if cell is None else cell.diff
-                    line.append("" if d is None else f"{scale * d.delta:.4f}")
-                    line.append("" if d is None or d.p_value is None else f"{d.p_value:.6g}")
-            w.writerow(line)
-    return buf.getvalue()
-
-
-# Backslash first (through a placeholder) so the later substitutions' backslashes survive.
-_LATEX_SUBS = [("&", r"\&"), ("%", r"\%"), ("#", r"\#"), ("_", r"\_"), ("{", r"\{"),
-               ("}", r"\}"), ("$", r"\$"), ("~", r"\textasciitilde{}"), ("^", r"\^{}"),
-               ("±", r"$\pm$"), ("ε", r"$\varepsilon$"), ("−", "$-$"), ("Δ", r"$\Delta$"),
-               ("∞", r"$\infty$"), ("×", r"$\times$"), ("—", "---"), ("<", r"$<$")]
-
-
-def _latex_escape(text: str) -> str:
-    text = text.replace("\\", "\x00")
-    for old, new in _LATEX_SUBS:
-        text = text.replace(old, new)
-    return text.replace("\x00", r"\textbackslash{}")
-
-
-def to_latex(tables: Sequence[CompareTable]) -> str:
-    """A booktabs `table` environment per table (needs \\usepackage{booktabs})."""
-    parts = []
-    for t in tables:
-        head = header(t)
-        lines = [r"\begin{table}[t]", r"\centering", f"\\caption{{{_latex_escape(t.title)}}}",
-                 r"\begin{tabular}{l" + "r" * (len(head) - 1) + "}", r"\toprule",
-                 " & ".join(_latex_escape(h) for h in head) + r" \\", r"\midrule"]
-        lines += [" & ".join(_latex_escape(c) for c in r) + r" \\" for r in text_rows(t)]
-        lines += [r"\bottomrule", r"\end{tabular}"]
-        lines += [f"% {n}" for n in footnotes(t)]
-        lines.append(r"\end{table}")
-        parts.append("\n".join(lines) + "\n")
-    return "\n".join(parts)
-
-
-def to_data(tables: Sequence[CompareTable]) -> list[dict[str, Any]]:
-    """Plain data for `--format json`: values are fractions (not %), as in result files."""
-    out = []
-    for t in tables:
-        rows = []
-        for r in t.rows:
-            cells: dict[str, Any] = {}
-            for c in t.columns:
-                cell = r.cells.get(c.key)
-                if cell is None:
-                    continue
-                item: dict[str, Any] = {"mean": cell.mean, "std": cell.std, "n": cell.n,
-                                        "values": cell.values}
-                if cell.diff is not None:
-                    item["diff"] = {"delta": cell.diff.delta, "test": cell.diff.test,
-                                    "p_value": cell.diff.p_value,
-                                    "ci95": list(cell.diff.ci95) if cell.diff.ci95 else None}
-                cells[c.title] = item
-            rows.append({"label": r.label, "published": r.published, "citation": r.citation,
-                         "baseline": r.baseline, "n": r.n, "cells": cells})
-        out.append({
-            "title": t.title,
-            "metric": t.metric if t.percent else "1-ssim",
-            "unit": "fraction" if t.percent else "number",
-            "row_header": t.row_header,
-            "columns": [{"title": c.title, "attack": c.key.kind, "variant": c.key.variant,
-                         "norm": c.key.norm, "eps": c.key.eps, "eps_text": c.key.eps_text}
-                        for c in t.columns],
-            "rows": rows,
-            "notes": footnotes(t),
-        })
-    return out
+    items = [load_input(p) for p in opts.files]
+    tables = compare(items, metric=opts.metric, baseline=opts.baseline, matrix=opts.matrix,
+                     worst=opts.worst, alpha=opts.alpha, ci=opts.ci)
+    return CompareReport(tables, check_claims(opts.claims, tables))
