@@ -107,8 +107,12 @@ def test_fraction_one_attacks_every_example(tmp_path, synthetic_data, monkeypatc
         return real(self, model, x, y, generator)
 
     monkeypatch.setattr(at.AttackPerturber, "perturb", spy)
-    res = adv_fit(_opts(tmp_path / "f1.safetensors", epochs=1), _adv(fraction=1.0, steps=1), synthetic_data, CPU)
+    steps = []
+    res = adv_fit(_opts(tmp_path / "f1.safetensors", epochs=1), _adv(fraction=1.0, steps=1), synthetic_data, CPU,
+                  step_hooks=[steps.append])
     assert sum(seen) == 384 and seen[0] == 64
+    assert [s.n_adv for s in steps] == seen  # the step hook sees each batch's adversarial count
+    assert sum(int(s.adv_correct) for s in steps) == round(res.history[0].extra["adv_accuracy"] * 384)
     h = res.history[0].as_dict()
     assert h["adv_accuracy"] == pytest.approx(h["train_accuracy"])  # nothing clean was left
     meta = read_metadata(tmp_path / "f1.safetensors")

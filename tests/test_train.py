@@ -84,6 +84,18 @@ def test_resume_after_kill_is_bit_identical(tmp_path, synthetic_data, augment):
     assert [h.epoch for h in res.history] == [1, 2, 3]
 
 
+def test_step_and_end_hooks_see_every_step_and_every_final_epoch(tmp_path, synthetic_data):
+    steps, ends = [], []
+    res = fit(_opts(tmp_path / "h.safetensors", n_train=256), synthetic_data, CPU,
+              step_hooks=[steps.append], end_hooks=[ends.append])
+    assert [s.step for s in steps] == list(range(1, 9)) and [s.epoch for s in steps] == [1] * 4 + [2] * 4
+    assert all(s.loss.dim() == 0 and s.n_adv == 0 and int(s.adv_correct) == 0 for s in steps)
+    assert steps[0].lr == 0.0 and steps[1].lr > 0  # onecycle warm-up starts at 0
+    # End hooks see each epoch's final record: measured, timed, and the one kept in the history.
+    assert ends == res.history and [e.epoch for e in ends] == [1, 2]
+    assert all(0 <= e.test_accuracy <= 1 and e.seconds > 0 for e in ends)
+
+
 def test_checkpoint_metadata_round_trip(tmp_path, synthetic_data):
     out = tmp_path / "m.safetensors"
     res = fit(_opts(out, label="mine"), synthetic_data, CPU)

@@ -43,7 +43,9 @@ from advcli.io import sha256_file
 from advcli.progress import NullReporter, Reporter
 from advcli.rng import Stream, stream_generator
 from advcli.stages.train import (
+    EndHook,
     EpochStats,
+    StepHook,
     StopTraining,
     TrainOptions,
     TrainResult,
@@ -244,8 +246,13 @@ def adv_fit(
     *,
     resume: bool = False,
     reporter: Reporter | None = None,
+    step_hooks: list[StepHook] | None = None,
+    end_hooks: list[EndHook] | None = None,
 ) -> TrainResult:
+    """`fit` with the batch perturbation of `adv` (or on the static set `adv.adv_data`);
+    `step_hooks`/`end_hooks` are passed through to `fit`."""
     reporter = reporter or NullReporter()
+    watch = {"step_hooks": step_hooks, "end_hooks": end_hooks}
     t = adv.threat
     if adv.adv_data:
         check_static_options(adv)
@@ -259,7 +266,7 @@ def adv_fit(
         }
         return fit(
             opts, data, device, train_x=x_tr, train_y=y_tr, resume=resume, reporter=reporter,
-            extra_meta={"threat_model": threat},
+            extra_meta={"threat_model": threat}, **watch,
         )
 
     if not 0.0 <= t.fraction <= 1.0:
@@ -284,5 +291,5 @@ def adv_fit(
     return fit(
         opts, data, device, perturber=perturber if t.fraction > 0 else None, epoch_hooks=hooks,
         resume=resume, reporter=reporter, keep_best="val_robust_accuracy" if keep is KeepEpoch.best else None,
-        extra_meta={"threat_model": threat_metadata(t, attack)},
+        extra_meta={"threat_model": threat_metadata(t, attack)}, **watch,
     )

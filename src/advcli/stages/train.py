@@ -2,10 +2,17 @@
 latter passes a `BatchPerturber` that replaces the last `fraction` of every batch by adversarial
 examples before the update (see stages/adv_train.py).
 
+In the shape of a torchtune recipe: `setup` (model, optimizer, data on the device), `train_epoch`
+(one pass of updates -> `EpochStats`), `measure_epoch` (test/validation accuracy and the epoch
+hooks), the state saved after every epoch (`stages/train_state.py`), `finish` (checkpoint and
+history file). `fit` strings them together. Two seams for what watches a run: step hooks are
+called after every optimizer step with a `StepStats` (device tensors, no host sync), end hooks
+after every epoch with its final `EpochStats`.
+
 Determinism: every epoch's data order, augmentation and attack random starts are drawn from
 their own streams seeded by (seed, epoch, rank, purpose) (`advcli.rng`), the learning rate is
-a function of the global step, and the training state (weights, optimizer buffers, epoch,
-history, RNG states) is saved after every epoch, so `--resume` after a kill ends bit-identical to an uninterrupted run.
+a function of the global step, and the training state is saved after every epoch, so
+`--resume` after a kill ends bit-identical to an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -14,10 +21,10 @@ import math
 import random
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -25,22 +32,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from advcli import distributed
-from advcli.checkpoint import (
-    load_checkpoint,
-    load_tensors,
-    model_metadata,
-    save_checkpoint,
-    save_tensors,
-)
+from advcli.checkpoint import load_checkpoint, model_metadata, save_checkpoint
 from advcli.config import Augment, Schedule
 from advcli.data import ImageData
 from advcli.data.datasets import train_subset
 from advcli.data.loaders import train_batches
-from advcli.errors import CheckpointError, UsageError
-from advcli.io import atomic_write_text, sha256_file
+from advcli.errors import UsageError
+from advcli.history import history_path_for, write_history
 from advcli.models import Classifier, build_model
 from advcli.progress import NullReporter, Reporter
 from advcli.rng import Stream, stream_generator, stream_seed
+from advcli.stages.train_state import EpochStats, TrainState, load_state, save_state, state_path_for
 
 
 @dataclass
@@ -71,21 +73,17 @@ class TrainOptions:
 
 
 @dataclass
-class EpochStats:
-    epoch: int
-    lr: float
-    train_loss: float
-    train_accuracy: float
-    test_accuracy: float
-    seconds: float
-    val_accuracy: float | None = None
-    extra: dict[str, float] = field(default_factory=dict)
+class StepStats:
+    """One optimizer step, as step hooks see it. The tensors stay on the training device:
+    reading one is a host sync, so a hook that logs them converts many at once."""
 
-    def as_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        extra = d.pop("extra")
-        d.update(extra)
-        return {k: v for k, v in d.items() if v is not None}
+    epoch: int  # 1-based, as in EpochStats
+    step: int  # optimizer steps done in the run, this one included
+    lr: float
+    loss: torch.Tensor  # the batch's training loss (0-dim)
+    n_adv: int  # adversarial examples in the batch
+    adv_correct: torch.Tensor  # how many of them the model got right (before this update)
+    started: float  # time.perf_counter() when the step began
 
 
 @dataclass
@@ -108,9 +106,13 @@ class BatchPerturber(Protocol):
     ) -> torch.Tensor: ...
 
 
-# Called after each epoch with (model, epoch, stats); returns extra metrics for the history and
-# may raise StopTraining (catastrophic-overfitting stop) or set "keep_score" for --keep best.
+# Called after each epoch's updates with (model, epoch (0-based), stats); returns extra metrics
+# for the history and may raise StopTraining (catastrophic-overfitting stop).
 EpochHook = Callable[[nn.Module, int, EpochStats], dict[str, float]]
+# Called after every optimizer step.
+StepHook = Callable[[StepStats], None]
+# Called once an epoch's record is final (after the state is saved).
+EndHook = Callable[[EpochStats], None]
 
 
 class StopTraining(Exception):
@@ -212,111 +214,41 @@ def batch_loss(
     return loss, logits, n_clean
 
 
-def state_path_for(out: str | Path) -> Path:
-    p = Path(out)
-    return p.with_name(p.name.removesuffix(".safetensors") + ".state.safetensors")
+@dataclass
+class Setup:
+    """What the loop works with, built once by `setup`."""
+
+    model: Classifier  # the weights that are saved (never wrapped)
+    train_model: nn.Module  # what the updates run: `model`, or its DDP / compiled wrapper
+    opt: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler | None  # fp16 loss scaling (CUDA only)
+    x: torch.Tensor  # training images: on the device for --augment none/device
+    y: torch.Tensor
+    steps_per_epoch: int
+    total_steps: int
+    parent_sha256: str | None = None
 
 
-def history_path_for(out: str | Path) -> Path:
-    p = Path(out)
-    return p.with_name(p.name.removesuffix(".safetensors") + ".history.yaml")
-
-
-def _save_state(
-    path: Path,
-    model: nn.Module,
-    opt: torch.optim.Optimizer,
-    epoch: int,
-    history: list[EpochStats],
-    meta: dict[str, Any],
-    best_state: dict[str, torch.Tensor] | None = None,
-) -> None:
-    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
-    tensors.update({f"best.{k}": v for k, v in (best_state or {}).items()})
-    for i, st in opt.state_dict()["state"].items():
-        for name, value in st.items():
-            if isinstance(value, torch.Tensor):
-                tensors[f"opt.{i}.{name}"] = value
-    tensors["rng.torch"] = torch.get_rng_state()
-    np_state = np.random.get_state()
-    tensors["rng.numpy_keys"] = torch.from_numpy(np_state[1].astype(np.int64))
-    save_tensors(
-        path,
-        tensors,
-        {
-            "schema": "advcli.train-state/1",
-            "epoch": epoch,
-            "history": [h.as_dict() for h in history],
-            "numpy_pos": [int(np_state[2]), int(np_state[3]), float(np_state[4])],
-            "python_random": repr(random.getstate()),
-            **meta,
-        },
-    )
-
-
-def _load_state(
-    path: Path, model: nn.Module, opt: torch.optim.Optimizer
-) -> tuple[int, list[dict[str, Any]], dict[str, Any], dict[str, torch.Tensor] | None]:
-    tensors, meta = load_tensors(path)
-    if meta.get("schema") != "advcli.train-state/1":
-        raise CheckpointError(f"{str(path)!r} is not an advcli training-state file")
-    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-    sd = opt.state_dict()
-    for key, value in tensors.items():
-        if key.startswith("opt."):
-            _, i, name = key.split(".", 2)
-            sd["state"].setdefault(int(i), {})[name] = value
-    opt.load_state_dict(sd)
-    torch.set_rng_state(tensors["rng.torch"])
-    pos, has_gauss, cached = meta["numpy_pos"]
-    np.random.set_state(("MT19937", tensors["rng.numpy_keys"].numpy().astype(np.uint32), pos, has_gauss, cached))
-    best = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")} or None
-    return int(meta["epoch"]), list(meta.get("history", [])), meta, best
-
-
-def _stats_from_dict(d: dict[str, Any]) -> EpochStats:
-    known = {"epoch", "lr", "train_loss", "train_accuracy", "test_accuracy", "seconds", "val_accuracy"}
-    return EpochStats(
-        **{k: d.get(k) for k in known if k != "val_accuracy"},  # type: ignore[arg-type]
-        val_accuracy=d.get("val_accuracy"),
-        extra={k: v for k, v in d.items() if k not in known},
-    )
-
-
-def fit(
-    opts: TrainOptions,
-    data: ImageData,
-    device: torch.device,
-    *,
-    perturber: BatchPerturber | None = None,
-    epoch_hooks: list[EpochHook] | None = None,
-    extra_meta: dict[str, Any] | None = None,
-    train_x: torch.Tensor | None = None,
-    train_y: torch.Tensor | None = None,
-    resume: bool = False,
-    reporter: Reporter | None = None,
-    keep_best: str | None = None,
-) -> TrainResult:
-    """Train `opts.arch` on `data` and write the checkpoint (+ state and history files).
-
-    `train_x/train_y` override the training set (e.g. the 1:1 clean + static adversarial
-    union). `keep_best` names a history metric (e.g. "val_robust_accuracy"): the checkpoint
-    written is then the epoch with its highest value instead of the last epoch.
-    """
+def setup(
+    opts: TrainOptions, data: ImageData, device: torch.device,
+    train_x: torch.Tensor | None = None, train_y: torch.Tensor | None = None,
+) -> Setup:
+    """Check the options, seed the global RNGs, build the model (or load `--init-from`), wrap
+    it for torchrun/--compile, and build the optimizer. `train_x/train_y` replace the training
+    set (already cut to --n-train by the caller); otherwise it is `data`'s, cut to --n-train."""
     info = distributed.current()
-    reporter = (reporter or NullReporter()) if info.is_main else NullReporter()
-    t0 = time.perf_counter()
     if opts.epochs < 1 or opts.batch_size < 1:
         raise UsageError("--epochs and --batch-size must be at least 1")
     if opts.lr <= 0:
         raise UsageError(f"--lr must be > 0, got {opts.lr}")
+    autocast(device, opts.amp)  # an unknown or unavailable --amp fails here, before any work
     if train_x is None or train_y is None:
-        x_tr, y_tr = data.train_x, data.train_y
+        x, y = data.train_x, data.train_y
         if opts.n_train:
-            keep = train_subset(y_tr, opts.n_train)
-            x_tr, y_tr = x_tr[keep], y_tr[keep]
-    else:  # the caller's own set (e.g. clean/adversarial pairs), already cut to --n-train
-        x_tr, y_tr = train_x, train_y
+            keep = train_subset(y, opts.n_train)
+            x, y = x[keep], y[keep]
+    else:
+        x, y = train_x, train_y
 
     torch.manual_seed(stream_seed(opts.seed, 0, 0, Stream.init))
     np.random.seed(stream_seed(opts.seed, 0, 0, Stream.numpy_global) % 2**32)
@@ -346,7 +278,6 @@ def fit(
         # The training forward/backward is compiled; attacks run the eager model (they flip
         # eval mode and requires_grad, which would make the compiled graph recompile).
         train_model = torch.compile(train_model)
-    step_seconds: list[float] = []
     decay, no_decay = [], []
     for p in model.parameters():
         (no_decay if p.ndim <= 1 else decay).append(p)
@@ -356,138 +287,188 @@ def fit(
     )
     # fp16 needs loss scaling (CUDA only); bf16 has fp32's range and needs none.
     scaler = torch.amp.GradScaler("cuda") if (opts.amp == "fp16" and device.type == "cuda") else None
+    on_device = Augment(opts.augment) in (Augment.none, Augment.device)
     # --batch-size is per rank: the global batch is batch_size x world_size.
-    steps_per_epoch = math.ceil((len(y_tr) // info.world_size) / opts.batch_size)
-    total_steps = steps_per_epoch * opts.epochs
+    steps_per_epoch = math.ceil((len(y) // info.world_size) / opts.batch_size)
+    return Setup(
+        model=model, train_model=train_model, opt=opt, scaler=scaler,
+        x=x.to(device) if on_device else x, y=y.to(device) if on_device else y,
+        steps_per_epoch=steps_per_epoch, total_steps=steps_per_epoch * opts.epochs, parent_sha256=parent_sha,
+    )
 
-    state_file = state_path_for(opts.out)
-    history: list[EpochStats] = []
-    start_epoch = 0
-    best_score, best_epoch = -math.inf, None
-    best_state: dict[str, torch.Tensor] | None = None
+
+class _EpochSums:
+    """Loss and correct-count sums of an epoch, the clean and adversarial parts apart (device
+    tensors: no host sync until the epoch ends)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.loss = {part: torch.zeros((), device=device) for part in ("clean", "adv")}
+        self.correct = {part: torch.zeros((), device=device, dtype=torch.int64) for part in ("clean", "adv")}
+        self.count = {"clean": 0, "adv": 0}
+
+    def add(self, logits: torch.Tensor, y: torch.Tensor, n_clean: int) -> torch.Tensor:
+        """Add a batch (first `n_clean` clean); returns the adversarial part's correct count."""
+        with torch.no_grad():
+            hits = logits.argmax(1) == y
+            adv_correct = hits[n_clean:].sum()
+            for part, sl in (("clean", slice(None, n_clean)), ("adv", slice(n_clean, None))):
+                if len(y[sl]):
+                    self.correct[part] += hits[sl].sum()
+                    self.loss[part] += F.cross_entropy(logits[sl], y[sl], reduction="sum")
+                    self.count[part] += len(y[sl])
+        return adv_correct
+
+    def stats(self, epoch: int, lr: float, adversarial: bool) -> EpochStats:
+        """The epoch's training metrics, summed over torchrun ranks."""
+        counts = torch.tensor([self.count["clean"], self.count["adv"]], device=self.loss["clean"].device)
+        for t in (*self.loss.values(), *self.correct.values(), counts):
+            distributed.all_reduce_sum(t)
+        n = {"clean": int(counts[0]), "adv": int(counts[1])}
+        mean = {f"{part}_{kind}": float(total[part]) / n[part] if n[part] else math.nan
+                for part in n for kind, total in (("loss", self.loss), ("accuracy", self.correct))}
+        main = "clean" if n["clean"] else "adv"  # every example attacked: report the adversarial part
+        stats = EpochStats(epoch=epoch, lr=lr, train_loss=mean[f"{main}_loss"],
+                           train_accuracy=mean[f"{main}_accuracy"])
+        if adversarial:
+            stats.extra.update(mean)
+        return stats
+
+
+def train_epoch(
+    s: Setup, opts: TrainOptions, epoch: int, device: torch.device, *,
+    perturber: BatchPerturber | None = None, step_hooks: Sequence[StepHook] = (), reporter: Reporter | None = None,
+) -> EpochStats:
+    """One pass of updates over the training set (epoch 0-based) -> its training metrics."""
+    info = distributed.current()
+    reporter = reporter or NullReporter()
+    s.train_model.train()
+    sums = _EpochSums(device)
+    attack_gen = stream_generator(opts.seed, epoch, info.rank, Stream.train_attack, device)
+    batches = train_batches(
+        s.x, s.y, augment=Augment(opts.augment), batch_size=opts.batch_size, workers=opts.workers,
+        seed=opts.seed, epoch=epoch, device=device, rank=info.rank, world_size=info.world_size,
+    )
+    reporter.start(f"epoch {epoch + 1}/{opts.epochs}", s.steps_per_epoch)
+    for i, (xb, yb) in enumerate(batches):
+        started = time.perf_counter()
+        step = epoch * s.steps_per_epoch + i
+        lr = lr_at(step, s.total_steps, opts.lr, opts.schedule)
+        for g in s.opt.param_groups:
+            g["lr"] = lr
+        loss, logits, n_clean = batch_loss(
+            s.train_model, xb, yb, perturber=perturber, generator=attack_gen, device=device, amp=opts.amp,
+            label_smoothing=opts.label_smoothing, channels_last=opts.channels_last, attack_model=s.model,
+        )
+        s.opt.zero_grad(set_to_none=True)
+        if s.scaler is not None:
+            s.scaler.scale(loss).backward()
+            s.scaler.step(s.opt)
+            s.scaler.update()
+        else:
+            loss.backward()
+            s.opt.step()
+        adv_correct = sums.add(logits.detach(), yb, n_clean)
+        for hook in step_hooks:
+            hook(StepStats(epoch + 1, step + 1, lr, loss.detach(), len(yb) - n_clean, adv_correct, started))
+        reporter.advance()
+    reporter.finish()
+    end_lr = lr_at((epoch + 1) * s.steps_per_epoch, s.total_steps, opts.lr, opts.schedule)
+    return sums.stats(epoch + 1, end_lr, adversarial=perturber is not None)
+
+
+def measure_epoch(
+    model: nn.Module, stats: EpochStats, data: ImageData, device: torch.device, amp: str,
+    epoch_hooks: Sequence[EpochHook] = (),
+) -> str | None:
+    """Fill in the epoch's test/validation accuracy and the hooks' metrics; returns the reason
+    to stop when a hook raised StopTraining."""
+    stats.test_accuracy = evaluate_accuracy(model, data.test_x, data.test_y, device, amp=amp)
+    if data.val_x is not None and data.val_y is not None:
+        stats.val_accuracy = evaluate_accuracy(model, data.val_x, data.val_y, device, amp=amp)
+    stop = None
+    for hook in epoch_hooks:
+        try:
+            stats.extra.update(hook(model, stats.epoch - 1, stats))
+        except StopTraining as exc:
+            stop = str(exc)
+    return stop
+
+
+def fit(
+    opts: TrainOptions,
+    data: ImageData,
+    device: torch.device,
+    *,
+    perturber: BatchPerturber | None = None,
+    epoch_hooks: list[EpochHook] | None = None,
+    step_hooks: list[StepHook] | None = None,
+    end_hooks: list[EndHook] | None = None,
+    extra_meta: dict[str, object] | None = None,
+    train_x: torch.Tensor | None = None,
+    train_y: torch.Tensor | None = None,
+    resume: bool = False,
+    reporter: Reporter | None = None,
+    keep_best: str | None = None,
+) -> TrainResult:
+    """Train `opts.arch` on `data` and write the checkpoint (+ state and history files).
+
+    `train_x/train_y` override the training set (e.g. the 1:1 clean + static adversarial
+    union). `keep_best` names a history metric (e.g. "val_robust_accuracy"): the checkpoint
+    written is then the epoch with its highest value instead of the last epoch.
+    """
+    t0 = time.perf_counter()
+    info = distributed.current()
+    reporter = (reporter or NullReporter()) if info.is_main else NullReporter()
+    s = setup(opts, data, device, train_x, train_y)
+    state = load_state(state_path_for(opts.out), s.model, s.opt) if resume else TrainState()
     if resume:
-        if not state_file.is_file():
-            raise UsageError(f"--resume: no training state {str(state_file)!r}; run without --resume first")
-        start_epoch, hist, state_meta, best_state = _load_state(state_file, model, opt)
-        history = [_stats_from_dict(h) for h in hist]
-        if state_meta.get("best_epoch") is not None:
-            best_epoch, best_score = int(state_meta["best_epoch"]), float(state_meta["best_score"])
-        reporter.log(f"resuming after epoch {start_epoch} from {state_file}")
-
-    x_tr_dev = x_tr.to(device) if opts.augment in ("none", "device") else x_tr
-    y_tr_dev = y_tr.to(device) if opts.augment in ("none", "device") else y_tr
+        reporter.log(f"resuming after epoch {state.epoch} from {state_path_for(opts.out)}")
+    start_epoch = state.epoch
+    timer = _CompileTimer(device) if opts.compile else None
+    step_hooks = [*(step_hooks or []), *([timer] if timer else [])]
     notes: list[str] = []
     for epoch in range(start_epoch, opts.epochs):
-        te = time.perf_counter()
-        train_model.train()
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device, dtype=torch.int64)
-        adv_loss_sum = torch.zeros((), device=device)
-        adv_correct = torch.zeros((), device=device, dtype=torch.int64)
-        seen = n_adv_seen = 0
-        attack_gen = stream_generator(opts.seed, epoch, info.rank, Stream.train_attack, device)
-        reporter.start(f"epoch {epoch + 1}/{opts.epochs}", steps_per_epoch)
-        batches = train_batches(
-            x_tr_dev, y_tr_dev, augment=Augment(opts.augment), batch_size=opts.batch_size,
-            workers=opts.workers, seed=opts.seed, epoch=epoch, device=device,
-            rank=info.rank, world_size=info.world_size,
-        )
-        for i, (xb, yb) in enumerate(batches):
-            ts = time.perf_counter() if opts.compile and len(step_seconds) < 6 else None
-            step = epoch * steps_per_epoch + i
-            lr = lr_at(step, total_steps, opts.lr, opts.schedule)
-            for g in opt.param_groups:
-                g["lr"] = lr
-            loss, logits, n_clean = batch_loss(
-                train_model, xb, yb, perturber=perturber, generator=attack_gen, device=device,
-                amp=opts.amp, label_smoothing=opts.label_smoothing, channels_last=opts.channels_last,
-                attack_model=model,
-            )
-            n_adv = len(yb) - n_clean
-            opt.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.step(opt)
-                scaler.update()
-            else:
-                loss.backward()
-                opt.step()
-            with torch.no_grad():
-                hits = logits.argmax(1) == yb
-                if n_adv:
-                    adv_correct += hits[n_clean:].sum()
-                    adv_loss_sum += F.cross_entropy(logits[n_clean:], yb[n_clean:], reduction="sum")
-                if n_clean:
-                    correct += hits[:n_clean].sum()
-                    loss_sum += F.cross_entropy(logits[:n_clean], yb[:n_clean], reduction="sum")
-            seen += n_clean
-            n_adv_seen += n_adv
-            if ts is not None:
-                step_seconds.append(_synced_seconds(device, ts))
-            reporter.advance()
-        reporter.finish()
-        if info.enabled:
-            counts = torch.tensor([seen, n_adv_seen], device=device)
-            for t in (loss_sum, correct, adv_loss_sum, adv_correct, counts):
-                distributed.all_reduce_sum(t)
-            seen, n_adv_seen = int(counts[0]), int(counts[1])
-        stats = EpochStats(
-            epoch=epoch + 1,
-            lr=lr_at((epoch + 1) * steps_per_epoch, total_steps, opts.lr, opts.schedule),
-            train_loss=float(loss_sum) / max(seen, 1) if seen else float(adv_loss_sum) / max(n_adv_seen, 1),
-            train_accuracy=float(correct) / max(seen, 1) if seen else float(adv_correct) / max(n_adv_seen, 1),
-            test_accuracy=evaluate_accuracy(model, data.test_x, data.test_y, device, amp=opts.amp),
-            seconds=0.0,
-        )
-        if perturber is not None:
-            stats.extra.update(
-                clean_loss=float(loss_sum) / max(seen, 1) if seen else float("nan"),
-                clean_accuracy=float(correct) / max(seen, 1) if seen else float("nan"),
-                adv_loss=float(adv_loss_sum) / max(n_adv_seen, 1) if n_adv_seen else float("nan"),
-                adv_accuracy=float(adv_correct) / max(n_adv_seen, 1) if n_adv_seen else float("nan"),
-            )
-        if data.val_x is not None and data.val_y is not None:
-            stats.val_accuracy = evaluate_accuracy(model, data.val_x, data.val_y, device, amp=opts.amp)
-        stop_reason = None
-        for hook in epoch_hooks or []:
-            try:
-                stats.extra.update(hook(model, epoch, stats))
-            except StopTraining as exc:
-                stop_reason = str(exc)
-        stats.seconds = round(time.perf_counter() - te, 3)
-        history.append(stats)
-        reporter.log(_epoch_line(stats))
-        if keep_best:
-            score = stats.as_dict().get(keep_best)
-            if score is not None and score > best_score:
-                best_score, best_epoch = score, stats.epoch
-                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        started = time.perf_counter()
+        stats = train_epoch(s, opts, epoch, device, perturber=perturber, step_hooks=step_hooks, reporter=reporter)
+        stop = measure_epoch(s.model, stats, data, device, opts.amp, epoch_hooks or [])
+        stats.seconds = round(time.perf_counter() - started, 3)
+        state.record(stats, s.model, keep_best)
         if info.is_main:
-            _save_state(
-                state_file, model, opt, epoch + 1, history,
-                {"best_epoch": best_epoch, "best_score": best_score if best_epoch else None}, best_state,
-            )
+            save_state(state_path_for(opts.out), s.model, s.opt, state)
         distributed.barrier()
-        if stop_reason:
-            notes.append(stop_reason)
-            reporter.log(stop_reason)
+        reporter.log(_epoch_line(stats))
+        for hook in end_hooks or []:
+            hook(stats)
+        if stop:
+            notes.append(stop)
+            reporter.log(stop)
             break
-
-    if len(step_seconds) >= 2:
-        first, *later = step_seconds
-        note = (f"--compile: the first step took {first:.1f} s (compilation included), "
-                f"later steps {1e3 * statistics.median(later):.0f} ms (median of {len(later)})")
-        notes.append(note)
-        reporter.log(note)
-    final_acc = (
-        history[-1].test_accuracy
-        if history
-        else evaluate_accuracy(model, data.test_x, data.test_y, device, amp=opts.amp)
+    if timer is not None and timer.note():
+        notes.append(timer.note())
+        reporter.log(timer.note())
+    test_accuracy = finish(s, opts, data, device, state, keep_best=keep_best, extra_meta=extra_meta, notes=notes)
+    return TrainResult(
+        checkpoint=Path(opts.out), history=state.history, test_accuracy=test_accuracy,
+        seconds=time.perf_counter() - t0, resumed_from_epoch=start_epoch, notes=notes,
     )
-    if keep_best and best_state is not None:
-        model.load_state_dict(best_state)
-        final_acc = evaluate_accuracy(model, data.test_x, data.test_y, device, amp=opts.amp)
-        notes.append(f"kept epoch {best_epoch} (best {keep_best} = {best_score:.4f})")
+
+
+def finish(
+    s: Setup, opts: TrainOptions, data: ImageData, device: torch.device, state: TrainState, *,
+    keep_best: str | None = None, extra_meta: dict[str, object] | None = None, notes: list[str] | None = None,
+) -> float:
+    """Write the checkpoint (the last epoch, or the best one under `keep_best`) and the history
+    file; returns the checkpoint's test accuracy."""
+    info = distributed.current()
+    if state.history:
+        test_accuracy = state.history[-1].test_accuracy
+    else:
+        test_accuracy = evaluate_accuracy(s.model, data.test_x, data.test_y, device, amp=opts.amp)
+    if keep_best and state.best_weights is not None:
+        s.model.load_state_dict(state.best_weights)
+        test_accuracy = evaluate_accuracy(s.model, data.test_x, data.test_y, device, amp=opts.amp)
+        if notes is not None:
+            notes.append(f"kept epoch {state.best_epoch} (best {keep_best} = {state.best_score:.4f})")
     meta = model_metadata(
         arch=model_arch(opts.arch),
         num_classes=data.num_classes,
@@ -498,9 +479,9 @@ def fit(
         config=asdict(opts),
         seed=opts.seed,
         label=opts.label or Path(opts.out).name.removesuffix(".safetensors"),
-        metrics={"test_accuracy": final_acc, "epochs_run": len(history)},
-        history=[h.as_dict() for h in history],
-        parent_sha256=parent_sha,
+        metrics={"test_accuracy": test_accuracy, "epochs_run": len(state.history)},
+        history=[h.as_dict() for h in state.history],
+        parent_sha256=s.parent_sha256,
         threat_model=None,
         classes=data.classes,
         distributed={"world_size": info.world_size, "global_batch_size": opts.batch_size * info.world_size}
@@ -508,31 +489,33 @@ def fit(
     )
     meta.update(extra_meta or {})
     if opts.channels_last:
-        model.to(memory_format=torch.contiguous_format)
-    ckpt = Path(opts.out)
+        s.model.to(memory_format=torch.contiguous_format)
     if info.is_main:
-        save_checkpoint(ckpt, model, meta)
-        import yaml
-
-        atomic_write_text(
-            history_path_for(opts.out),
-            yaml.safe_dump(
-                {"schema": "advcli.history/1", "checkpoint": str(ckpt), "sha256": sha256_file(ckpt),
-                 "history": [h.as_dict() for h in history]},
-                sort_keys=False,
-            ),
-        )
+        save_checkpoint(opts.out, s.model, meta)
+        write_history(history_path_for(opts.out), opts.out, [h.as_dict() for h in state.history])
     distributed.barrier()
-    return TrainResult(
-        checkpoint=ckpt, history=history, test_accuracy=final_acc,
-        seconds=time.perf_counter() - t0, resumed_from_epoch=start_epoch, notes=notes,
-    )
+    return test_accuracy
 
 
-def _synced_seconds(device: torch.device, since: float) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter() - since
+class _CompileTimer:
+    """A step hook for --compile: the first steps' durations (the first includes compilation)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.seconds: list[float] = []
+
+    def __call__(self, step: StepStats) -> None:
+        if len(self.seconds) < 6:
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            self.seconds.append(time.perf_counter() - step.started)
+
+    def note(self) -> str | None:
+        if len(self.seconds) < 2:
+            return None
+        first, *later = self.seconds
+        return (f"--compile: the first step took {first:.1f} s (compilation included), "
+                f"later steps {1e3 * statistics.median(later):.0f} ms (median of {len(later)})")
 
 
 def model_arch(name: str) -> str:
