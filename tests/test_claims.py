@@ -132,9 +132,10 @@ def test_max_min_and_order_checks(tmp_path: Path) -> None:
         _claim(check="order", rows=["C", "B", "A"], columns={"kind": "pgd"}),
         _claim(check="order", rows=["A", "C", "B"], columns={"kind": "pgd"}),
         _claim(check="max", row="B", columns="clean"),
+        _claim(check="max", row="B", rows=["B", "C"], columns="clean"),  # among B and C only
     ], tables)
     assert [v.verdict for v in verdicts] == [Verdict.passed, Verdict.passed, Verdict.passed,
-                                             Verdict.failed, Verdict.failed]
+                                             Verdict.failed, Verdict.failed, Verdict.passed]
 
 
 def test_missing_rows_or_columns_are_inconclusive_never_pass(tmp_path: Path) -> None:
@@ -212,7 +213,7 @@ def test_cli_prints_claims_from_the_config_file(tmp_path: Path) -> None:
     runner = CliRunner()
     res = runner.invoke(app, ["compare", *files, "--config", str(cfg)])
     assert res.exit_code == 0, res.output
-    assert "fail: fixed beats buggy by more than 1 point — Robust Accuracy" in res.stdout
+    assert "fail: fixed beats buggy by more than 1 point — PGD-10 (ε = 8/255): fixed − buggy" in res.stdout
     assert "inconclusive: fixed is the most accurate" in res.stdout
     res = runner.invoke(app, ["compare", *files, "--config", str(cfg), "--format", "markdown"])
     assert "- **fail**: fixed beats buggy by more than 1 point" in res.stdout
@@ -232,4 +233,4 @@ def test_markdown_renders_claims_under_the_tables(tmp_path: Path) -> None:
     claims = check_claims([_claim(check="max", row="A", columns="clean")], tables)
     md = txt.to_markdown(tables, claims)
     assert md.index("**Claims**") > md.index("| A |")
-    assert "- **pass**: c — A" in md or "- **pass**: c — Standard" in md
+    assert "- **pass**: c — Clean: A 90.00 > B 80.00: holds (p < 0.001)" in md

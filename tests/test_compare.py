@@ -466,7 +466,9 @@ def test_ci_shows_each_accuracy_cells_wilson_interval(tmp_path: Path) -> None:
     pub_ref = sp.binomtest(450, 1000).proportion_ci(method="wilson")
     assert rows[0][2] == f"45.00 [{100 * pub_ref.low:.2f}, {100 * pub_ref.high:.2f}]"
     assert rows[0][1] == "90.00"  # a published number without n: no interval
-    assert any(n.startswith("[low, high]: 95 % Wilson") for n in txt.footnotes(table))
+    assert any(n.startswith("in brackets: 95 % Wilson") for n in txt.footnotes(table))
+    res = CliRunner().invoke(app, ["compare", str(r), "--ci"])  # the rich caption keeps it
+    assert "in brackets: 95 % Wilson" in res.stdout
     assert "[" not in txt.text_rows(cmp.compare([load_any(r)])[0])[0][1]  # off by default
     data = txt.to_data([table])[0]
     assert data["rows"][1]["cells"]["Standard Accuracy (%)"]["wilson95"] == \

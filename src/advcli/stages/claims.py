@@ -11,8 +11,8 @@ Checks (`check:`):
   up by threat model (norm, eps) unless one side has none (clean).
 - `rows`: in every selected column (`columns:`, default all), cell(`left` row) `op`
   cell(`right` row).
-- `max` / `min`: `row` has the largest / smallest value of the column(s), e.g. "the
-  FGSM-augmented model is the sharpest".
+- `max` / `min`: `row` has the largest / smallest value of the column(s) among `rows`
+  (default all), e.g. "the FGSM-augmented model is the sharpest".
 - `order`: `rows` are in `op` order (each one `op` the next) in the column(s).
 - `paired`: `left` row − `right` row over seed-matched pairs (equal training seeds), the mean
   difference's 95 % Student-t interval against ±`margin`. `expect: greater` passes when the
@@ -142,8 +142,8 @@ class ClaimResult:
 _KEYS = {
     Check.columns: {"rows", "left", "right", "op"},
     Check.rows: {"columns", "left", "right", "op"},
-    Check.max: {"columns", "row"},
-    Check.min: {"columns", "row"},
+    Check.max: {"columns", "row", "rows"},
+    Check.min: {"columns", "row", "rows"},
     Check.order: {"columns", "rows", "op"},
     Check.paired: {"columns", "left", "right", "margin", "expect"},
 }
@@ -395,10 +395,10 @@ def _check(claim: Claim, tables: Sequence[CompareTable]) -> ClaimResult:
             for lc, rc in pairs:
                 a, b = cell(label, lc), cell(label, rc)
                 if a is None or b is None:
-                    outcomes.append(_missing(f"{lc.title if a is None else rc.title} for {label!r}"))
+                    outcomes.append(_missing(f"{lc.short if a is None else rc.short} for {label!r}"))
                     continue
                 outcomes.append(_compare_cells(a, b, claim.op, table,
-                                               (f"{label}: {lc.title}", rc.title)))
+                                               (f"{label}: {lc.short}", rc.short)))
     elif claim.check in (Check.rows, Check.paired):
         assert isinstance(claim.left, str) and isinstance(claim.right, str)
         if len(need_rows([claim.left, claim.right])) == 2:
@@ -406,28 +406,29 @@ def _check(claim: Claim, tables: Sequence[CompareTable]) -> ClaimResult:
                 a, b = cell(claim.left, col), cell(claim.right, col)
                 if a is None or b is None:
                     if claim.columns is not None:
-                        outcomes.append(_missing(f"{col.title} for both rows"))
+                        outcomes.append(_missing(f"{col.short} for both rows"))
                     continue
                 if claim.check is Check.paired:
-                    outcomes.append(_paired(a, b, claim, table, col.title))
+                    outcomes.append(_paired(a, b, claim, table, col.short))
                 else:
                     outcomes.append(_compare_cells(a, b, claim.op, table,
-                                                   (f"{col.title}: {claim.left}", claim.right)))
+                                                   (f"{col.short}: {claim.left}", claim.right)))
     elif claim.check in (Check.max, Check.min):
         assert claim.row is not None
         op = Op.gt if claim.check is Check.max else Op.lt
+        rivals = need_rows(claim.rows) if claim.rows else list(rows)
         if need_rows([claim.row]):
             for col in columns:
                 winner = cell(claim.row, col)
                 if winner is None:
                     if claim.columns is not None:
-                        outcomes.append(_missing(f"{col.title} for {claim.row!r}"))
+                        outcomes.append(_missing(f"{col.short} for {claim.row!r}"))
                     continue
-                for label in rows:
+                for label in rivals:
                     other = cell(label, col)
                     if label != claim.row and other is not None:
                         outcomes.append(_compare_cells(winner, other, op, table,
-                                                       (f"{col.title}: {claim.row}", label)))
+                                                       (f"{col.short}: {claim.row}", label)))
     elif claim.check is Check.order:
         assert claim.rows is not None
         present = need_rows(claim.rows)
@@ -437,10 +438,10 @@ def _check(claim: Claim, tables: Sequence[CompareTable]) -> ClaimResult:
                     a, b = cell(first, col), cell(second, col)
                     if a is None or b is None:
                         if claim.columns is not None:
-                            outcomes.append(_missing(f"{col.title} for {first!r} and {second!r}"))
+                            outcomes.append(_missing(f"{col.short} for {first!r} and {second!r}"))
                         continue
                     outcomes.append(_compare_cells(a, b, claim.op, table,
-                                                   (f"{col.title}: {first}", second)))
+                                                   (f"{col.short}: {first}", second)))
     verdict, detail = _aggregate(outcomes)
     return ClaimResult(claim, verdict, detail, table.title)
 

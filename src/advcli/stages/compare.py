@@ -126,6 +126,11 @@ class ColumnKey:
 class Column:
     key: ColumnKey
     title: str
+    name: str = ""  # short, for claim verdicts: "PGD-10 (ε = 8/255)"; the title if empty
+
+    @property
+    def short(self) -> str:
+        return self.name or self.title
 
 
 @dataclass
@@ -667,7 +672,8 @@ def build_table(
     with_variant = len({k.variant for k in robust}) > 1
     with_norm = len({k.norm for k in keys if k.kind != "clean"}) > 1
     extra = _strength_texts(keys)
-    columns = [Column(k, _title(k, metric, with_variant, with_norm, extra)) for k in keys]
+    columns = [Column(k, _title(k, metric, with_variant, with_norm, extra),
+                      _matrix_title(k, with_norm, extra)) for k in keys]
     rows = _rows_from_groups(ordered, keys, intervals=True)
     _apply_baseline(ordered, rows, columns, baseline)
     title = ("Clean and robust accuracy" if metric is Metric.accuracy
@@ -837,8 +843,8 @@ def build_flatness_table(sets: Sequence[FlatnessSet]) -> CompareTable | None:
         return None
     ordered = _ordered_groups(groups)
     keys = sorted(_keys(ordered), key=lambda k: (k.variant, repr(k.strength)))
-    columns = [Column(k, f"Loss increase at r = {k.param('radius'):g}, {k.variant}")
-               for k in keys]
+    columns = [Column(k, f"Loss increase at r = {k.param('radius'):g}, {k.variant}",
+                      f"loss increase at r = {k.param('radius'):g}, {k.variant}") for k in keys]
     return CompareTable(
         title="Flatness: mean loss increase at radius r along filter-normalised directions",
         row_header="Model", columns=columns, rows=_rows_from_groups(ordered, keys, intervals=False),

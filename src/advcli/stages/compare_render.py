@@ -71,7 +71,8 @@ def footnotes(table: CompareTable) -> list[str]:
     if any(r.n > 1 for r in table.rows):
         notes.append(f"mean ± sample std over n {table.n_means}")
     if table.show_ci and any(c.wilson95 for r in table.rows for c in r.cells.values()):
-        notes.append("[low, high]: 95 % Wilson interval for the test examples of one run "
+        # Not "[low, high]: ...": rich would read a leading "[low" as markup in the caption.
+        notes.append("in brackets: 95 % Wilson interval for the test examples of one run "
                      "(test-set sampling only; the ± is the spread over seeds)")
     if any(c.diff is not None for r in table.rows for c in r.cells.values()):
         notes.append(
