@@ -72,8 +72,9 @@ def compare(
         bool,
         typer.Option(
             "--ci",
-            help="Show each accuracy cell's 95 % Wilson interval [low, high] in % for the test "
-            "examples of one run (test-set sampling only; ± is the seed spread).",
+            help="Show each accuracy cell's 95 % Wilson interval in brackets after the value "
+            "(in %), for the test examples of one run (test-set sampling only; ± is the seed "
+            "spread).",
         ),
     ] = False,
     claims: Annotated[

@@ -43,7 +43,7 @@ import enum
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -57,6 +57,9 @@ from advcli.stats import (
     welch_t,
     wilson_interval,
 )
+
+if TYPE_CHECKING:  # claims imports this module; run_compare imports it when called
+    from advcli.stages.claims import Claim, ClaimResult
 
 
 class Metric(str, enum.Enum):
@@ -919,13 +922,13 @@ class CompareOptions:
     worst: bool = False
     alpha: float = 0.05
     ci: bool = False
-    claims: list[Any] = field(default_factory=list)  # `claims.Claim`s
+    claims: list[Claim] = field(default_factory=list)
 
 
 @dataclass
 class CompareReport:
     tables: list[CompareTable]
-    claims: list[Any]  # `claims.ClaimResult`s, in the order the claims were given
+    claims: list[ClaimResult]  # in the order the claims were given
 
 
 def run_compare(opts: CompareOptions) -> CompareReport:
