@@ -1,6 +1,7 @@
 """Attacks: the perturb contract (ball, box, model state), their ordering on a trained model,
-PGD and FGSM against torchattacks, FGSM-RS against a hand computation, stAdv's flow, and the
-AutoAttack wrapper."""
+PGD and FGSM against torchattacks, FGSM-RS against a hand computation, stAdv's flow, the
+AutoAttack wrapper, the library API with strings, and the iterate rule (`keep`): an example
+fooled at any iterate is never robust under first-success."""
 
 from __future__ import annotations
 
@@ -11,9 +12,11 @@ import torchattacks
 from scipy import ndimage
 from torch import nn
 
-from advcli.attacks import AttackSpec, build_attack
+from advcli.attacks import AttackName, AttackSpec, Keep, build_attack
 from advcli.attacks.autoattack import run_autoattack
-from advcli.attacks.base import attack_mode
+from advcli.attacks.base import attack_mode, random_start
+from advcli.attacks.fgsm import FGSM
+from advcli.attacks.fgsm_rs import FGSMRandomStart
 from advcli.attacks.pgd import PGD
 from advcli.attacks.stadv import StAdv, warp
 from advcli.checkpoint import load_checkpoint
@@ -122,8 +125,9 @@ def test_restarts_never_help_the_model(model, batch):
     assert int(fooled3.sum()) >= int(fooled1.sum())
 
 
+@pytest.mark.parametrize("keep", ["last", "first-success"])
 @pytest.mark.parametrize("norm", [Norm.linf, Norm.l2])
-def test_pgd_host_syncs_do_not_grow_with_steps(model, batch, monkeypatch, norm):
+def test_pgd_host_syncs_do_not_grow_with_steps(model, batch, monkeypatch, norm, keep):
     x, y = batch[0][:8], batch[1][:8]
     calls = {"n": 0}
     for name in ("item", "__bool__", "__float__", "__int__", "tolist", "numpy"):
@@ -137,7 +141,7 @@ def test_pgd_host_syncs_do_not_grow_with_steps(model, batch, monkeypatch, norm):
     counts = []
     for steps in (1, 6):
         calls["n"] = 0
-        PGD(norm, 0.1, steps=steps, restarts=2).perturb(model, x, y, gen())
+        PGD(norm, 0.1, steps=steps, restarts=2, keep=keep).run(model, x, y, gen())
         counts.append(calls["n"])
     assert counts[0] == counts[1], f"host syncs per call: {counts}"
 
@@ -386,3 +390,165 @@ def test_autoattack_rejects_bad_settings():
         run_autoattack(model, x, y, "linf", EPS, version="fast")
     with pytest.raises(UsageError, match="unknown AutoAttack attack"):
         run_autoattack(model, x, y, "linf", EPS, version="custom", attacks=["pgd"])
+
+
+# ---- the library API with strings, and the iterate rule (`keep`) -----------------------------
+
+
+@pytest.mark.parametrize(
+    ("cls", "kwargs"),
+    [(PGD, {"steps": 3}), (FGSM, {}), (FGSMRandomStart, {})],
+    ids=["pgd", "fgsm", "fgsm-rs"],
+)
+@pytest.mark.parametrize("norm", ["linf", "l2", "LINF"])
+def test_attack_classes_read_the_norm_from_a_string(model, batch, cls, kwargs, norm):
+    x, y = batch[0][:16], batch[1][:16]
+    eps = EPS if norm.lower() == "linf" else 0.5
+    from_string = cls(norm, eps, **kwargs)
+    from_enum = cls(Norm(norm.lower()), eps, **kwargs)
+    assert from_string.norm is from_enum.norm is Norm(norm.lower())
+    assert torch.equal(from_string.perturb(model, x, y, gen(3)), from_enum.perturb(model, x, y, gen(3)))
+    x_adv = from_string.perturb(model, x, y, gen(3))
+    if norm.lower() == "linf":
+        # a Linf attack moves (nearly) every pixel by eps; an L2 attack of radius 8/255 cannot
+        moved = ((x_adv - x).abs() > EPS / 2).float().mean()
+        assert float(moved) > 0.5
+    with pytest.raises(UsageError, match="unknown norm 'l1'"):
+        cls("l1", eps, **kwargs)
+
+
+def test_build_attack_reads_strings_everywhere(model, batch):
+    x, y = batch[0][:8], batch[1][:8]
+    a = build_attack(AttackSpec("pgd", "linf", "8/255", steps=2, keep="first-success"))
+    b = build_attack(AttackSpec(AttackName.pgd, Norm.linf, EPS, steps=2, keep=Keep.first_success))
+    assert a.describe() == b.describe() and a.describe()["keep"] == "first-success"
+    assert torch.equal(a.perturb(model, x, y, gen()), b.perturb(model, x, y, gen()))
+    assert build_attack(AttackSpec("pgd", "linf", EPS)).describe()["keep"] == "last"  # training's
+    with pytest.raises(UsageError, match="unknown keep 'best'"):
+        build_attack(AttackSpec("pgd", "linf", EPS, keep="best"))
+    with pytest.raises(UsageError, match="stadv keeps the smoothest"):
+        build_attack(AttackSpec("stadv", keep="last"))
+
+
+class _Bump(nn.Module):
+    """Two classes; class 1 (the wrong one for y = 0) wins only in a thin band of mean pixel
+    value around `centre`: `height - width·(mean − centre)²`. Sign steps overshoot the band, so an
+    iterate can be fooled while the next one is not."""
+
+    def __init__(self, centre: float, height: float, width: float = 1000.0) -> None:
+        super().__init__()
+        self.centre, self.height, self.width = centre, height, width
+        self.dummy = nn.Parameter(torch.zeros(1))  # attacks switch parameter gradients off
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = x.mean(dim=(1, 2, 3))
+        wrong = self.height - self.width * (z - self.centre) ** 2 + 0 * self.dummy
+        return torch.stack([torch.zeros_like(wrong), wrong], dim=1)
+
+
+def _bump_batch(n: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.full((n, 1, 2, 2), 0.5), torch.zeros(n, dtype=torch.int64)
+
+
+@pytest.mark.parametrize("restarts", [1, 2])
+def test_an_example_fooled_at_an_earlier_step_is_not_robust(restarts):
+    # Iterates 0.5 (correct) -> 0.555 (inside the band, past its peak: fooled) -> 0.5 (correct).
+    model = _Bump(centre=0.552, height=0.1)
+    x, y = _bump_batch()
+    kw = {"steps": 2, "step_size": 0.055, "random_init": False, "restarts": restarts}
+    last = PGD("linf", 0.1, keep="last", **kw).run(model, x, y)
+    first = PGD("linf", 0.1, keep="first-success", **kw).run(model, x, y)
+    assert torch.allclose(last.x_adv, x) and not bool(last.fooled.any())  # the old rule: robust
+    assert bool(first.fooled.all())  # the rule: fooled at step 1, so not robust
+    assert torch.allclose(first.x_adv, torch.full_like(x, 0.555))  # the first fooling iterate
+    assert torch.equal(PGD("linf", 0.1, keep="first-success", **kw).perturb(model, x, y), first.x_adv)
+
+
+def test_without_success_the_highest_loss_iterate_is_kept():
+    # The band never reaches above zero: nothing fools the model; the loss peaks at 0.555.
+    model = _Bump(centre=0.552, height=-0.01)
+    x, y = _bump_batch()
+    run = PGD("linf", 0.1, steps=2, step_size=0.055, random_init=False, keep="first-success").run(model, x, y)
+    assert not bool(run.fooled.any())
+    assert torch.allclose(run.x_adv, torch.full_like(x, 0.555))
+
+
+@pytest.mark.parametrize("cls", [FGSMRandomStart, PGD])
+def test_the_random_start_counts_as_an_iterate(cls):
+    # Band 0.53..0.57 around a clean 0.5: a uniform start in [0.4, 0.6] lands in it for about a
+    # fifth of the examples, and the step (1.25·eps for FGSM-RS) jumps out of it again.
+    model = _Bump(centre=0.55, height=0.1, width=250.0)
+    x = torch.full((200, 1, 1, 1), 0.5)
+    y = torch.zeros(200, dtype=torch.int64)
+    kw = {"step_size": 0.125} | ({"steps": 1} if cls is PGD else {})
+    start = random_start(x, Norm.linf, 0.1, gen(11))
+    with torch.no_grad():
+        start_fooled = model(start).argmax(1) != y
+    last = cls("linf", 0.1, keep="last", **kw).run(model, x, y, gen(11))
+    first = cls("linf", 0.1, keep="first-success", **kw).run(model, x, y, gen(11))
+    escaped = start_fooled & ~last.fooled
+    assert int(escaped.sum()) >= 10, "the band should catch some starts"
+    assert torch.equal(first.fooled, start_fooled | last.fooled)
+    assert torch.equal(first.x_adv[escaped], start[escaped])
+
+
+def test_fgsm_first_success_counts_the_clean_image():
+    model = _Bump(centre=0.5, height=0.1)  # the clean image itself is misclassified
+    x, y = _bump_batch()
+    run = FGSM("linf", 0.1, keep="first-success").run(model, x, y)
+    assert bool(run.fooled.all()) and torch.equal(run.x_adv, x)
+
+
+@pytest.mark.parametrize("norm", [Norm.linf, Norm.l2])
+def test_first_success_is_the_or_over_every_iterate(model, batch, norm):
+    """Reference: PGD with k steps and the same generator reproduces iterate k of a longer run,
+    so "fooled at some iterate" can be computed independently, iterate by iterate."""
+    x, y = batch[0][:48], batch[1][:48]
+    # Steps as large as eps make iterates oscillate, so some examples escape again (Linf here).
+    eps, alpha, steps = (2 / 255, 2 / 255, 5) if norm is Norm.linf else (0.2, 0.3, 5)
+    iterates = [random_start(x, norm, eps, gen(4))]
+    iterates += [PGD(norm, eps, steps=k, step_size=alpha).perturb(model, x, y, gen(4)) for k in range(1, steps + 1)]
+    with torch.no_grad():
+        wrong = torch.stack([model(it).argmax(1) != y for it in iterates])
+    run = PGD(norm, eps, steps=steps, step_size=alpha, keep="first-success").run(model, x, y, gen(4))
+    assert torch.equal(run.fooled, wrong.any(0))
+    if norm is Norm.linf:
+        assert bool((wrong.any(0) & ~wrong[-1]).any()), "some example must be fooled early and then not"
+    first = wrong.float().argmax(0)  # the first fooling iterate of each fooled example
+    for i in torch.nonzero(run.fooled).flatten().tolist():
+        assert torch.allclose(run.x_adv[i], iterates[int(first[i])][i], atol=1e-6)
+    with torch.no_grad():
+        assert bool((model(run.x_adv).argmax(1) != y)[run.fooled].all())
+
+
+def test_first_success_restarts_never_help_the_model(model, batch):
+    x, y = batch
+    fooled = {}
+    for restarts in (1, 3):
+        attack = build_attack(AttackSpec("pgd", Norm.linf, 2 / 255, steps=2, restarts=restarts,
+                                         keep="first-success"))
+        fooled[restarts] = attack.run(model, x, y, gen(7)).fooled
+    assert bool((fooled[1] <= fooled[3]).all()) and int(fooled[3].sum()) > int(fooled[1].sum())
+
+
+def test_targeted_first_success_means_classified_as_the_target(model, batch):
+    x, y = batch[0][:32], batch[1][:32]
+    target = (y + 1) % 10
+    attack = build_attack(AttackSpec("pgd", Norm.linf, 16 / 255, steps=5, targeted=True, keep="first-success"))
+    run = attack.run(model, x, target, gen())
+    with torch.no_grad():
+        hit = model(run.x_adv).argmax(1) == target
+    assert bool(run.fooled.any()) and torch.equal(run.fooled, hit)
+
+
+@pytest.mark.parametrize(("keep", "restarts", "extra"), [("last", 1, 0), ("first-success", 1, 1), ("first-success", 2, 2)])
+def test_forward_passes_per_call(model, batch, keep, restarts, extra):
+    """`last` (training) costs exactly one forward per step; `first-success` checks the
+    iterates on the gradient passes' logits and adds one forward per restart, not per step."""
+    calls = {"n": 0}
+    handle = model.register_forward_pre_hook(lambda *_: calls.__setitem__("n", calls["n"] + 1))
+    try:
+        PGD(Norm.linf, EPS, steps=4, restarts=restarts, keep=keep).perturb(model, batch[0][:8], batch[1][:8], gen())
+    finally:
+        handle.remove()
+    assert calls["n"] == 4 * restarts + extra

@@ -11,9 +11,20 @@ Contract (`Attack.perturb(model, x, y, generator=None) -> x_adv`):
   to x's device), or from torch's default generator when it is None;
 - the result is detached, inside the eps-ball of the attack's norm around x and inside [0, 1].
 
-This module owns: `AttackSpec` (what to run), the `Attack` base class, the eval-mode/no-grad
-context, the per-example objective, and the Linf/L2 ball and [0, 1] box projections with
-random starts in the balls.
+Which iterate an Lp attack (FGSM, FGSM-RS, PGD) keeps is its `keep` rule (`Keep`):
+- `last`: the final iterate of each restart, restarts merged by `keep_worst`. What training
+  uses: no check of the iterates, so no extra work per step.
+- `first-success`: the first iterate that fools the model (the starting point, random or the
+  clean image, counts as an iterate; restarts are searched in order), else the iterate with the
+  highest objective. Every iterate is checked on the logits of its own gradient pass, and the
+  final one with one forward pass, so an example fooled at any step of any restart is never
+  reported as robust. What `eval` and `attack` use to measure robustness.
+`Attack.run` returns the kept images with a per-example `fooled` flag (the model's verdict on
+the kept image, taken during the attack); under `first-success` it is "some iterate fooled it".
+
+This module owns: `AttackSpec` (what to run), `Keep`, the `Attack` base class and `LpAttack`
+(the iterate loop FGSM, FGSM-RS and PGD share), the eval-mode/no-grad context, the per-example
+objective, and the Linf/L2 ball and [0, 1] box projections with random starts in the balls.
 """
 
 from __future__ import annotations
@@ -29,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from advcli.config import Eps, Norm
+from advcli.config import Eps, Norm, parse_choice
 from advcli.errors import UsageError
 
 
@@ -38,6 +49,31 @@ class AttackName(str, enum.Enum):
     fgsm_rs = "fgsm-rs"
     pgd = "pgd"
     stadv = "stadv"
+
+
+class Keep(str, enum.Enum):
+    """Which iterate an Lp attack returns (see the module docstring)."""
+
+    first_success = "first-success"
+    last = "last"
+
+
+# What a robust flag means under each rule (the `keep` of an attack record); written next to
+# the numbers it qualifies. stAdv's own rule is "smoothest-success" (see `advcli.attacks.stadv`).
+ROBUST_RULES = {
+    Keep.first_success.value: "robust = correct on the clean image and on every iterate of every "
+    "restart (random start and final iterate included); the image kept is the first misclassified "
+    "iterate, else the highest-loss one",
+    Keep.last.value: "robust = correct on the clean image and on the final iterate (restarts: the "
+    "worst by success, then loss); earlier iterates are not checked, which can overstate robustness",
+    "smoothest-success": "robust = correct on the clean image and on every iterate; the image kept "
+    "is the one with the smoothest flow that fooled the model, else the last",
+}
+
+
+def as_norm(norm: Norm | str) -> Norm:
+    """The norm as the enum: a string such as "linf" must never be read as "not Linf"."""
+    return parse_choice(Norm, norm, name="norm")
 
 
 @dataclass(frozen=True)
@@ -52,6 +88,9 @@ class AttackSpec:
     - `targeted`: `y` passed to `perturb` holds the target classes.
     - `tau`, `bound`: stadv's flow-smoothness weight and the per-pixel flow radius in pixels
       (None = unbounded, as in Xiao et al.); see `advcli.attacks.stadv`.
+    - `keep`: which iterate fgsm/fgsm-rs/pgd return, `Keep` (None = `last`, training's rule;
+      measure robustness with `first-success`). stadv keeps its smoothest fooling flow, which
+      `first-success` accepts and `last` does not describe.
     """
 
     name: AttackName | str = AttackName.pgd
@@ -63,6 +102,16 @@ class AttackSpec:
     targeted: bool = False
     tau: float = 0.05
     bound: Eps | float | str | None = None
+    keep: Keep | str | None = None
+
+
+@dataclass
+class AttackRun:
+    """What `Attack.run` returns: the kept images and, per example, whether they fool the model
+    (misclassified, or classified as the target when targeted), as seen during the attack."""
+
+    x_adv: torch.Tensor
+    fooled: torch.Tensor  # bool [N], on x's device
 
 
 class Attack(abc.ABC):
@@ -74,6 +123,11 @@ class Attack(abc.ABC):
     def _perturb(
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None
     ) -> torch.Tensor: ...
+
+    @abc.abstractmethod
+    def _run(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None
+    ) -> AttackRun: ...
 
     @abc.abstractmethod
     def describe(self) -> dict[str, Any]:
@@ -93,6 +147,22 @@ class Attack(abc.ABC):
         with attack_mode(model):
             x_adv = self._perturb(model, x, y, generator)
         return x_adv.detach()
+
+    def run(
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        generator: torch.Generator | None = None,
+    ) -> AttackRun:
+        """Like `perturb`, and also whether each kept image fools the model: the robustness
+        verdict without another forward pass (see `Keep`)."""
+        check_inputs(x, y)
+        x = x.detach()
+        y = y.detach().to(x.device)
+        with attack_mode(model):
+            result = self._run(model, x, y, generator)
+        return AttackRun(result.x_adv.detach(), result.fooled.detach())
 
 
 def check_inputs(x: torch.Tensor, y: torch.Tensor) -> None:
@@ -146,15 +216,17 @@ def fooled(logits: torch.Tensor, y: torch.Tensor, targeted: bool) -> torch.Tenso
 
 def input_grad(
     model: nn.Module, x_adv: torch.Tensor, y: torch.Tensor, targeted: bool
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Gradient of the summed objective w.r.t. the input only, and the per-example objective.
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradient of the summed objective w.r.t. the input only, the per-example objective, and
+    the logits (so that checking the iterate costs no forward pass of its own).
 
     The sum (not the mean) makes each example's gradient independent of the batch size.
     """
     x_adv = x_adv.detach().requires_grad_(True)
-    loss = objective(model(x_adv), y, targeted)
+    logits = model(x_adv)
+    loss = objective(logits, y, targeted)
     (grad,) = torch.autograd.grad(loss.sum(), x_adv)
-    return grad, loss.detach()
+    return grad, loss.detach(), logits.detach()
 
 
 # ---- norms, projections, random starts -----------------------------------------------------
@@ -192,7 +264,7 @@ def project(x_adv: torch.Tensor, x: torch.Tensor, norm: Norm, eps: float) -> tor
     the ball: the result is in both sets.
     """
     delta = x_adv - x
-    delta = project_linf(delta, eps) if norm is Norm.linf else project_l2(delta, eps)
+    delta = project_linf(delta, eps) if as_norm(norm) is Norm.linf else project_l2(delta, eps)
     return clamp_box(x + delta)
 
 
@@ -203,7 +275,7 @@ def normalize_l2(g: torch.Tensor) -> torch.Tensor:
 
 def steepest_step(grad: torch.Tensor, norm: Norm) -> torch.Tensor:
     """The unit-size steepest-ascent direction for the norm: sign (Linf) or grad/‖grad‖₂ (L2)."""
-    return grad.sign() if norm is Norm.linf else normalize_l2(grad)
+    return grad.sign() if as_norm(norm) is Norm.linf else normalize_l2(grad)
 
 
 def random_start(x: torch.Tensor, norm: Norm, eps: float, generator: torch.Generator | None) -> torch.Tensor:
@@ -214,7 +286,7 @@ def random_start(x: torch.Tensor, norm: Norm, eps: float, generator: torch.Gener
     Draws happen on the generator's device, so a CPU generator gives the same start on any device.
     """
     where = generator.device if generator is not None else x.device
-    if norm is Norm.linf:
+    if as_norm(norm) is Norm.linf:
         delta = torch.empty(x.shape, device=where).uniform_(-eps, eps, generator=generator)
     else:
         delta = torch.empty(x.shape, device=where).normal_(generator=generator)
@@ -224,27 +296,123 @@ def random_start(x: torch.Tensor, norm: Norm, eps: float, generator: torch.Gener
     return clamp_box(x + delta.to(device=x.device, dtype=x.dtype))
 
 
-def score(
-    model: nn.Module, x_adv: torch.Tensor, y: torch.Tensor, targeted: bool
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """A candidate for `keep_worst`: (x_adv, success, objective), without a gradient."""
+@dataclass
+class Kept:
+    """Per example, the candidate an attack keeps: the image, whether it fooled the model, and
+    its objective (the loss the attack maximises)."""
+
+    x: torch.Tensor
+    fooled: torch.Tensor
+    loss: torch.Tensor
+
+
+def score(model: nn.Module, x_adv: torch.Tensor, y: torch.Tensor, targeted: bool) -> Kept:
+    """A candidate for `keep_worst`/`keep_first_success`, from one forward pass (no gradient)."""
     with torch.no_grad():
         logits = model(x_adv)
-    return x_adv, fooled(logits, y, targeted), objective(logits, y, targeted)
+    return Kept(x_adv, fooled(logits, y, targeted), objective(logits, y, targeted))
 
 
-def keep_worst(
-    best: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
-    new: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Merge two candidate batches (x_adv, success, objective), per example the worse for the
-    model: a success beats a failure; between equals, the higher objective wins. Ties keep
-    `best`, so adding restarts can never make the model look better."""
-    bx, bs, bl = best
-    nx, ns, nl = new
-    better = (ns & ~bs) | ((ns == bs) & (nl > bl))
-    return (
-        torch.where(_per_example(better), nx, bx),
-        torch.where(better, ns, bs),
-        torch.where(better, nl, bl),
+def keep_worst(best: Kept, new: Kept) -> Kept:
+    """Merge two candidate batches, per example the worse for the model: a success beats a
+    failure; between equals, the higher objective wins. Ties keep `best`, so adding restarts can
+    never make the model look better."""
+    better = (new.fooled & ~best.fooled) | ((new.fooled == best.fooled) & (new.loss > best.loss))
+    return Kept(
+        torch.where(_per_example(better), new.x, best.x),
+        torch.where(better, new.fooled, best.fooled),
+        torch.where(better, new.loss, best.loss),
     )
+
+
+def keep_first_success(best: Kept | None, new: Kept) -> Kept:
+    """`first-success`: once an example is fooled its image stays; until then a fooling
+    candidate, else a higher objective, replaces it. `fooled` becomes "any candidate so far"."""
+    if best is None:
+        return new
+    take = ~best.fooled & (new.fooled | (new.loss > best.loss))
+    return Kept(
+        torch.where(_per_example(take), new.x, best.x),
+        best.fooled | new.fooled,
+        torch.where(take, new.loss, best.loss),
+    )
+
+
+class LpAttack(Attack):
+    """The loop FGSM, FGSM-RS and PGD share: from a start (random in the ball, or x itself),
+    `steps` steepest-ascent steps of `step_size`, each projected onto the eps-ball and [0, 1];
+    `restarts` independent runs; the kept iterate chosen by `keep`."""
+
+    def __init__(
+        self,
+        norm: Norm | str,
+        eps: float,
+        *,
+        steps: int,
+        step_size: float,
+        restarts: int,
+        targeted: bool,
+        random_init: bool,
+        keep: Keep | str | None,
+    ) -> None:
+        self.norm = as_norm(norm)
+        self.eps = float(eps)
+        self.steps = int(steps)
+        self.step_size = float(step_size)
+        self.restarts = int(restarts)
+        self.targeted = bool(targeted)
+        self.random_init = random_init
+        self.keep = Keep.last if keep is None else parse_choice(Keep, keep, name="keep")
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "norm": self.norm.value,
+            "eps": self.eps,
+            "steps": self.steps,
+            "step_size": self.step_size,
+            "restarts": self.restarts,
+            "targeted": self.targeted,
+            "keep": self.keep.value,
+        }
+
+    def _one_run(
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        generator: torch.Generator | None,
+        track: bool = False,
+    ) -> tuple[torch.Tensor, Kept | None]:
+        """One run from a start: the last iterate and, when `track`, the `first-success` choice
+        among the others (each checked on the logits of its gradient pass)."""
+        x_adv = random_start(x, self.norm, self.eps, generator) if self.random_init else x
+        kept: Kept | None = None
+        for _ in range(self.steps):
+            grad, loss, logits = input_grad(model, x_adv, y, self.targeted)
+            if track:
+                kept = keep_first_success(kept, Kept(x_adv, fooled(logits, y, self.targeted), loss))
+            x_adv = project(x_adv + self.step_size * steepest_step(grad, self.norm), x, self.norm, self.eps)
+        return x_adv, kept
+
+    def _run(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None
+    ) -> AttackRun:
+        best: Kept | None = None
+        for _ in range(self.restarts):
+            last, kept = self._one_run(model, x, y, generator, track=self.keep is Keep.first_success)
+            new = score(model, last, y, self.targeted)  # the final iterate has no gradient pass
+            if self.keep is Keep.first_success:
+                best = keep_first_success(best if kept is None else keep_first_success(best, kept), new)
+            else:
+                best = new if best is None else keep_worst(best, new)
+        assert best is not None  # restarts >= 1
+        return AttackRun(best.x, best.fooled)
+
+    def _perturb(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None
+    ) -> torch.Tensor:
+        if self.keep is Keep.last and self.restarts == 1:
+            # Training's path: the last iterate, with no forward pass beyond the steps.
+            return self._one_run(model, x, y, generator)[0]
+        return self._run(model, x, y, generator).x_adv

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from advcli.attacks.base import Attack, AttackName, AttackSpec
+from advcli.attacks.base import Attack, AttackName, AttackSpec, Keep
 from advcli.attacks.fgsm import FGSM
 from advcli.attacks.fgsm_rs import FGSMRandomStart
 from advcli.attacks.pgd import PGD
@@ -32,6 +32,7 @@ def build_attack(spec: AttackSpec) -> Attack:
         raise UsageError(f"restarts must be >= 1, got {spec.restarts}")
     if spec.steps is not None and spec.steps < 1:
         raise UsageError(f"steps must be >= 1, got {spec.steps}")
+    keep = None if spec.keep is None else parse_choice(Keep, spec.keep, name="keep")
 
     if name is AttackName.stadv:
         if eps is not None:
@@ -40,6 +41,9 @@ def build_attack(spec: AttackSpec) -> Attack:
             raise UsageError("stadv starts from zero flow; --restarts does not apply")
         if spec.tau < 0:
             raise UsageError(f"tau must be >= 0, got {spec.tau}")
+        if keep is Keep.last:
+            raise UsageError("stadv keeps the smoothest flow that fooled the model, never just the "
+                             "last one; drop keep last (or use first-success)")
         return StAdv(
             tau=spec.tau,
             bound=None if bound is None else bound.value,
@@ -56,7 +60,7 @@ def build_attack(spec: AttackSpec) -> Attack:
     if name is AttackName.fgsm:
         if spec.steps not in (None, 1) or step_size is not None or spec.restarts != 1:
             raise UsageError("fgsm is one step of size eps: drop --steps, --step-size and --restarts")
-        return FGSM(norm, eps.value, targeted=spec.targeted)
+        return FGSM(norm, eps.value, targeted=spec.targeted, keep=keep)
     if name is AttackName.fgsm_rs:
         if spec.steps not in (None, 1):
             raise UsageError("fgsm-rs takes one step: drop --steps (use pgd for more)")
@@ -66,6 +70,7 @@ def build_attack(spec: AttackSpec) -> Attack:
             None if step_size is None else step_size.value,
             restarts=spec.restarts,
             targeted=spec.targeted,
+            keep=keep,
         )
     return PGD(
         norm,
@@ -74,14 +79,16 @@ def build_attack(spec: AttackSpec) -> Attack:
         step_size=None if step_size is None else step_size.value,
         restarts=spec.restarts,
         targeted=spec.targeted,
+        keep=keep,
     )
 
 
 def attack_record(spec: AttackSpec, attack: Attack) -> dict[str, Any]:
     """The `attack:` mapping of result files: resolved numbers plus the texts they came from.
 
-    Keys: name, norm, eps, eps_text, steps, step_size, restarts, targeted, and for stadv tau,
-    bound, bound_text, bound_units, optimizer (norm/eps are null for stadv: it has no Lp ball).
+    Keys: name, norm, eps, eps_text, steps, step_size, restarts, targeted, keep (which iterate
+    was kept, `Keep`), and for stadv tau, bound, bound_text, bound_units, optimizer (norm/eps
+    are null for stadv: it has no Lp ball).
     """
     record: dict[str, Any] = {"name": attack.name, "norm": None, "eps": None, "eps_text": None}
     record.update(attack.describe())

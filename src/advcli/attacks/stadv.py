@@ -27,7 +27,9 @@ at a displaced position, x_adv = warp(x, f). Pixels change only through the flow
   is optimised independently of the others), `steps` iterations (default 100), learning rate
   `step_size` in pixels (default 2.5·bound/steps; 0.01 px when unbounded), zero initial flow.
 - Result: per example the smoothest successful flow seen over the iterations; for examples
-  never fooled, the last flow.
+  never fooled, the last flow. Every iterate is checked (the last one too), so `run`'s `fooled`
+  means "some iterate fooled the model", as under `first-success` (its `keep` record reads
+  "smoothest-success").
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from advcli.attacks.base import Attack, attack_mode, check_inputs, clamp_box, fooled
+from advcli.attacks.base import Attack, AttackRun, attack_mode, check_inputs, clamp_box, fooled
 
 
 @dataclass
@@ -118,6 +120,7 @@ class StAdv(Attack):
             "optimizer": "adam",
             "restarts": 1,
             "targeted": self.targeted,
+            "keep": "smoothest-success",
         }
 
     def attack(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> StAdvResult:
@@ -126,16 +129,25 @@ class StAdv(Attack):
         x = x.detach()
         y = y.detach().to(x.device)
         with attack_mode(model):
-            flow = self._optimise(model, x, y)
+            flow, _ = self._optimise(model, x, y)
         return StAdvResult(x_adv=clamp_box(warp(x, flow)).detach(), flow=flow.detach())
 
     def _perturb(
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None
     ) -> torch.Tensor:
         # Deterministic (zero initial flow): the generator is not needed.
-        return clamp_box(warp(x, self._optimise(model, x, y)))
+        return clamp_box(warp(x, self._optimise(model, x, y)[0]))
 
-    def _optimise(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def _run(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None
+    ) -> AttackRun:
+        flow, found = self._optimise(model, x, y)
+        return AttackRun(clamp_box(warp(x, flow)), found)
+
+    def _optimise(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The kept flow, and per example whether some iterate fooled the model."""
         n, _, h, w = x.shape
         flow = torch.zeros(n, 2, h, w, device=x.device, dtype=x.dtype, requires_grad=True)
         opt = torch.optim.Adam([flow], lr=self.step_size)
@@ -159,4 +171,4 @@ class StAdv(Attack):
             if self.bound is not None:
                 with torch.no_grad():
                     flow.copy_(project_flow(flow, self.bound))
-        return torch.where(found[:, None, None, None], best_flow, flow.detach())
+        return torch.where(found[:, None, None, None], best_flow, flow.detach()), found
