@@ -18,10 +18,11 @@ from advcli.cli.app import app
 from advcli.data import test_subset, to_float
 from advcli.errors import ResultsError
 from advcli.io import sha256_file
-from advcli.stages.attack import read_summary
+from advcli.results import read_attack_summary as read_summary
 
 METRICS = {
     "clean_accuracy",
+    "robust_accuracy",
     "adv_accuracy",
     "success_rate",
     "linf_mean",
@@ -59,7 +60,7 @@ def test_pgd_writes_an_adv_set_and_summary_that_round_trip(tiny_ckpt, synthetic_
         grid,
     )
     assert r.exit_code == 0, r.stderr
-    assert "adversarial accuracy" in r.stdout
+    assert "adversarial accuracy" in r.stdout and "robust accuracy" in r.stdout
 
     s = read_summary(tmp_path / "adv.yaml")  # default: next to --out
     assert s["schema"] == "advcli.attack/1" and s["label"] == "tiny"
@@ -69,6 +70,7 @@ def test_pgd_writes_an_adv_set_and_summary_that_round_trip(tiny_ckpt, synthetic_
     assert s["attack"]["name"] == "pgd" and s["attack"]["norm"] == "linf"
     assert s["attack"]["eps"] == pytest.approx(eps) and s["attack"]["eps_text"] == "8/255"
     assert s["attack"]["steps"] == 5 and s["attack"]["restarts"] == 1
+    assert s["attack"]["keep"] == "first-success" and "every iterate" in s["robust_rule"]
     assert s["attack"]["step_size"] == pytest.approx(2.5 * eps / 5)
     assert {k: s["data"][k] for k in ("dataset", "split", "n", "seed")} == {
         "dataset": "synthetic",
@@ -102,6 +104,10 @@ def test_pgd_writes_an_adv_set_and_summary_that_round_trip(tiny_ckpt, synthetic_
     assert m["clean_accuracy"] == pytest.approx(float(clean_ok.float().mean()))
     assert m["adv_accuracy"] == pytest.approx(float(adv_ok.float().mean()))
     assert m["adv_accuracy"] < m["clean_accuracy"]
+    # first-success keeps a fooling image whenever some iterate fooled the model, so the kept
+    # images decide: robust = clean-correct AND correct on the adversarial image
+    assert m["robust_accuracy"] == pytest.approx(float((clean_ok & adv_ok).float().mean()))
+    assert m["robust_accuracy"] <= min(m["clean_accuracy"], m["adv_accuracy"])
     assert m["success_rate"] == pytest.approx(float((clean_ok & ~adv_ok).sum() / clean_ok.sum()))
     delta = (adv.x_adv - x).flatten(1).double()
     assert m["linf_max"] == pytest.approx(float(delta.abs().max()), abs=1e-9)
@@ -234,3 +240,56 @@ def test_readers_reject_other_files(tiny_ckpt, tmp_path):
     other.write_text("schema: advcli.results/1\n")
     with pytest.raises(ResultsError, match="not an advcli attack summary"):
         read_summary(other)
+
+
+def test_robust_accuracy_never_counts_an_example_wrong_clean(tiny_ckpt, synthetic_data):
+    """Every 4th label flipped, and a targeted attack aimed at the flipped label: those
+    examples are wrong clean and "right" after the attack. adv_accuracy counts them (it is the
+    accuracy on the adversarial images); robust_accuracy never does."""
+    from advcli.attacks import AttackSpec
+    from advcli.stages.attack import run_attack
+
+    model = load_checkpoint(tiny_ckpt).model
+    index = test_subset(synthetic_data.test_y, 40, seed=0)
+    x, y = synthetic_data.test_x[index], synthetic_data.test_y[index].clone()
+    flipped = torch.zeros(40, dtype=torch.bool)
+    flipped[::4] = True
+    y[flipped] = (y[flipped] + 1) % 10
+    targets = torch.where(flipped, y, (y + 2) % 10)
+    spec = AttackSpec("pgd", "linf", "16/255", steps=5, targeted=True, keep="first-success")
+    o = run_attack(model, x, y, spec, targets=targets, batch_size=20)
+    clean_ok, adv_ok = o.clean_pred.eq(o.y), o.adv_pred.eq(o.y)
+    assert bool((~clean_ok & adv_ok).any()), "the flipped labels should be 'right' after the attack"
+    assert not bool((o.robust & ~clean_ok).any())
+    assert o.metrics.robust_accuracy == pytest.approx(float(o.robust.double().mean()))
+    assert o.metrics.robust_accuracy < o.metrics.adv_accuracy
+    assert o.metrics.robust_accuracy <= o.metrics.clean_accuracy
+
+
+def test_the_stage_returns_what_the_command_writes(tiny_ckpt, synthetic_data, tmp_path):
+    from advcli.attacks import AttackSpec
+    from advcli.stages.attack import AttackOptions, attack_checkpoint
+
+    opts = AttackOptions(spec=AttackSpec("fgsm", "linf", "4/255", keep="first-success"), n=12,
+                         batch_size=6, seed=2, out=tmp_path / "a.safetensors", label="mine")
+    result = attack_checkpoint(tiny_ckpt, opts, device=torch.device("cpu"), data=synthetic_data)
+    s = result.summary
+    assert s["label"] == "mine" and s["data"]["n"] == 12 and s["outputs"]["adv"] == str(opts.out)
+    assert s["checkpoint"]["sha256"] == sha256_file(tiny_ckpt)
+    assert result.adv_meta["dataset"] == "synthetic" and result.adv_meta["label"] == "mine"
+    assert tuple(result.preview.shape) == (8, 3, 32, 32) and result.preview.dtype == torch.float32
+    assert result.title == "mine: fgsm linf eps=4/255"
+    assert list(tmp_path.iterdir()) == []  # the stage writes nothing
+
+
+def test_keep_iterate_last_is_recorded_and_stadv_rejects_it(tiny_ckpt, tmp_path):
+    r = invoke(tiny_ckpt, "--attack", "fgsm-rs", "--keep-iterate", "last", "--n", "8",
+               "--out", tmp_path / "a.safetensors")
+    assert r.exit_code == 0, r.stderr
+    s = read_summary(tmp_path / "a.yaml")
+    assert s["attack"]["keep"] == "last" and "overstate" in s["robust_rule"]
+    assert load_adv_set(tmp_path / "a.safetensors").attack["keep"] == "last"
+    r = invoke(tiny_ckpt, "--attack", "stadv", "--keep-iterate", "last", "--out", tmp_path / "b.safetensors")
+    assert r.exit_code == 2 and "does not apply to stadv" in r.stderr
+    r = invoke(tiny_ckpt, "--keep-iterate", "best", "--out", tmp_path / "c.safetensors")
+    assert r.exit_code == 2 and "valid values: first-success, last" in r.stderr

@@ -22,7 +22,9 @@ from advcli.results import (
     index_sha256,
     load_any,
     load_results,
+    read_attack_summary,
     save_results,
+    write_attack_summary,
 )
 
 
@@ -214,9 +216,33 @@ def test_load_any_reads_attack_summaries(tmp_path: Path) -> None:
     assert isinstance(s, AttackSummary)
     assert s.trained_with == "static:fgsm"
     assert s.metrics["adv_accuracy"] == 0.3 and s.metrics["ssim_dissimilarity_mean"] == 0.021
+    assert s.robust_accuracy is None and s.keep is None  # written before the metric existed
     doc["metrics"]["adv_accuracy"] = "30%"
     with pytest.raises(ResultsError, match="`metrics.adv_accuracy` must be a number"):
         load_any(_write(tmp_path, doc, "s2.yaml"))
+
+
+def test_attack_summary_robust_accuracy_round_trip_and_never_above_clean(tmp_path: Path) -> None:
+    doc = {
+        "schema": "advcli.attack/1",
+        "label": "m",
+        "checkpoint": {"path": "a.safetensors", "sha256": "ab", "trained_with": "clean"},
+        "attack": {"name": "pgd", "norm": "linf", "eps": 8 / 255, "eps_text": "8/255",
+                   "keep": "first-success"},
+        "metrics": {"clean_accuracy": 0.8, "robust_accuracy": 0.25, "adv_accuracy": 0.3,
+                    "success_rate": 0.6875},
+    }
+    path = write_attack_summary(tmp_path / "s.yaml", doc)
+    assert read_attack_summary(path) == doc
+    s = load_any(path)
+    assert isinstance(s, AttackSummary)
+    assert s.robust_accuracy == 0.25 and s.keep == "first-success"
+    doc["metrics"]["robust_accuracy"] = 0.9  # above clean: the bug issue 15 describes
+    with pytest.raises(ResultsError, match="robust_accuracy.*> clean_accuracy"):
+        load_any(_write(tmp_path, doc, "bad.yaml"))
+    with pytest.raises(ResultsError, match="robust_accuracy"):
+        write_attack_summary(tmp_path / "never.yaml", doc)
+    assert not (tmp_path / "never.yaml").exists()
 
 
 def test_save_refuses_an_invalid_result_and_writes_nothing(tmp_path: Path) -> None:

@@ -12,7 +12,14 @@ Two schemas are read here:
   A file with `published: true` holds numbers from a paper (a `citation` is required); its
   entries need no flags and its model/data sections may be partial.
 - `advcli.attack/1`, the summary `advcli attack` writes (read for compare's matrix and 1−SSIM
-  tables).
+  tables). Its `metrics.robust_accuracy` (clean-correct AND not fooled, over all n) is the
+  robust accuracy; `metrics.adv_accuracy` is the accuracy on the adversarial images alone
+  (it counts examples misclassified clean but classified correctly after the attack).
+  Summaries written before robust_accuracy existed have none: `AttackSummary.robust_accuracy`
+  is None for them.
+
+Every robust flag in a result file implies clean-correct: entries of `advcli eval` are ANDed
+with the clean flags (transfer entries with the clean verdict on the set's own examples).
 
 Every problem with a file is one `ResultsError` naming the file and the offending key.
 """
@@ -228,12 +235,46 @@ class AttackSummary:
     path: Path | None = None
 
     @property
+    def robust_accuracy(self) -> float | None:
+        """Clean-correct AND not fooled (None in summaries older than the metric)."""
+        return self.metrics.get("robust_accuracy")
+
+    @property
+    def keep(self) -> str | None:
+        """The attack's iterate rule (`first-success`, `last`, ...); None in older summaries,
+        which kept the last iterate."""
+        keep = self.attack.get("keep")
+        return None if keep is None else str(keep)
+
+    @property
     def trained_with(self) -> str:
         tw = self.checkpoint.get("trained_with")
         return trained_with_text(tw) if isinstance(tw, (dict, str)) or tw is None else str(tw)
 
 
 # --------------------------------------------------------------------------- writing
+
+def write_attack_summary(path: str | Path, summary: dict[str, Any]) -> Path:
+    """Write an `advcli.attack/1` summary (made by `stages.attack.build_summary`) atomically,
+    validated first."""
+    doc = plain(summary)
+    parse_attack_summary(doc, source=str(path))
+    return atomic_write_text(path, yaml.safe_dump(doc, sort_keys=False))
+
+
+def read_attack_summary(path: str | Path) -> dict[str, Any]:
+    """An `advcli.attack/1` summary as its mapping, validated; one clear error for anything else."""
+    p = Path(path)
+    data = read_yaml_document(p, what="attack summary", schema=ATTACK_SCHEMA,
+                              make_hint="run `advcli attack` first")
+    metrics = data.get("metrics")
+    if not isinstance(metrics, dict) or not all(
+        v is None or (isinstance(v, (int, float)) and not math.isnan(v)) for v in metrics.values()
+    ):
+        raise ResultsError(f"{str(p)!r} has malformed metrics; re-create it with `advcli attack`")
+    parse_attack_summary(data, source=str(p))
+    return data
+
 
 def dump_results(result: EvalResult) -> str:
     return yaml.safe_dump(result.to_dict(), sort_keys=False, allow_unicode=True)
@@ -456,6 +497,11 @@ def parse_attack_summary(data: dict[str, Any], *, source: str = "<memory>") -> A
     r_attack.get("name", str)
     m = _Reader(top.get("metrics", dict), source, "metrics")
     metrics = {key: _fraction(m, key) for key in ("clean_accuracy", "adv_accuracy")}
+    if m.has("robust_accuracy"):
+        metrics["robust_accuracy"] = _fraction(m, "robust_accuracy")
+        if metrics["robust_accuracy"] > metrics["clean_accuracy"] + 1e-9:
+            raise m.fail("robust_accuracy", f"is {metrics['robust_accuracy']} > clean_accuracy "
+                         f"{metrics['clean_accuracy']}; a robust example must be correct clean")
     for key, value in m.data.items():
         if key in metrics or value is None:
             continue

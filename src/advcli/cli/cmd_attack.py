@@ -1,27 +1,40 @@
-"""`advcli attack CKPT`: adversarial examples for a checkpoint, with a YAML summary and a grid."""
+"""`advcli attack CKPT`: adversarial examples for a checkpoint, with a YAML summary and a grid.
+
+Parses and checks the options, makes one stage call (`stages.attack.attack_checkpoint`),
+writes the adversarial set, the grid and the summary all or nothing, and renders the summary.
+"""
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from advcli.attacks import AttackName, AttackSpec, build_attack
+from advcli.attacks import AttackName, AttackSpec, Keep, build_attack
 from advcli.cli import render
 from advcli.cli.common import CONFIG_HELP, DEVICE_HELP, FORMAT_HELP, FORMATS, handle_errors, resolve_options
 from advcli.config import DEFAULT_EPS, Eps, Norm, parse_choice, parse_eps
 from advcli.errors import UsageError
 from advcli.io import all_or_nothing
 
+if TYPE_CHECKING:
+    from advcli.stages.attack import AttackOptions
+
 SPLITS = ("test", "train")
 EPS_HELP = "Ball radius in [0,1] pixel units, like 8/255 (default: 8/255 for linf, 0.5 for l2). Not for stadv."
 STEP_SIZE_HELP = (
-    "Step size (default: pgd 2.5*eps/steps, fgsm-rs 1.25*eps; "
+    "Step size in [0,1] pixel units (default: pgd 2.5*eps/steps, fgsm-rs 1.25*eps; "
     "stadv: Adam learning rate in pixels, 2.5*bound/steps, 0.01 when unbounded)."
 )
 BOUND_HELP = "stadv: largest flow displacement of any pixel, a radius in pixels (e.g. 0.5) (default: unbounded)."
+KEEP_HELP = (
+    "Which iterate is kept and decides robustness (fgsm, fgsm-rs, pgd): first-success (an "
+    "example is robust only if no iterate of any restart, random start included, fools the "
+    "model; the image kept is the first that does, else the highest-loss one) or last (the "
+    "final iterate, as training uses it: the papers' images for static training sets, but "
+    "robust_accuracy can be overstated). stadv always keeps its smoothest fooling flow."
+)
 
 
 @handle_errors
@@ -44,8 +57,9 @@ def attack_cmd(
     ] = None,
     restarts: Annotated[
         int,
-        typer.Option(help="Random restarts (pgd, fgsm-rs); the worst case per example is kept."),
+        typer.Option(help="Random restarts (count; pgd, fgsm-rs); the worst case per example is kept."),
     ] = 1,
+    keep_iterate: Annotated[str, typer.Option("--keep-iterate", help=KEEP_HELP)] = Keep.first_success.value,
     tau: Annotated[float, typer.Option(help="stadv: weight of the flow-smoothness loss (dimensionless; Xiao et al.: 0.05). Lower it (e.g. 0.005) when stAdv rarely succeeds: the right value depends on the model's logit scale.")] = 0.05,
     bound: Annotated[
         str | None,
@@ -80,107 +94,31 @@ def attack_cmd(
     config: Annotated[Path | None, typer.Option(help=CONFIG_HELP)] = None,
 ) -> None:
     """Attack a checkpoint with FGSM, FGSM-RS, PGD or stAdv: write the adversarial set, a YAML
-    summary (accuracies, success rate, perturbation norms, 1-SSIM) and optionally a picture."""
+    summary (clean, robust and adversarial accuracy, success rate, perturbation norms, 1-SSIM)
+    and optionally a picture."""
     opts = resolve_options(ctx, locals())
-    spec, fmt, summary_path = _check_options(opts)
+    aopts, fmt, summary_path = _check_options(opts)
 
     # Heavy imports after the option checks: a usage error answers at once.
-    import torch
-
     from advcli.advset import save_adv_set
-    from advcli.checkpoint import load_checkpoint
-    from advcli.data import test_subset, to_float
-    from advcli.data.for_checkpoint import dataset_for_checkpoint
     from advcli.device import resolve_device
-    from advcli.provenance import provenance
-    from advcli.results import trained_with_text
-    from advcli.stages.attack import build_summary, run_attack, write_summary
+    from advcli.results import write_attack_summary
+    from advcli.stages.attack import attack_checkpoint
 
-    dev = resolve_device(opts["device"])
-    ckpt = load_checkpoint(opts["checkpoint"], dev)
-    meta = ckpt.meta
-    ckpt_label = str(meta.get("label") or Path(ckpt.path).name.removesuffix(".safetensors"))
-    trained_with = trained_with_text(meta.get("threat_model"))
-
-    data = dataset_for_checkpoint(meta, name=str(opts["checkpoint"]), dataset=opts["dataset"], data_dir=opts["data_dir"])
-    xs, ys = data.split(opts["split"])
-    index = test_subset(ys, opts["n"], opts["seed"])
-    x, y = xs[index], ys[index]
-
-    outcome = run_attack(
-        ckpt.model,
-        x,
-        y,
-        spec,
-        index=index,
-        batch_size=opts["batch_size"],
-        seed=opts["seed"],
-        device=dev,
-        reporter=render.RichReporter(),
-    )
-
-    out_path = Path(opts["out"])
-    grid_path = Path(opts["grid"]) if opts["grid"] else None
-    data_record = {
-        "dataset": data.name,
-        "split": opts["split"],
-        "n": int(y.shape[0]),
-        "seed": int(opts["seed"]),
-        "index_sha256": hashlib.sha256(index.to(torch.int64).numpy().tobytes()).hexdigest(),
-    }
-    checkpoint_record = {
-        "path": str(ckpt.path),
-        "sha256": ckpt.sha256,
-        "label": ckpt_label,
-        "trained_with": trained_with,
-    }
-    doc = build_summary(
-        outcome,
-        label=opts["label"] or ckpt_label,
-        checkpoint=checkpoint_record,
-        data=data_record,
-        provenance=provenance(opts["seed"], {"device": str(dev)}),
-        outputs={"adv": str(out_path), "grid": str(grid_path) if grid_path else None},
-    )
-
+    result = attack_checkpoint(opts["checkpoint"], aopts, device=resolve_device(opts["device"]),
+                               reporter=render.RichReporter())
+    outcome, doc = result.outcome, result.summary
     written: list[Path] = []
     with all_or_nothing(written):  # a failure deletes what was already written
-        written.append(
-            save_adv_set(
-                out_path,
-                x_adv=outcome.x_adv,
-                y=outcome.y,
-                index=outcome.index,
-                targets=outcome.targets,
-                attack=outcome.attack,
-                meta={
-                    "checkpoint": str(ckpt.path),
-                    "checkpoint_sha256": ckpt.sha256,
-                    "label": doc["label"],
-                    "trained_with": trained_with,
-                    "dataset": data.name,
-                    "split": opts["split"],
-                    "seed": int(opts["seed"]),
-                    "classes": list(data.classes),
-                },
-            )
-        )
-        if grid_path is not None:
+        written.append(save_adv_set(aopts.out, x_adv=outcome.x_adv, y=outcome.y, index=outcome.index,
+                                    targets=outcome.targets, attack=outcome.attack, meta=result.adv_meta))
+        if aopts.grid is not None:
             from advcli.plots_grid import attack_grid
 
-            written.append(
-                attack_grid(
-                    to_float(x[:8]),
-                    outcome.x_adv[:8],
-                    outcome.y,
-                    outcome.clean_pred,
-                    outcome.adv_pred,
-                    grid_path,
-                    classes=data.classes,
-                    title=f"{doc['label']}: {_attack_title(outcome.attack)}",
-                )
-            )
-        written.append(write_summary(summary_path, doc))
+            written.append(attack_grid(result.preview, outcome.x_adv[:8], outcome.y, outcome.clean_pred,
+                                       outcome.adv_pred, aopts.grid, classes=result.classes,
+                                       title=result.title))
+        written.append(write_attack_summary(summary_path, doc))
 
     _render(doc, fmt)
     for p in written:
@@ -196,8 +134,10 @@ def _nonneg(text: Any, name: str, *, allow_zero: bool = True) -> Eps:
     return parse_eps(text, name=name, allow_zero=allow_zero)
 
 
-def _check_options(opts: dict[str, Any]) -> tuple[AttackSpec, str, Path]:
-    """Every usage error, before anything is loaded."""
+def _check_options(opts: dict[str, Any]) -> tuple[AttackOptions, str, Path]:
+    """Every usage error, before anything is loaded: (`AttackOptions`, format, summary path)."""
+    from advcli.stages.attack import AttackOptions
+
     name = parse_choice(AttackName, opts["attack"], name="attack")
     split = str(opts["split"]).strip().lower()
     if split not in SPLITS:
@@ -211,6 +151,10 @@ def _check_options(opts: dict[str, Any]) -> tuple[AttackSpec, str, Path]:
     if opts["batch_size"] < 1:
         raise UsageError(f"--batch-size must be >= 1, got {opts['batch_size']}")
     norm = parse_choice(Norm, opts["norm"], name="norm")
+    keep = parse_choice(Keep, opts["keep_iterate"], name="--keep-iterate")
+    if name is AttackName.stadv and keep is Keep.last:
+        raise UsageError("--keep-iterate last does not apply to stadv (it keeps its smoothest "
+                         "fooling flow); drop it")
     eps = opts["eps"]
     if name is not AttackName.stadv and eps is None:
         eps = DEFAULT_EPS[norm]
@@ -223,6 +167,7 @@ def _check_options(opts: dict[str, Any]) -> tuple[AttackSpec, str, Path]:
         restarts=int(opts["restarts"]),
         tau=float(opts["tau"]),
         bound=None if opts["bound"] is None else _nonneg(opts["bound"], "--bound", allow_zero=False),
+        keep=None if name is AttackName.stadv else keep,
     )
     build_attack(spec)  # the attack's own checks (e.g. --step-size with fgsm)
     out_path = Path(opts["out"])
@@ -230,20 +175,25 @@ def _check_options(opts: dict[str, Any]) -> tuple[AttackSpec, str, Path]:
     paths = [out_path, summary_path] + ([Path(opts["grid"])] if opts["grid"] else [])
     if len({p.resolve() for p in paths}) != len(paths):
         raise UsageError("--out, --summary and --grid must be different files")
-    return spec, fmt, summary_path
-
-
-
-
-def _attack_title(record: dict[str, Any]) -> str:
-    if record.get("eps_text"):
-        return f"{record['name']} {record['norm']} eps={record['eps_text']}"
-    if record.get("bound") is not None:
-        return f"{record['name']} tau={record['tau']} bound={record['bound_text']} px"
-    return f"{record['name']} tau={record.get('tau')}"
+    aopts = AttackOptions(
+        spec=spec,
+        split=split,
+        n=opts["n"],
+        batch_size=int(opts["batch_size"]),
+        seed=int(opts["seed"]),
+        dataset=opts["dataset"],
+        data_dir=opts["data_dir"],
+        label=opts["label"],
+        out=out_path,
+        grid=Path(opts["grid"]) if opts["grid"] else None,
+        config={k: (str(v) if isinstance(v, Path) else v) for k, v in opts.items()},
+    )
+    return aopts, fmt, summary_path
 
 
 def _render(doc: dict[str, Any], fmt: str) -> None:
+    from advcli.stages.attack import attack_title
+
     if fmt != "table":
         render.dump(doc, fmt)
         return
@@ -254,7 +204,8 @@ def _render(doc: dict[str, Any], fmt: str) -> None:
 
     rows = [
         ("clean accuracy", pct(m["clean_accuracy"])),
-        ("adversarial accuracy", pct(m["adv_accuracy"])),
+        ("robust accuracy (clean and adversarial correct)", pct(m["robust_accuracy"])),
+        ("adversarial accuracy (adversarial images only)", pct(m["adv_accuracy"])),
         ("attack success rate", pct(m["success_rate"])),
         ("Linf mean / max", f"{m['linf_mean']:.5f} / {m['linf_max']:.5f}"),
         ("L2 mean / max", f"{m['l2_mean']:.4f} / {m['l2_max']:.4f}"),
@@ -262,5 +213,6 @@ def _render(doc: dict[str, Any], fmt: str) -> None:
         ("examples", str(doc["data"]["n"])),
         ("time", f"{doc['time_s']:.1f} s"),
     ]
-    title = f"{doc['label']} under {_attack_title(doc['attack'])}"
+    keep = doc["attack"].get("keep")
+    title = f"{doc['label']} under {attack_title(doc['attack'])}" + (f" (keep {keep})" if keep else "")
     render.out.print(render.table(title, ["metric", "value"], rows))

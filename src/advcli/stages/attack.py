@@ -1,17 +1,29 @@
 """The attack stage: adversarial examples for a split (or its first n examples), their summary
 numbers, and the two files `advcli attack` writes.
 
+- `attack_checkpoint(checkpoint, opts, device=, reporter=)`: loads the checkpoint and its
+  dataset, chooses the examples, attacks them and returns an `AttackResult`: the outcome, the
+  summary document and what the adversarial set and the grid need. Writing them is the
+  caller's job (`advcli attack` writes all or nothing).
 - `run_attack` (pure): attacks the images batch by batch with a Reporter and returns an
-  `AttackOutcome` (the adversarial images, predictions, per-example perturbation norms and
-  1−SSIM, and `AttackMetrics`).
-- Files: the adversarial set is `advcli.advset`'s (one module owns that format);
-  `build_summary`/`write_summary`/`read_summary` for the YAML summary (schema
-  `advcli.attack/1`).
+  `AttackOutcome` (the adversarial images, predictions, per-example robust flags,
+  perturbation norms and 1−SSIM, and `AttackMetrics`).
+- Files: the adversarial set is `advcli.advset`'s and the YAML summary (schema
+  `advcli.attack/1`) `advcli.results`'s (one module owns each format); `build_summary` makes
+  the summary's mapping from an outcome.
 
 Metric definitions (all fractions in [0, 1]):
-- clean_accuracy / adv_accuracy: share of the n examples classified correctly before / after;
-- success_rate: untargeted, the share of the clean-correct examples that the attack turns
-  wrong; targeted, the share classified as their target; null when no example qualifies;
+- clean_accuracy: share of the n examples classified correctly before the attack;
+- robust_accuracy: share of the n examples that are correct clean AND that the attack did not
+  fool (under the attack's `keep` rule, recorded as the summary's `robust_rule`: with
+  `first-success`, the default, no iterate of any restart fooled the model) AND whose kept
+  adversarial image is classified correctly. A robust example is always clean-correct; this is
+  the number to read as robust accuracy (compare's matrix does);
+- adv_accuracy: accuracy on the adversarial images alone, over all n (an example misclassified
+  clean but classified correctly after the attack counts here, never in robust_accuracy);
+- success_rate: untargeted, the share of the clean-correct examples that are not robust;
+  targeted, the share whose kept image is classified as its target; null when no example
+  qualifies;
 - linf_*/l2_*: per-example norms of x_adv − x (pixel units, [0, 1] scale), mean and max;
 - ssim_dissimilarity_mean: mean over examples of 1 − SSIM(x, x_adv), SSIM from scikit-image
   (`structural_similarity`, colour channels via `channel_axis`, `data_range=1`, default
@@ -20,29 +32,28 @@ Metric definitions (all fractions in [0, 1]):
 
 from __future__ import annotations
 
-import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from torch import nn
 
-from advcli.attacks import AttackSpec, attack_record, build_attack
+from advcli.attacks import ROBUST_RULES, AttackSpec, attack_record, build_attack
 from advcli.attacks.base import attack_mode, lp_norms
+from advcli.checkpoint import LoadedCheckpoint, load_checkpoint
 from advcli.data import to_float
-from advcli.errors import ResultsError, UsageError
-from advcli.io import atomic_write_text, plain, read_yaml_document
+from advcli.errors import UsageError
+from advcli.io import plain
 from advcli.progress import NullReporter, Reporter
-
-SUMMARY_SCHEMA = "advcli.attack/1"
+from advcli.results import ATTACK_SCHEMA
 
 
 @dataclass
 class AttackMetrics:
     clean_accuracy: float
+    robust_accuracy: float
     adv_accuracy: float
     success_rate: float | None
     linf_mean: float
@@ -62,6 +73,7 @@ class AttackOutcome:
     index: torch.Tensor  # int64 indices into the source split
     clean_pred: torch.Tensor
     adv_pred: torch.Tensor
+    robust: torch.Tensor  # bool per example: clean-correct, never fooled, kept image correct
     linf: torch.Tensor  # float64 per example
     l2: torch.Tensor
     ssim_dissimilarity: torch.Tensor
@@ -102,7 +114,8 @@ def run_attack(
     """Attack (x, y) in batches. x: uint8 or float [N, C, H, W] on the CPU (converted per batch,
     so a whole training set never exists as floats twice); targets: the target classes when
     `spec.targeted`. Random starts draw from one CPU generator seeded with `seed`, so the
-    result does not depend on the device."""
+    result does not depend on the device. The attack runs in fp32 and reports, per example,
+    whether it fooled the model under its `keep` rule (`Attack.run`)."""
     reporter = reporter or NullReporter()
     attack = build_attack(spec)
     if batch_size < 1:
@@ -123,6 +136,7 @@ def run_attack(
     x_adv_all = torch.empty((n, *x.shape[1:]), dtype=torch.float32)
     clean_pred = torch.empty(n, dtype=torch.int64)
     adv_pred = torch.empty(n, dtype=torch.int64)
+    fooled = torch.empty(n, dtype=torch.bool)
     linf = torch.empty(n, dtype=torch.float64)
     l2 = torch.empty(n, dtype=torch.float64)
     dssim = torch.empty(n, dtype=torch.float64)
@@ -136,7 +150,9 @@ def run_attack(
                 xb = to_float(x[start:stop]).to(device)
                 yb = y[start:stop].to(device)
                 goal = yb if targets is None else targets[start:stop].to(device)
-                xa = attack.perturb(model, xb, goal, generator)
+                run = attack.run(model, xb, goal, generator)
+                xa = run.x_adv
+                fooled[start:stop] = run.fooled.cpu()
                 with torch.no_grad():
                     clean_pred[start:stop] = model(xb).argmax(dim=1).cpu()
                     adv_pred[start:stop] = model(xa).argmax(dim=1).cpu()
@@ -154,13 +170,17 @@ def run_attack(
     y_cpu = y.to(torch.int64).cpu()
     clean_ok = clean_pred.eq(y_cpu)
     adv_ok = adv_pred.eq(y_cpu)
+    # Every robust flag implies clean-correct; the attack's own verdict (taken on every iterate
+    # under first-success) and the verdict on the kept image must both say "not fooled".
+    robust = clean_ok & adv_ok & ~fooled
     if targets is not None:
         success: float | None = float(adv_pred.eq(targets.cpu()).double().mean())
     else:
         base = int(clean_ok.sum())
-        success = float((clean_ok & ~adv_ok).sum()) / base if base else None
+        success = float((clean_ok & ~robust).sum()) / base if base else None
     metrics = AttackMetrics(
         clean_accuracy=float(clean_ok.double().mean()),
+        robust_accuracy=float(robust.double().mean()),
         adv_accuracy=float(adv_ok.double().mean()),
         success_rate=success,
         linf_mean=float(linf.mean()),
@@ -175,6 +195,7 @@ def run_attack(
         index=index,
         clean_pred=clean_pred,
         adv_pred=adv_pred,
+        robust=robust,
         linf=linf,
         l2=l2,
         ssim_dissimilarity=dssim,
@@ -183,6 +204,105 @@ def run_attack(
         time_s=elapsed,
         targets=None if targets is None else targets.to(torch.int64).cpu(),
     )
+
+
+# ---- the stage -------------------------------------------------------------------------------
+
+
+@dataclass
+class AttackOptions:
+    """Resolved options of `advcli attack` (checked at the boundary: see `cli/cmd_attack.py`).
+
+    `out` and `grid` are only recorded in the summary's `outputs`; the caller writes them."""
+
+    spec: AttackSpec
+    split: str = "test"
+    n: int | None = None
+    batch_size: int = 256
+    seed: int = 0
+    dataset: str | None = None
+    data_dir: str | None = None
+    label: str | None = None
+    out: Path = Path("adv.safetensors")
+    grid: Path | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class AttackResult:
+    """Everything `advcli attack` writes: the summary document, the adversarial set (outcome +
+    `adv_meta`) and the grid (`preview`: the clean images of the first examples, float)."""
+
+    outcome: AttackOutcome
+    summary: dict[str, Any]
+    adv_meta: dict[str, Any]
+    classes: list[str]
+    preview: torch.Tensor
+    title: str
+
+
+def attack_title(record: dict[str, Any]) -> str:
+    """The attack as titles name it: "pgd linf eps=8/255", "stadv tau=0.05 bound=0.5 px"."""
+    if record.get("eps_text"):
+        return f"{record['name']} {record['norm']} eps={record['eps_text']}"
+    if record.get("bound") is not None:
+        return f"{record['name']} tau={record['tau']} bound={record['bound_text']} px"
+    return f"{record['name']} tau={record.get('tau')}"
+
+
+def attack_checkpoint(
+    checkpoint: str | Path | LoadedCheckpoint,
+    opts: AttackOptions,
+    *,
+    device: torch.device,
+    reporter: Reporter | None = None,
+    data: Any = None,
+) -> AttackResult:
+    """Load the checkpoint and its data, attack the chosen examples, describe it all.
+
+    `data` (an `advcli.data.ImageData`) skips loading the dataset (tests, notebooks).
+    """
+    from advcli.data import test_subset
+    from advcli.data.for_checkpoint import dataset_for_checkpoint
+    from advcli.provenance import provenance
+    from advcli.results import index_sha256, trained_with_text
+
+    ckpt = checkpoint if isinstance(checkpoint, LoadedCheckpoint) else load_checkpoint(checkpoint, device)
+    meta = ckpt.meta
+    ckpt_label = str(meta.get("label") or Path(ckpt.path).name.removesuffix(".safetensors"))
+    trained_with = trained_with_text(meta.get("threat_model"))
+    if data is None:
+        data = dataset_for_checkpoint(meta, name=str(ckpt.path), dataset=opts.dataset, data_dir=opts.data_dir)
+    xs, ys = data.split(opts.split)
+    index = test_subset(ys, opts.n, opts.seed)
+    x, y = xs[index], ys[index]
+
+    outcome = run_attack(ckpt.model, x, y, opts.spec, index=index, batch_size=opts.batch_size,
+                         seed=opts.seed, device=device, reporter=reporter)
+    label = opts.label or ckpt_label
+    summary = build_summary(
+        outcome,
+        label=label,
+        checkpoint={"path": str(ckpt.path), "sha256": ckpt.sha256, "label": ckpt_label,
+                    "trained_with": trained_with},
+        data={"dataset": data.name, "split": opts.split, "n": int(y.shape[0]), "seed": int(opts.seed),
+              "index_sha256": index_sha256(index)},
+        provenance=provenance(opts.seed, {"device": str(device)}),
+        outputs={"adv": str(opts.out), "grid": str(opts.grid) if opts.grid else None},
+    )
+    adv_meta = {
+        "checkpoint": str(ckpt.path),
+        "checkpoint_sha256": ckpt.sha256,
+        "label": label,
+        "trained_with": trained_with,
+        "dataset": data.name,
+        "split": opts.split,
+        "seed": int(opts.seed),
+        "classes": list(data.classes),
+    }
+    return AttackResult(outcome=outcome, summary=summary, adv_meta=adv_meta,
+                        classes=list(data.classes), preview=to_float(x[:8]),
+                        title=f"{label}: {attack_title(outcome.attack)}")
 
 
 # ---- files -----------------------------------------------------------------------------------
@@ -199,30 +319,15 @@ def build_summary(
 ) -> dict[str, Any]:
     """The `advcli.attack/1` summary mapping (numbers as numbers, never strings)."""
     summary = {
-        "schema": SUMMARY_SCHEMA,
+        "schema": ATTACK_SCHEMA,
         "label": label,
         "checkpoint": checkpoint,
         "attack": outcome.attack,
         "data": data,
+        "robust_rule": ROBUST_RULES.get(str(outcome.attack.get("keep")), None),
         "metrics": outcome.metrics.as_dict(),
         "time_s": round(outcome.time_s, 3),
         "provenance": provenance,
         "outputs": outputs,
     }
     return plain(summary)
-
-
-def write_summary(path: str | Path, summary: dict[str, Any]) -> Path:
-    return atomic_write_text(path, yaml.safe_dump(plain(summary), sort_keys=False))
-
-
-def read_summary(path: str | Path) -> dict[str, Any]:
-    """Load an `advcli.attack/1` summary, with a clear error for anything else."""
-    p = Path(path)
-    data = read_yaml_document(p, what="attack summary", schema=SUMMARY_SCHEMA, make_hint="run `advcli attack` first")
-    metrics = data.get("metrics")
-    if not isinstance(metrics, dict) or not all(
-        v is None or (isinstance(v, (int, float)) and not math.isnan(v)) for v in metrics.values()
-    ):
-        raise ResultsError(f"{str(p)!r} has malformed metrics; re-create it with `advcli attack`")
-    return data
