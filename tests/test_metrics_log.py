@@ -1,6 +1,6 @@
 """The run logger: NAME.metrics.jsonl (strict JSON lines, resume rule, cut lines), TensorBoard
 scalars read back with tensorboard's EventAccumulator, the missing-extra message, and the
-history PNG redrawn every epoch."""
+history PNG redrawn every epoch, and the real training loop feeding a RunWatch across --resume."""
 
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ def lines(path: Path) -> list[dict]:
 
 def test_every_line_is_json_with_epoch_and_step(tmp_path: Path) -> None:
     out = tmp_path / "m.safetensors"
-    run(open_run_logger(out, label="m", steps_per_epoch=STEPS, png=False), range(1, 3), adv=True)
+    run(open_run_logger(out, label="m", png=False), range(1, 3), adv=True)
     rows = lines(metrics_path_for(out))
     assert metrics_path_for(out).name == "m.metrics.jsonl"
     assert [r["kind"] for r in rows] == ["run"] + ["step"] * 4 + ["epoch"] + ["step"] * 4 + ["epoch"]
@@ -72,7 +72,7 @@ def test_every_line_is_json_with_epoch_and_step(tmp_path: Path) -> None:
 
 def test_steps_are_buffered_then_written_in_one_batch(tmp_path: Path) -> None:
     out = tmp_path / "m.safetensors"
-    logger = open_run_logger(out, label="m", steps_per_epoch=100, png=False)
+    logger = open_run_logger(out, label="m", png=False)
     logger.flush_every = 3
     for s in (1, 2):
         logger.step(epoch=1, step=s, loss=torch.tensor(1.0), lr=0.1)
@@ -88,8 +88,8 @@ def test_a_resumed_run_supersedes_the_interrupted_epochs(tmp_path: Path) -> None
     out = tmp_path / "m.safetensors"
     log = metrics_path_for(out)
     # The interrupted run did 3 epochs; its state was saved after epoch 2, so --resume redoes 3-4.
-    run(open_run_logger(out, label="m", steps_per_epoch=STEPS, png=False), range(1, 4), shift=100.0)
-    run(open_run_logger(out, label="m", steps_per_epoch=STEPS, resumed_from_epoch=2, png=False), range(3, 5))
+    run(open_run_logger(out, label="m", png=False), range(1, 4), shift=100.0)
+    run(open_run_logger(out, label="m", resumed_from_epoch=2, first_step=2 * STEPS + 1, png=False), range(3, 5))
     raw = lines(log)
     assert [r["epoch"] for r in raw if r["kind"] == "epoch"] == [1, 2, 3, 3, 4]  # appended, not rewritten
     m = read_metrics(log)
@@ -102,17 +102,17 @@ def test_a_resumed_run_supersedes_the_interrupted_epochs(tmp_path: Path) -> None
     last = {(r["kind"], r["step"]): r for r in raw if r["kind"] != "run"}
     assert [last["epoch", 4 * e]["train_loss"] for e in (1, 2, 3, 4)] == [r["train_loss"] for r in m.epochs]
     # A fresh run (not --resume) over the same file starts the history again.
-    run(open_run_logger(out, label="m", steps_per_epoch=STEPS, png=False), range(1, 2))
+    run(open_run_logger(out, label="m", png=False), range(1, 2))
     assert [r["epoch"] for r in read_metrics(log).epochs] == [1]
 
 
 def test_a_cut_last_line_is_skipped_and_not_glued_to_the_next_run(tmp_path: Path) -> None:
     out = tmp_path / "m.safetensors"
     log = metrics_path_for(out)
-    run(open_run_logger(out, label="m", steps_per_epoch=STEPS, png=False), range(1, 2))
+    run(open_run_logger(out, label="m", png=False), range(1, 2))
     with open(log, "a") as fh:
         fh.write('{"kind": "step", "epoch": 2, "st')  # killed mid-write
-    run(open_run_logger(out, label="m", steps_per_epoch=STEPS, resumed_from_epoch=1, png=False), range(2, 3))
+    run(open_run_logger(out, label="m", resumed_from_epoch=1, first_step=STEPS + 1, png=False), range(2, 3))
     m = read_metrics(log)
     assert m.skipped == 1 and m.runs == 2
     assert [r["epoch"] for r in m.epochs] == [1, 2]
@@ -151,7 +151,7 @@ def test_missing_tensorboard_says_how_to_get_it(monkeypatch: pytest.MonkeyPatch,
     assert TENSORBOARD_HINT in str(err.value) and "\n" not in str(err.value)
     assert err.value.exit_code == 2
     with pytest.raises(UsageError):
-        open_run_logger(tmp_path / "m.safetensors", label="m", steps_per_epoch=STEPS, tensorboard=tmp_path / "tb")
+        open_run_logger(tmp_path / "m.safetensors", label="m", tensorboard=tmp_path / "tb")
     assert not (tmp_path / "m.metrics.jsonl").exists()
 
 
@@ -166,7 +166,7 @@ def scalars(log_dir: Path) -> dict[str, list[tuple[int, float]]]:
 def test_tensorboard_event_files_hold_the_scalars(tmp_path: Path) -> None:
     pytest.importorskip("tensorboard")
     tb = tmp_path / "tb"
-    run(open_run_logger(tmp_path / "m.safetensors", label="m", steps_per_epoch=STEPS, tensorboard=tb, png=False),
+    run(open_run_logger(tmp_path / "m.safetensors", label="m", tensorboard=tb, png=False),
         range(1, 3), adv=True)
     s = scalars(tb)
     assert [step for step, _ in s["step/loss"]] == list(range(1, 9))
@@ -184,10 +184,80 @@ def test_tensorboard_shows_each_step_once_after_resume(tmp_path: Path) -> None:
     pytest.importorskip("tensorboard")
     tb = tmp_path / "tb"
     out = tmp_path / "m.safetensors"
-    run(open_run_logger(out, label="m", steps_per_epoch=STEPS, tensorboard=tb, png=False), range(1, 4), shift=100.0)
-    run(open_run_logger(out, label="m", steps_per_epoch=STEPS, tensorboard=tb, resumed_from_epoch=2, png=False),
+    run(open_run_logger(out, label="m", tensorboard=tb, png=False), range(1, 4), shift=100.0)
+    run(open_run_logger(out, label="m", tensorboard=tb, resumed_from_epoch=2, first_step=2 * STEPS + 1, png=False),
         range(3, 5))
     s = scalars(tb)
     assert [step for step, _ in s["step/loss"]] == list(range(1, 17))
     assert [step for step, _ in s["epoch/train_loss"]] == [4, 8, 12, 16]
     assert s["epoch/train_loss"][2][1] == pytest.approx(1 / 3)  # the resumed run's epoch 3
+
+
+class FakeStep:
+    """The fields of stages.train.StepStats a RunWatch reads."""
+
+    def __init__(self, epoch: int, step: int, *, n_adv: int = 0, adv_correct: int = 0) -> None:
+        self.epoch, self.step, self.lr = epoch, step, 0.1
+        self.loss = torch.tensor(1.0 / step)
+        self.n_adv, self.adv_correct = n_adv, torch.tensor(adv_correct)
+
+
+def test_run_watch_logs_attack_success_per_step(tmp_path: Path) -> None:
+    from advcli.metrics_log import RunWatch
+
+    out = tmp_path / "m.safetensors"
+    watch = RunWatch(out, label="m", png=False)
+    watch.on_step(FakeStep(1, 1, n_adv=8, adv_correct=2))
+    watch.on_step(FakeStep(1, 2))  # a clean batch: no attack, no rate
+    watch.close()
+    steps = read_metrics(metrics_path_for(out)).steps
+    assert steps[0]["attack_success_rate"] == pytest.approx(0.75)
+    assert "attack_success_rate" not in steps[1]
+
+
+def test_the_training_loop_feeds_the_watch_and_resume_continues_it(tmp_path: Path, synthetic_data) -> None:
+    from advcli.metrics_log import RunWatch
+    from advcli.stages.train import TrainOptions, fit
+
+    out = tmp_path / "m.safetensors"
+    tb = tmp_path / "tb" if _has_tensorboard() else None
+    opts = TrainOptions(arch="tiny-cnn", epochs=2, batch_size=128, n_train=256, augment="none", out=str(out))
+
+    def killed_after_epoch_1(stats) -> None:
+        if stats.epoch == 1:
+            raise KeyboardInterrupt  # after the state of epoch 1 is saved, as a kill would be
+
+    watch = RunWatch(out, label="m", tensorboard=tb)
+    with pytest.raises(KeyboardInterrupt):
+        try:
+            fit(opts, synthetic_data, torch.device("cpu"), step_hooks=[watch.on_step],
+                end_hooks=[watch.on_epoch, killed_after_epoch_1])
+        finally:
+            watch.close()
+    watch = RunWatch(out, label="m", tensorboard=tb)
+    try:
+        res = fit(opts, synthetic_data, torch.device("cpu"), resume=True, step_hooks=[watch.on_step],
+                  end_hooks=[watch.on_epoch])
+        png_sink = watch.logger.sinks[-1]
+    finally:
+        watch.close()
+
+    m = read_metrics(metrics_path_for(out))
+    assert m.runs == 2 and [r["epoch"] for r in m.epochs] == [1, 2]
+    assert [r["step"] for r in m.steps] == [1, 2, 3, 4]  # 256 / 128 = 2 steps per epoch
+    assert [r["test_accuracy"] for r in m.epochs] == pytest.approx([h.test_accuracy for h in res.history])
+    png = out.with_name("m.history.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert [r["epoch"] for r in png_sink.records] == [1, 2]  # drawn with the resumed epoch
+    if tb is not None:
+        s = scalars(tb)
+        assert [step for step, _ in s["step/loss"]] == [1, 2, 3, 4]
+        assert [step for step, _ in s["epoch/test_accuracy"]] == [2, 4]
+
+
+def _has_tensorboard() -> bool:
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        return False
+    return True

@@ -3,7 +3,8 @@
 One small interface, `RunLogger.step(...)` per optimizer step and `RunLogger.epoch(record)` per
 epoch, fans out to sinks: the JSONL log (always), TensorBoard (`--tensorboard DIR`, the optional
 extra `pip install 'advcli[tensorboard]'`), and the history picture `NAME.history.png` redrawn
-after every epoch (plots_history.py).
+after every epoch (plots_history.py). `RunWatch` is that logger as the training loop's step
+and end hooks (stages/train.py), so the loop itself knows nothing of files.
 
 `NAME.metrics.jsonl` is one JSON object a line, appended by every run, readable by any tool
 (`pandas.read_json(path, lines=True)`, `jq`). Every line has `kind`:
@@ -250,18 +251,19 @@ def open_run_logger(
     *,
     label: str,
     resumed_from_epoch: int = 0,
-    steps_per_epoch: int,
+    first_step: int = 1,
     history: Sequence[Mapping[str, Any]] = (),
     tensorboard: str | Path | None = None,
     png: bool = True,
 ) -> RunLogger:
     """The logger of a run writing checkpoint `out`: NAME.metrics.jsonl, NAME.history.png
-    (unless `png` is False) and TensorBoard events under `tensorboard` when given. `history`
-    holds the records of the epochs a resumed run already did (drawn in the PNG)."""
+    (unless `png` is False) and TensorBoard events under `tensorboard` when given. A resumed
+    run starts after epoch `resumed_from_epoch`, at global step `first_step` (1-based);
+    `history` holds the records of the epochs it already did (drawn in the PNG)."""
     sinks: list[Sink] = []
     try:
         if tensorboard is not None:
-            sinks.append(TensorBoardSink(tensorboard, purge_step=resumed_from_epoch * steps_per_epoch + 1))
+            sinks.append(TensorBoardSink(tensorboard, purge_step=first_step))
         sinks.append(JsonlSink(metrics_path_for(out), checkpoint=str(out), resumed_from_epoch=resumed_from_epoch))
     except BaseException:
         for sink in sinks:
@@ -270,6 +272,66 @@ def open_run_logger(
     if png:
         sinks.append(HistoryPngSink(history_png_path_for(out), label=label, history=history))
     return RunLogger(sinks)
+
+
+class StepEvent(Protocol):
+    """What a step hook of the training loop receives (stages.train.StepStats)."""
+
+    epoch: int
+    step: int
+    lr: float
+    loss: Any  # 0-dim tensor on the training device
+    n_adv: int
+    adv_correct: Any  # 0-dim tensor: adversarial examples the model got right
+
+
+class EpochEvent(Protocol):
+    """What an end hook of the training loop receives (stages.train_state.EpochStats)."""
+
+    epoch: int
+
+    def as_dict(self) -> dict[str, Any]: ...
+
+
+class RunWatch:
+    """The run logger as the training loop's step and end hooks (`fit(step_hooks=[w.on_step],
+    end_hooks=[w.on_epoch])`); call `close` after training, also when it fails.
+
+    The loop does not say whether it resumed: the first step tells. Its epoch e means the run
+    resumed after epoch e - 1, and its step is where TensorBoard purges the interrupted run. The
+    PNG starts from the epochs before that, read back from NAME.metrics.jsonl."""
+
+    def __init__(self, out: str | Path, *, label: str, tensorboard: str | Path | None = None, png: bool = True) -> None:
+        self.out = out
+        self.label = label
+        self.tensorboard = tensorboard
+        self.png = png
+        self.logger: RunLogger | None = None
+        self.last_step = 0
+
+    def _open(self, first: StepEvent) -> RunLogger:
+        resumed = first.epoch - 1
+        log = metrics_path_for(self.out)
+        earlier = [r for r in read_metrics(log).epochs if r["epoch"] <= resumed] if resumed and log.is_file() else []
+        return open_run_logger(
+            self.out, label=self.label, resumed_from_epoch=resumed, first_step=first.step,
+            history=earlier, tensorboard=self.tensorboard, png=self.png,
+        )
+
+    def on_step(self, s: StepEvent) -> None:
+        if self.logger is None:
+            self.logger = self._open(s)
+        extra = {"attack_success_rate": 1 - s.adv_correct.float() / s.n_adv} if s.n_adv else {}
+        self.logger.step(epoch=s.epoch, step=s.step, loss=s.loss, lr=s.lr, **extra)
+        self.last_step = s.step
+
+    def on_epoch(self, stats: EpochEvent) -> None:
+        if self.logger is not None:
+            self.logger.epoch(stats.as_dict(), step=self.last_step)
+
+    def close(self) -> None:
+        if self.logger is not None:
+            self.logger.close()
 
 
 @dataclass
