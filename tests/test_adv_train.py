@@ -177,6 +177,8 @@ def test_cli_adv_train_errors(tmp_path):
         (["--eps", "-1"], "eps"),
         (["--eps", "8/255", "--attack", "cw"], "valid values: pgd, fgsm, fgsm-rs"),
         (["--eps", "8/255", "--fraction", "1.5"], "between 0 and 1"),
+        (["--eps", "8/255", "--keep", "sometimes"], "valid values: last, best"),
+        (["--eps", "8/255", "--on-overfit", "maybe"], "valid values: warn, stop, off"),
         ([], "needs --eps"),
     ]:
         r = runner.invoke(app, ["adv-train", *args, "--out", str(tmp_path / "o.safetensors"), "--epochs", "1", "--n-train", "64"])

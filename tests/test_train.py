@@ -197,6 +197,7 @@ def test_cli_config_file_and_flags_override(tmp_path):
         (["train", "--arch", "resnet9000"], 2, "unknown arch 'resnet9000'; valid values: tiny-cnn"),
         (["train", "--dataset", "folder:/nonexistent/cifar.zip"], 1, "does not exist"),
         (["train", "--augment", "sometimes"], 2, "valid values: none, buggy, fixed, device"),
+        (["train", "--amp", "fp8"], 2, "unknown --amp 'fp8'; valid values: none, bf16, fp16"),
         (["info", "/nonexistent.safetensors"], 1, "does not exist"),
     ],
 )
@@ -266,3 +267,34 @@ def test_n_train_is_class_balanced_even_when_the_split_is_sorted_by_class(tmp_pa
     monkeypatch.setattr(train_mod, "train_batches", spy)
     fit(_opts(tmp_path / "m.safetensors", epochs=1, n_train=200), sorted_data, CPU)
     assert torch.bincount(seen[0], minlength=10).tolist() == [20] * 10
+
+
+def test_train_and_adv_train_declare_the_shared_options_alike():
+    """Both commands list every training option (and the run options) with the same flag, help,
+    type and default, and each default is the TrainOptions/RunOptions field of that name."""
+    import dataclasses
+    import inspect
+    import typing
+
+    import typer.main
+
+    from advcli.cli.cmd_adv_train import adv_train
+    from advcli.cli.cmd_train import train
+    from advcli.cli.train_options import RUN, TRAIN
+
+    shared = {f.name for f in dataclasses.fields(TRAIN)} | {f.name for f in dataclasses.fields(RUN)}
+    sigs = {f.__name__: inspect.signature(f).parameters for f in (train, adv_train)}
+    hints = {f.__name__: typing.get_type_hints(f, include_extras=True) for f in (train, adv_train)}
+    for name in sorted(shared):
+        assert name in sigs["train"] and name in sigs["adv_train"], name
+        assert hints["train"][name] == hints["adv_train"][name], name  # the same Annotated declaration
+        if name != "out":  # the checkpoint's default name differs: model vs robust
+            default = getattr(TRAIN if hasattr(TRAIN, name) else RUN, name)
+            assert sigs["train"][name].default == sigs["adv_train"][name].default == default, name
+    # What users see: the click options of both commands agree too.
+    group = typer.main.get_command(app)
+    params = {cmd: {p.name: p for p in group.commands[cmd].params} for cmd in ("train", "adv-train")}
+    for name in shared:
+        a, b = params["train"][name], params["adv-train"][name]
+        assert (a.opts, a.secondary_opts, a.help, a.min, a.max) == (b.opts, b.secondary_opts, b.help, b.min, b.max), name
+        assert a.help and (name == "out" or a.default == b.default), name

@@ -1,12 +1,22 @@
-"""The `advcli` Typer app: one thin command per stage, registered from cli/cmd_*.py modules."""
+"""The `advcli` Typer app: one thin command per stage, imported from the cli/cmd_*.py modules."""
 
 from __future__ import annotations
 
-import importlib
+from typing import Annotated
 
 import typer
 
 import advcli
+from advcli.cli.cmd_adv_train import adv_train
+from advcli.cli.cmd_attack import attack_cmd
+from advcli.cli.cmd_check_loader import check_loader
+from advcli.cli.cmd_compare import compare
+from advcli.cli.cmd_eval import eval_cmd
+from advcli.cli.cmd_import import import_
+from advcli.cli.cmd_info import info
+from advcli.cli.cmd_landscape import landscape
+from advcli.cli.cmd_plot import app as plot_app
+from advcli.cli.cmd_train import train
 
 app = typer.Typer(
     name="advcli",
@@ -21,25 +31,18 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-# (command name, "module:function"); each module holds one stage's thin command.
-COMMANDS: list[tuple[str, str]] = [
-    ("train", "advcli.cli.cmd_train:train"),
-    ("adv-train", "advcli.cli.cmd_adv_train:adv_train"),
-    ("info", "advcli.cli.cmd_info:info"),
-    ("attack", "advcli.cli.cmd_attack:attack_cmd"),
-    ("check-loader", "advcli.cli.cmd_check_loader:check_loader"),
-    ("eval", "advcli.cli.cmd_eval:eval_cmd"),
-    ("compare", "advcli.cli.cmd_compare:compare"),
-    ("import", "advcli.cli.cmd_import:import_"),
-    ("landscape", "advcli.cli.cmd_landscape:landscape"),
-]
-
-for _name, _target in COMMANDS:
-    _mod, _fn = _target.split(":")
-    app.command(_name)(getattr(importlib.import_module(_mod), _fn))
-
+# One thin command per stage, each in its own cli/cmd_*.py module.
+app.command("train")(train)
+app.command("adv-train")(adv_train)
+app.command("info")(info)
+app.command("attack")(attack_cmd)
+app.command("check-loader")(check_loader)
+app.command("eval")(eval_cmd)
+app.command("compare")(compare)
+app.command("import")(import_)
+app.command("landscape")(landscape)
 # Command groups: `advcli plot history ...`.
-app.add_typer(importlib.import_module("advcli.cli.cmd_plot").app, name="plot")
+app.add_typer(plot_app, name="plot")
 
 
 def _version(value: bool) -> None:
@@ -50,9 +53,9 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: bool = typer.Option(
-        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
-    ),
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
 ) -> None:
     """advcli: adversarial-robustness experiments in PyTorch."""
 

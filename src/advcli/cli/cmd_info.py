@@ -4,27 +4,28 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
 from advcli.checkpoint import read_metadata
 from advcli.cli import render
-from advcli.cli.common import FORMAT_HELP, handle_errors
+from advcli.cli.common import FORMAT_HELP, FORMATS, handle_errors
 from advcli.errors import UsageError
 
 
 @handle_errors
 def info(
-    path: Path = typer.Argument(..., help="A .safetensors file written by advcli (checkpoint, training state or adversarial set)."),
-    fmt: str = typer.Option("table", "--format", help=FORMAT_HELP),
+    path: Annotated[Path, typer.Argument(help="A .safetensors file written by advcli (checkpoint, training state or adversarial set).", show_default=False)],
+    fmt: Annotated[str, typer.Option("--format", help=FORMAT_HELP)] = "table",
 ) -> None:
     """Print a checkpoint's metadata (arch, dataset, threat model, metrics, provenance)."""
+    if fmt not in FORMATS:
+        raise UsageError(f"unknown format {fmt!r}; valid values: {', '.join(FORMATS)}")
     meta = read_metadata(path)
-    if fmt in ("yaml", "json"):
+    if fmt != "table":
         render.dump(meta, fmt)
         return
-    if fmt != "table":
-        raise UsageError(f"unknown format {fmt!r}; valid values: table, yaml, json")
     rows = []
     for key, value in meta.items():
         if key == "history" and isinstance(value, list):

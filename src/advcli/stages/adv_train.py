@@ -50,6 +50,7 @@ from advcli.stages.train import (
     TrainOptions,
     TrainResult,
     fit,
+    load_training_data,
 )
 
 
@@ -236,6 +237,15 @@ def check_static_options(adv: AdvOptions) -> None:
             f"--adv-data trains on a fixed set, with no online attack, validation or overfitting check: "
             f"drop {', '.join(given)}"
         )
+
+
+def run_adv_train(
+    opts: TrainOptions, adv: AdvOptions, device: torch.device, *, resume: bool = False,
+    reporter: Reporter | None = None, step_hooks: list[StepHook] | None = None, end_hooks: list[EndHook] | None = None,
+) -> TrainResult:
+    """`advcli adv-train`: load the dataset, then `adv_fit`."""
+    return adv_fit(opts, adv, load_training_data(opts), device, resume=resume, reporter=reporter,
+                   step_hooks=step_hooks, end_hooks=end_hooks)
 
 
 def adv_fit(

@@ -17,6 +17,7 @@ a function of the global step, and the training state is saved after every epoch
 
 from __future__ import annotations
 
+import enum
 import math
 import random
 import statistics
@@ -33,8 +34,8 @@ from torch import nn
 
 from advcli import distributed
 from advcli.checkpoint import load_checkpoint, model_metadata, save_checkpoint
-from advcli.config import Augment, Schedule
-from advcli.data import ImageData
+from advcli.config import Augment, Schedule, parse_choice
+from advcli.data import ImageData, load_dataset
 from advcli.data.datasets import train_subset
 from advcli.data.loaders import train_batches
 from advcli.errors import UsageError
@@ -45,12 +46,23 @@ from advcli.rng import Stream, stream_generator, stream_seed
 from advcli.stages.train_state import EpochStats, TrainState, load_state, save_state, state_path_for
 
 
+class Precision(str, enum.Enum):
+    """--amp: the precision of the training forward pass and of the training attack."""
+
+    none = "none"
+    bf16 = "bf16"
+    fp16 = "fp16"
+
+
 @dataclass
 class TrainOptions:
-    """Resolved options of `advcli train` (adv-train adds a threat model on top)."""
+    """Resolved options of `advcli train` (adv-train adds a threat model on top). The defaults
+    here are the commands' defaults (cli/train_options.py reads them)."""
 
     arch: str = "tiny-cnn"
     dataset: str = "synthetic"
+    data_dir: str = "./data"
+    download: bool = False
     epochs: int = 10
     batch_size: int = 128
     lr: float = 0.1
@@ -133,14 +145,13 @@ def lr_at(step: int, total: int, base_lr: float, schedule: str) -> float:
     return base_lr * (frac / 0.2 if frac < 0.2 else max(0.0, (1 - frac) / 0.8))
 
 
-def autocast(device: torch.device, amp: str) -> torch.autocast:
+def autocast(device: torch.device, amp: str | Precision) -> torch.autocast:
     """Mixed precision for the model's forward pass: none | bf16 | fp16 (fp16 only on CUDA)."""
-    if amp not in ("none", "bf16", "fp16"):
-        raise UsageError(f"unknown --amp {amp!r}; valid values: none, bf16, fp16")
-    if amp == "fp16" and device.type != "cuda":
+    p = parse_choice(Precision, amp, name="--amp")
+    if p is Precision.fp16 and device.type != "cuda":
         raise UsageError("--amp fp16 needs a CUDA device; use --amp bf16 on the CPU")
-    dtype = torch.float16 if amp == "fp16" else torch.bfloat16
-    return torch.autocast(device.type, dtype=dtype, enabled=amp != "none")
+    dtype = torch.float16 if p is Precision.fp16 else torch.bfloat16
+    return torch.autocast(device.type, dtype=dtype, enabled=p is not Precision.none)
 
 
 def evaluate_accuracy(
@@ -392,6 +403,20 @@ def measure_epoch(
         except StopTraining as exc:
             stop = str(exc)
     return stop
+
+
+def load_training_data(opts: TrainOptions) -> ImageData:
+    """The dataset the options name, with its --val-split held out."""
+    return load_dataset(opts.dataset, opts.data_dir, opts.download, opts.seed, val_split=opts.val_split)
+
+
+def run_train(
+    opts: TrainOptions, device: torch.device, *, resume: bool = False, reporter: Reporter | None = None,
+    step_hooks: list[StepHook] | None = None, end_hooks: list[EndHook] | None = None,
+) -> TrainResult:
+    """`advcli train`: load the dataset, then `fit`."""
+    return fit(opts, load_training_data(opts), device, resume=resume, reporter=reporter,
+               step_hooks=step_hooks, end_hooks=end_hooks)
 
 
 def fit(
