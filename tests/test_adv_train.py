@@ -199,16 +199,18 @@ def test_validation_pgd_runs_in_fp32_under_bf16_amp(tmp_path, monkeypatch):
 
     def build(spec):
         attack = real_build(spec)
-        perturb = attack.perturb
 
-        def spy(model, x, y, generator=None):
-            h = model.register_forward_hook(lambda m, i, o: seen.setdefault(spec.steps, set()).add(o.dtype))
-            try:
-                return perturb(model, x, y, generator)
-            finally:
-                h.remove()
+        def watched(method):
+            def spy(model, x, y, generator=None):
+                h = model.register_forward_hook(lambda m, i, o: seen.setdefault(spec.steps, set()).add(o.dtype))
+                try:
+                    return method(model, x, y, generator)
+                finally:
+                    h.remove()
 
-        attack.perturb = spy
+            return spy
+
+        attack.perturb, attack.run = watched(attack.perturb), watched(attack.run)
         return attack
 
     monkeypatch.setattr(at, "build_attack", build)
@@ -265,3 +267,22 @@ def test_static_set_rejects_online_only_options(tmp_path, synthetic_data, extra)
     assert r.exit_code == 2, r.output
     assert "--adv-data trains on a fixed set" in r.output and extra[-2] in r.output and "Traceback" not in r.output
     assert not out.exists()
+
+
+def test_robust_correct_is_an_evaluation(tiny_ckpt, synthetic_data):
+    """The validation and overfitting checks count an example as robust only if it is correct
+    clean and at every PGD iterate, in eval mode, leaving BatchNorm's statistics alone."""
+    from advcli.data import to_float
+    from advcli.stages.adv_train import robust_correct
+
+    model = load_checkpoint(tiny_ckpt).model.train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x, y = to_float(synthetic_data.test_x[:64]), synthetic_data.test_y[:64].clone()
+    y[::4] = (y[::4] + 1) % 10  # wrong labels: these can never count as robust
+    tiny = build_attack(AttackSpec(name="pgd", norm=Norm.linf, eps=parse_eps("1/1000"), steps=2, keep="first-success"))
+    n = int(robust_correct(model, tiny, x, y, torch.Generator().manual_seed(0)))
+    assert model.training and _same(before, model.state_dict())  # mode restored, running stats untouched
+    with torch.no_grad():
+        clean = model.eval()(x).argmax(1) == y
+    # An eps of 1/1000 barely moves the tiny model: robust = clean-correct, and never more.
+    assert 0 < n <= int(clean.sum()) <= 48 and n >= int(clean.sum()) - 2

@@ -10,11 +10,14 @@
   overfitting check) are rejected with a static set rather than ignored.
 - Validation (`--val-every K`): clean and PGD accuracy on the held-out validation split;
   `--keep best` keeps the epoch with the best robust validation accuracy (Rice et al. 2020).
-  The validation PGD is an evaluation, so it runs in fp32 even under `--amp` (a bf16 attack is
-  weaker and would pick the epoch); the training attack runs at the AMP precision.
+  The validation PGD is an evaluation: eval mode, fp32 even under `--amp` (a bf16 attack is
+  weaker and would pick the epoch), and an example is robust only if it is correct clean and at
+  every iterate (`keep=first-success`). The training attack runs at the AMP precision and keeps
+  its last iterate.
 - Catastrophic overfitting (FGSM-RS; Wong et al. 2020): after every epoch, PGD and FGSM
   accuracy on a fixed training batch; overfitting is declared when the PGD accuracy falls below
-  half of its best so far while FGSM accuracy exceeds it by more than 20 points. On by default
+  half of its best so far while FGSM accuracy exceeds it by more than 20 points (both measured
+  like the validation PGD: eval mode, fp32, first-success). On by default
   (`warn`) for FGSM/FGSM-RS training; `--on-overfit warn|stop` runs it for PGD training too.
 
 The validation and overfitting checks draw their random starts from streams that are the same
@@ -34,7 +37,7 @@ from torch import nn
 
 from advcli.advset import load_adv_set
 from advcli.attacks import AttackSpec, build_attack
-from advcli.attacks.base import Attack
+from advcli.attacks.base import Attack, Keep
 from advcli.config import Eps, Norm, parse_choice
 from advcli.data import ImageData, to_float
 from advcli.data.datasets import train_subset
@@ -165,21 +168,30 @@ def static_union(
     return x, y, meta
 
 
+def robust_correct(
+    model: nn.Module, attack: Attack, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator
+) -> torch.Tensor:
+    """How many examples are robust: correct clean and at every iterate of `attack` (built with
+    `keep=first-success`). An evaluation: eval mode, and fp32 whatever --amp is (no autocast)."""
+    fooled = attack.run(model, x, y, generator).fooled
+    was = model.training
+    model.eval()
+    with torch.no_grad():
+        clean_ok = model(x).argmax(1) == y
+    model.train(was)
+    return (clean_ok & ~fooled).sum()
+
+
 def _val_hook(t: ThreatModel, data: ImageData, device: torch.device, every: int, steps: int, n: int, seed: int):
     assert data.val_x is not None and data.val_y is not None
     xv, yv = to_float(data.val_x[:n]).to(device), data.val_y[:n].to(device)
-    pgd = build_attack(_spec(t, name="pgd", steps=steps, step_size=None, restarts=1))
+    pgd = build_attack(_spec(t, name="pgd", steps=steps, step_size=None, restarts=1, keep=Keep.first_success))
 
     def hook(model: nn.Module, epoch: int, stats: EpochStats) -> dict[str, float]:
         if (epoch + 1) % every:
             return {}
-        # No autocast: an evaluation attack runs in fp32 whatever the training precision.
         g = stream_generator(seed, 0, 0, Stream.val_attack, device)
-        correct = torch.zeros((), dtype=torch.int64, device=device)
-        for s in range(0, len(yv), 250):
-            xa = pgd.perturb(model, xv[s : s + 250], yv[s : s + 250], g)
-            with torch.no_grad():
-                correct += (model(xa).argmax(1) == yv[s : s + 250]).sum()
+        correct = sum(robust_correct(model, pgd, xv[s : s + 250], yv[s : s + 250], g) for s in range(0, len(yv), 250))
         return {"val_robust_accuracy": float(correct) / len(yv)}
 
     return hook
@@ -188,19 +200,13 @@ def _val_hook(t: ThreatModel, data: ImageData, device: torch.device, every: int,
 def _overfit_hook(t: ThreatModel, data: ImageData, device: torch.device, action: OnOverfit, reporter: Reporter,
                   seed: int):
     xb, yb = to_float(data.train_x[:256]).to(device), data.train_y[:256].to(device)
-    pgd = build_attack(_spec(t, name="pgd", steps=10, step_size=None, restarts=1))
-    fgsm = build_attack(_spec(t, name="fgsm", steps=None, step_size=None, restarts=1))
+    pgd = build_attack(_spec(t, name="pgd", steps=10, step_size=None, restarts=1, keep=Keep.first_success))
+    fgsm = build_attack(_spec(t, name="fgsm", steps=None, step_size=None, restarts=1, keep=Keep.first_success))
     best = {"pgd": 0.0}
 
     def acc(model: nn.Module, attack: Attack) -> float:
         g = stream_generator(seed, 0, 0, Stream.overfit_attack, device)
-        xa = attack.perturb(model, xb, yb, g)
-        was = model.training
-        model.eval()
-        with torch.no_grad():
-            a = float((model(xa).argmax(1) == yb).float().mean())
-        model.train(was)
-        return a
+        return float(robust_correct(model, attack, xb, yb, g)) / len(yb)
 
     def hook(model: nn.Module, epoch: int, stats: EpochStats) -> dict[str, float]:
         a_pgd, a_fgsm = acc(model, pgd), acc(model, fgsm)
