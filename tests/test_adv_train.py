@@ -115,6 +115,7 @@ def test_fraction_one_attacks_every_example(tmp_path, synthetic_data, monkeypatc
     assert sum(int(s.adv_correct) for s in steps) == round(res.history[0].extra["adv_accuracy"] * 384)
     h = res.history[0].as_dict()
     assert h["adv_accuracy"] == pytest.approx(h["train_accuracy"])  # nothing clean was left
+    assert "train_batch_pgd_accuracy" not in h  # the overfitting check is off by default for PGD
     meta = read_metadata(tmp_path / "f1.safetensors")
     assert meta["threat_model"]["fraction"] == 1.0 and meta["threat_model"]["eps_text"] == "8/255"
 
@@ -165,10 +166,13 @@ def test_keep_best_needs_a_validation_split_and_uses_it(tmp_path):
     r = runner.invoke(app, ["adv-train", "--eps", "8/255", "--keep", "best", "--val-every", "1", "--out", str(tmp_path / "x.safetensors")])
     assert r.exit_code == 2 and "--val-split" in r.output
     data = load_dataset("synthetic", seed=0, val_split=200)
-    res = adv_fit(_opts(tmp_path / "best.safetensors", epochs=2), _adv(steps=1, val_every=1, val_n=100, keep="best"), data, CPU)
+    res = adv_fit(_opts(tmp_path / "best.safetensors", epochs=2),
+                  _adv(steps=1, val_every=1, val_n=100, keep="best", on_overfit="warn"), data, CPU)
     scores = [h.extra["val_robust_accuracy"] for h in res.history]
     assert len(scores) == 2 and all(0 <= s <= 1 for s in scores)
     assert any("kept epoch" in n for n in res.notes)
+    # --on-overfit given explicitly runs the check for PGD training too (it used to be ignored).
+    assert all("train_batch_pgd_accuracy" in h.extra for h in res.history)
 
 
 def test_cli_adv_train_errors(tmp_path):
