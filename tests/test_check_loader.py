@@ -1,11 +1,13 @@
 """`advcli check-loader`: the statistics, the acceptance pipelines of issue #3 (tests/pipelines/,
-one real pipeline per case, each asserting the verdict), advcli's own modes, and the CLI."""
+one real pipeline per case, each asserting the verdict), the per-item seeding patterns of
+issue 15 (the same through the CLI, with exit codes), advcli's own modes, and the CLI."""
 
 from __future__ import annotations
 
 import json
 import os
 import random
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +30,10 @@ from advcli.stages.check_loader import (
     check_pipeline,
     collision_probability,
     fingerprint,
+    make_layout,
+    rng_use,
 )
+from advcli.stats import pooled_collision_probability
 
 PIPELINES = Path(__file__).resolve().parent / "pipelines"
 runner = CliRunner()
@@ -36,6 +41,7 @@ SMALL = dict(workers=2, samples=32)  # 2 workers, 32 loads per worker per epoch,
 
 DUP, REP, RANKS = (FindingKind.duplicate_workers, FindingKind.repeat_epochs,
                    FindingKind.duplicate_ranks)
+FROZEN, PER_WORKER = FindingKind.frozen, FindingKind.per_worker
 
 
 def _check(name: str, **kw):
@@ -129,6 +135,118 @@ def test_analyse_reports_no_randomness_and_low_power():
     rare[StreamKey(False, 0, 0, 0)][0] = "b"  # at least two outputs
     r = analyse(rare, target="t", workers=2, epochs=2, samples=8, ranks=1, item=0)
     assert r.verdict is Verdict.inconclusive
+
+
+def test_pooled_collision_probability_pairs_only_draws_of_different_runs():
+    # Run 0 drew "a" twice (one seed), run 1 drew "b": no two runs agree, so q is the floor 1/3.
+    assert pooled_collision_probability([[["a", "a"], ["b"]]]) == pytest.approx(1 / 3)
+    # Singleton runs: the plain unbiased estimate; a second item averages in.
+    assert pooled_collision_probability([[["a"], ["a"], ["a"], ["b"], ["c"]]]) == pytest.approx(0.3)
+    assert pooled_collision_probability([[["a"], ["a"]], [["x", "x"], ["y", "y"]]]) == pytest.approx(0.5)
+    # Weights follow how often each item occurs in a sequence.
+    assert pooled_collision_probability([[["a"], ["a"]], [["x"], ["y"]]], [3, 1]) == pytest.approx(0.75)
+
+
+def test_layout_loads_every_item_in_two_orders():
+    lay = make_layout(6, 8, 32)  # 8 items from 6 on, wrapping at the end: passes A B A B
+    assert lay.items == (6, 7, 0, 1, 2, 3, 4, 5)
+    assert lay.loads[:8] == list(lay.items) and lay.loads[8:16] == list(lay.items)[::-1]
+    for p, r in enumerate(lay.partners):
+        assert r != p and lay.positions[r] == lay.positions[p]  # same item, other position
+    assert make_layout(0, None, 64).items == tuple(range(32))
+    # Control runs put each item at a different position in each run
+    orders = [lay.control_positions(run, 8, 64)[:8] for run in range(8)]
+    assert orders[0] == list(range(8))
+    for j in range(8):
+        assert len({order.index(j) for order in orders}) == 8
+
+
+_LAYOUT = make_layout(0, 8, 32)
+
+
+def _draw(*key) -> str:
+    # A crop + flip (162 outcomes) drawn from a seed made of `key` (crc32: stable across runs).
+    return str(np.random.default_rng(zlib.crc32(repr(key).encode())).integers(162))
+
+
+def _per_item(seed_of) -> dict[StreamKey, list[str]]:
+    """Streams of 2 workers x 2 epochs whose output of item j is _draw(seed_of(key), j)."""
+    keys = [StreamKey(True, 0, e, w) for e in range(2) for w in range(2)]
+    return {k: [f"{j}:{_draw(seed_of(k), j)}" for j in _LAYOUT.positions] for k in keys}
+
+
+def _control(runs=8) -> list[list[list[str]]]:
+    return [[[f"{j}:{_draw('control', r, j)}"] * 4 for j in range(8)] for r in range(runs)]
+
+
+def _analyse(streams, **kw):
+    return analyse(streams, target="t", workers=2, epochs=2, samples=32, ranks=1, item=0,
+                   layout=_LAYOUT, control=_control(), rng_calls=["numpy.random.default_rng"],
+                   **kw)
+
+
+def test_analyse_tells_item_tied_from_position_tied_agreement():
+    # Seeded per (worker, epoch) and item: different everywhere, clean.
+    clean = _analyse(_per_item(lambda k: (k.worker, k.epoch)))
+    assert clean.verdict is Verdict.clean and clean.items == 8 and clean.control_runs == 8
+    # Seeded by (epoch, item): workers agree within an epoch, which is harmless.
+    assert _analyse(_per_item(lambda k: k.epoch)).verdict is Verdict.clean
+    # Seeded by (worker, item): each worker repeats its own per-item outputs every epoch.
+    r = _analyse(_per_item(lambda k: k.worker))
+    assert r.verdict is Verdict.bug and list(_kinds(r)) == [PER_WORKER]
+    assert "at most 2 distinct augmentations for the whole run" in r.findings[0].evidence
+    # Seeded by a constant per run and the item: every epoch and worker alike, frozen.
+    r = _analyse(_per_item(lambda k: "run"))
+    assert r.verdict is Verdict.bug and list(_kinds(r)) == [FROZEN]
+    assert "the same augmentation in every epoch" in r.findings[0].evidence
+    # One shared stream (the output follows the position, not the item): duplicated workers.
+    shared = {k: [f"{j}:{_draw(k.epoch, p)}" for p, j in enumerate(_LAYOUT.positions)]
+              for k in _per_item(lambda k: 0)}
+    assert list(_kinds(_analyse(shared))) == [DUP]
+
+
+def test_chance_agreement_comes_from_the_control_not_the_judged_streams():
+    # One persistent worker seeded per item: its outputs never change. Judged alone, every load of
+    # an item agrees with every other (q = 1) and nothing could be flagged; the control's q is
+    # small, so the frozen augmentation is found.
+    streams = {StreamKey(True, 0, e, 0): [f"{j}:{_draw('w', j)}" for j in _LAYOUT.positions]
+               for e in range(2)}
+    r = analyse(streams, target="t", workers=1, epochs=2, samples=32, ranks=1, item=0,
+                layout=_LAYOUT, control=_control(), rng_calls=[])
+    assert r.collision_probability < 0.05
+    assert r.verdict is Verdict.bug and list(_kinds(r)) == [FROZEN]
+
+
+def test_unchanging_outputs_are_frozen_when_random_numbers_are_drawn():
+    const = {k: [str(j) for j in _LAYOUT.positions] for k in _per_item(lambda k: 0)}
+    control = [[[str(j)] * 4 for j in range(8)] for _ in range(8)]
+    kw = dict(target="t", workers=2, epochs=2, samples=32, ranks=1, item=0, layout=_LAYOUT,
+              control=control)
+    frozen = analyse(const, rng_calls=["numpy.random.default_rng"], **kw)
+    assert frozen.verdict is Verdict.bug and list(_kinds(frozen)) == [FROZEN]
+    assert "numpy.random.default_rng" in frozen.findings[0].evidence
+    none = analyse(const, rng_calls=[], **kw)
+    assert none.verdict is Verdict.no_randomness and not none.is_bug
+
+
+@pytest.mark.parametrize("call,name", [
+    (lambda: np.random.default_rng(3).random(), "numpy.random.default_rng"),
+    (lambda: np.random.RandomState(3).rand(), "numpy.random.RandomState"),
+    (lambda: np.random.seed(3), "numpy.random.seed"),
+    (lambda: random.Random(3).random(), "random.Random"),
+    (lambda: torch.Generator().manual_seed(3), "torch.Generator.manual_seed"),
+    (lambda: torch.rand(2), "torch.rand"),
+])
+def test_rng_use_records_random_number_calls_and_undoes_its_patches(call, name):
+    real = (np.random.default_rng, np.random.seed, np.random.RandomState)
+    made_before = np.random.RandomState(0)
+    with rng_use.watching():
+        assert isinstance(made_before, np.random.RandomState)
+        (torch.zeros(3) - 0.5) / 0.25  # no random numbers: nothing recorded
+        assert rng_use.take() == []
+        call()
+        assert name in rng_use.take()
+    assert (np.random.default_rng, np.random.seed, np.random.RandomState) == real
 
 
 # --------------------------------------------------- acceptance: flagged (issue #3, "must show")
@@ -227,6 +345,82 @@ def test_pipeline_without_randomness_is_reported_as_such():
     assert r.verdict is Verdict.no_randomness and not r.is_bug
     assert [f.kind for f in r.findings] == [FindingKind.no_randomness]
     assert check_advcli("none", **SMALL).verdict is Verdict.no_randomness
+
+
+# ------------------------------------- per-item seeding and the other patterns (issue 15), CLI
+
+
+def _cli_check(spec: str, *args: str):
+    res = _cli("--pipeline", f"{PIPELINES}/{spec}", "--workers", "2", "--samples", "32",
+               "--format", "json", *args)
+    return res, json.loads(res.stdout) if res.stdout.strip() else None
+
+
+@pytest.mark.parametrize("spec,exit_code,verdict,kinds", [
+    # the classic bug: global np.random in workers that start from the parent's NumPy state
+    ("classic_numpy_fork.py:make", 1, "bug", [DUP, REP]),
+    # torch's and Python's global RNGs, and NumPy seeded from torch.initial_seed(): correct
+    ("torch_global.py:make", 0, "clean", []),
+    ("pyrandom_global.py:make", 0, "clean", []),
+    ("initial_seed_init.py:make", 0, "clean", []),
+    # NumPy seeded with a constant in worker_init_fn
+    ("constant_reseed.py:make", 1, "bug", [DUP, REP]),
+    # default_rng([worker seed, index]): correct without persistent workers (crop+flip, flip)
+    ("per_item_seed.py:make", 0, "clean", []),
+    ("per_item_seed.py:flip", 0, "clean", []),
+    # ... but one augmentation per item per worker for the whole run with them
+    ("per_item_seed.py:persistent", 1, "bug", [PER_WORKER]),
+    ("per_item_seed.py:flip_persistent", 1, "bug", [PER_WORKER]),
+    # default_rng(index): frozen
+    ("index_seed.py:numpy_generator", 1, "bug", [FROZEN]),
+    # default_rng([index, epoch]) via set_epoch: clean (with or without the run's seed) ...
+    ("epoch_seed.py:make", 0, "clean", []),
+    ("epoch_seed.py:with_run_seed", 0, "clean", []),
+    # ... but frozen with persistent workers, which never see set_epoch
+    ("epoch_seed.py:persistent", 1, "bug", [FROZEN]),
+    ("no_randomness.py:make", 0, "no randomness", [FindingKind.no_randomness]),
+])
+def test_seeding_patterns_through_the_cli(spec, exit_code, verdict, kinds):
+    res, data = _cli_check(spec)
+    assert res.exit_code == exit_code, res.output
+    assert data["verdict"] == verdict, data["findings"]
+    assert [f["kind"] for f in data["findings"]] == [k.value for k in kinds]
+    assert data["control_runs"] == 6 and data["items"] == 8
+
+
+def test_per_item_seeding_with_persistent_workers_is_its_own_finding():
+    res, data = _cli_check("per_item_seed.py:persistent")
+    (f,) = data["findings"]
+    assert f["persistent_workers"] == ["on"] and f["p_chance"] < 1e-9
+    assert "at most 2 distinct augmentations for the whole run" in f["evidence"]
+    assert "worker_init_fn" in f["fix"]
+    # Without persistence the same dataset is clean: the worker seed changes every epoch.
+    both = _check("per_item_seed.py:persistent", persistent=[False, True])
+    assert _kinds(both) == {PER_WORKER: ["on"]}
+
+
+@pytest.mark.parametrize("name", ["numpy_randomstate", "numpy_imported", "torch_generator",
+                                  "python_random"])
+def test_index_seeded_augmentation_is_frozen_however_it_is_written(name):
+    r = _check(f"index_seed.py:{name}", persistent=[False])
+    assert r.verdict is Verdict.bug and list(_kinds(r)) == [FROZEN], r.findings
+    assert r.rng_calls and "function of the item alone" in r.findings[0].evidence
+
+
+def test_frozen_verdict_in_the_table():
+    res = _cli("--pipeline", f"{PIPELINES}/index_seed.py:numpy_generator", "--workers", "2",
+               "--samples", "32", "--persistent-workers", "off")
+    assert res.exit_code == 1, res.output
+    assert "verdict: BUG: augmentation frozen" in res.stdout
+
+
+def test_epoch_seeding_notes_when_it_ignores_the_run_seed():
+    _res, data = _cli_check("epoch_seed.py:make")
+    assert any("ignores the run's seed" in n for n in data["notes"]), data["notes"]
+    _res, data = _cli_check("epoch_seed.py:with_run_seed")
+    assert not any("run's seed" in n for n in data["notes"]), data["notes"]
+    _res, data = _cli_check("epoch_seed.py:persistent")
+    assert "set_epoch" in data["findings"][0]["fix"]
 
 
 # ------------------------------------------------------------------------------ method details

@@ -13,8 +13,9 @@
   sampling only; it says nothing about seed-to-seed spread).
 - `paired_difference`: the mean of seed-matched differences with its Student-t interval and
   the paired t-test (the right test when the same seeds were trained both ways).
-- `binomial_tail`, `collision_probability`: how likely k agreements in n paired draws are by
-  chance (check-loader's p(chance) for two augmentation streams that agree).
+- `binomial_tail`, `collision_probability`, `pooled_collision_probability`: how likely k
+  agreements in n paired draws are by chance (check-loader's p(chance) for two augmentation
+  streams that agree).
 """
 
 from __future__ import annotations
@@ -202,9 +203,33 @@ def collision_probability(outcomes: Sequence[Hashable]) -> float:
     """Chance that two independent draws give the same outcome: sum_k c_k(c_k-1) / n(n-1) over
     the outcome counts c_k, floored at 1/n so that a never-seen collision is not taken as
     impossible."""
-    n = len(outcomes)
-    if n < 2:
+    return pooled_collision_probability([[[o] for o in outcomes]])
+
+
+def pooled_collision_probability(
+    items: Sequence[Sequence[Sequence[Hashable]]], weights: Sequence[float] | None = None
+) -> float:
+    """The chance that two independent draws of one item agree, as a weighted mean over items
+    (equal weights by default), floored at 1 / (all draws).
+
+    `items[j][r]` holds the draws of item j in run r. Only pairs of draws from different runs
+    count (draws of one run may share a seed); per item that is
+    sum_k (N_k^2 - sum_r n_rk^2) / (N^2 - sum_r n_r^2) over the outcome counts N_k (n_rk in run r)
+    and the draws N (n_r in run r). Several draws per run and many items give a fine-grained
+    estimate from few runs."""
+    weights = [1.0] * len(items) if weights is None else list(weights)
+    q = total = 0.0
+    draws = 0
+    for runs, w in zip(items, weights, strict=True):
+        n = sum(len(run) for run in runs)
+        draws += n
+        pairs = n * n - sum(len(run) ** 2 for run in runs)
+        if pairs <= 0:
+            continue
+        overall = Counter(x for run in runs for x in run)
+        within = sum(c * c for run in runs for c in Counter(run).values())
+        q += w * (sum(c * c for c in overall.values()) - within) / pairs
+        total += w
+    if total <= 0 or draws < 2:
         return 1.0
-    counts = Counter(outcomes).values()
-    q = sum(c * (c - 1) for c in counts) / (n * (n - 1))
-    return max(q, 1.0 / n)
+    return max(q / total, 1.0 / draws)

@@ -1,5 +1,7 @@
 """`advcli check-loader`: is the augmentation randomness of a data pipeline duplicated across
-DataLoader workers, repeated across epochs, or shared by DDP ranks? Exit 0 clean, 1 bug found."""
+DataLoader workers, repeated across epochs, shared by DDP ranks, or frozen per item? Parses the
+options, makes one stage call (`run_check_loader`) and renders the report. Exit 0 clean, 1 bug
+found."""
 
 from __future__ import annotations
 
@@ -55,10 +57,17 @@ def check_loader(
             "(buggy flagged, fixed/device/none not).",
         ),
     ] = False,
-    workers: Annotated[int, typer.Option("--workers", help="DataLoader worker processes.")] = 4,
+    workers: Annotated[
+        int, typer.Option("--workers", help="DataLoader worker processes (0: the main process).")
+    ] = 4,
     epochs: Annotated[int, typer.Option("--epochs", help="Epochs per run (>= 2).")] = 2,
     samples: Annotated[
-        int, typer.Option("--samples", help="Loads of the item per worker per epoch.")
+        int,
+        typer.Option(
+            "--samples",
+            help="Loads per worker per epoch: min(samples/2, dataset size) distinct items, "
+            "loaded in two orders. Each control run (8, under other seeds) loads as many.",
+        ),
     ] = 64,
     ranks: Annotated[
         int,
@@ -76,46 +85,55 @@ def check_loader(
             show_default=False,
         ),
     ] = None,
-    item: Annotated[int, typer.Option("--item", help="Index of the item loaded repeatedly.")] = 0,
+    item: Annotated[
+        int,
+        typer.Option(
+            "--item",
+            help="Index of the first item loaded (the items follow it, wrapping at the end).",
+        ),
+    ] = 0,
     seed: Annotated[int, typer.Option("--seed", help="advcli's own pipeline: training seed.")] = 0,
     format: Annotated[str, typer.Option("--format", help=FORMAT_HELP)] = "table",
     config: Annotated[Path | None, typer.Option("--config", help=CONFIG_HELP)] = None,
 ) -> None:
-    """Check that data augmentation is really random: load one item many times through
-    DataLoader workers over several epochs and compare the workers' output sequences.
-    Flags streams duplicated across workers, repeated across epochs or shared by ranks,
-    each with p(chance) and a fix. Exit 0 clean, 1 bug found, 2 usage error."""
+    """Check that data augmentation is really random: every DataLoader worker loads the same
+    distinct items in the same order (and in a second order) over several epochs, and the
+    workers' output sequences are compared with each other and with control runs under other
+    seeds. Flags streams duplicated across workers, repeated across epochs or shared by ranks,
+    augmentations frozen per item or fixed per worker, each with p(chance) and a fix.
+    Exit 0 clean, 1 bug found, 2 usage error."""
     opts = resolve_options(ctx, locals())
     fmt = str(opts["format"]).strip().lower()
     if fmt not in FORMATS:
         raise UsageError(f"unknown format {opts['format']!r}; valid values: {', '.join(FORMATS)}")
-    persistent = _parse_persistent(opts["persistent_workers"])
-    counts: dict[str, Any] = {
-        "workers": int(opts["workers"]), "epochs": int(opts["epochs"]),
-        "samples": int(opts["samples"]), "ranks": int(opts["ranks"]), "persistent": persistent,
-    }
-    reporter = render.RichReporter()
+    result = stage.run_check_loader(_options(opts), reporter=render.RichReporter())
+    if isinstance(result, stage.AllModesReport):
+        _show_modes(result, fmt)
+    else:
+        _show(result, fmt)
+    raise typer.Exit(1 if result.failed else 0)
+
+
+def _options(opts: dict[str, Any]) -> stage.CheckLoaderOptions:
+    """Check the options at the boundary and build `CheckLoaderOptions`."""
     if opts["pipeline"]:
         if opts["augment"] is not None or opts["all_modes"]:
             raise UsageError("--augment and --all-modes check advcli's own pipeline; "
                              "drop them when you pass --pipeline")
-        report = stage.check_pipeline(
-            str(opts["pipeline"]), item=int(opts["item"]), reporter=reporter, **counts
-        )
-        _show(report, fmt)
-        raise typer.Exit(1 if report.is_bug else 0)
-    if int(opts["item"]) != 0:
+    elif int(opts["item"]) != 0:
         raise UsageError("--item applies to --pipeline; advcli's own check uses probe images")
-    if opts["all_modes"]:
-        if opts["augment"] is not None:
-            raise UsageError("--all-modes checks every --augment mode; drop --augment")
-        modes = stage.check_all_modes(seed=int(opts["seed"]), reporter=reporter, **counts)
-        _show_modes(modes, fmt)
-        raise typer.Exit(0 if modes.as_expected else 1)
-    mode = parse_choice(Augment, opts["augment"] or Augment.fixed.value, name="augment mode")
-    report = stage.check_advcli(mode, seed=int(opts["seed"]), reporter=reporter, **counts)
-    _show(report, fmt)
-    raise typer.Exit(1 if report.is_bug else 0)
+    elif opts["all_modes"] and opts["augment"] is not None:
+        raise UsageError("--all-modes checks every --augment mode; drop --augment")
+    augment = None
+    if not opts["pipeline"] and not opts["all_modes"]:
+        augment = parse_choice(Augment, opts["augment"] or Augment.fixed.value, name="augment mode")
+    return stage.CheckLoaderOptions(
+        pipeline=str(opts["pipeline"]) if opts["pipeline"] else None, augment=augment,
+        all_modes=bool(opts["all_modes"]), workers=int(opts["workers"]),
+        epochs=int(opts["epochs"]), samples=int(opts["samples"]), ranks=int(opts["ranks"]),
+        persistent=_parse_persistent(opts["persistent_workers"]), item=int(opts["item"]),
+        seed=int(opts["seed"]),
+    )
 
 
 def _parse_persistent(value: Any) -> list[bool] | None:
@@ -134,22 +152,36 @@ def _parse_persistent(value: Any) -> list[bool] | None:
 def _settings_text(r: stage.LoaderReport) -> str:
     workers = f"{r.workers} workers" if r.workers else "main process"
     rank = f" · {r.ranks} ranks" if r.ranks > 1 else ""
-    what = "a probe image" if r.advcli_pipeline else f"item {r.item}"
+    if r.advcli_pipeline:
+        what = f"{r.items} probe images" if r.items > 1 else "a probe image"
+    else:
+        what = f"{r.items} items from item {r.item}" if r.items > 1 else f"item {r.item}"
+    control = f" · {r.control_runs} control runs" if r.control_runs else ""
     return (f"{workers} × {r.epochs} epochs × {r.samples} loads of {what}{rank} · "
-            f"persistent_workers {', '.join(r.persistent_workers)}")
+            f"persistent_workers {', '.join(r.persistent_workers)}{control}")
+
+
+# How each bug finding reads in the verdict line.
+_BUG_TEXT = {
+    stage.FindingKind.duplicate_workers: "augmentation randomness duplicated across workers",
+    stage.FindingKind.repeat_epochs: "augmentation randomness repeated across epochs",
+    stage.FindingKind.duplicate_ranks: "augmentation randomness duplicated across ranks",
+    stage.FindingKind.frozen: "augmentation frozen: each item gets the same one every epoch",
+    stage.FindingKind.per_worker: "at most one augmentation per item per worker for the whole run",
+}
 
 
 def _verdict_text(r: stage.LoaderReport) -> str:
     if r.verdict is stage.Verdict.bug:
-        kinds = " and ".join(f.kind.value for f in r.findings if f.bug)
-        return f"BUG: augmentation randomness {kinds}"
+        return "BUG: " + "; ".join(_BUG_TEXT[f.kind] for f in r.findings if f.bug)
     if r.verdict is stage.Verdict.no_randomness:
-        return "no randomness: every load gives the same output, so nothing can be duplicated"
+        return ("no randomness: every load of an item gives the same output and no "
+                "random-number call was seen, so nothing can be duplicated")
     if r.verdict is stage.Verdict.inconclusive:
         return "inconclusive: too little randomness per load to judge; raise --samples"
     pairs = f"{r.pairs_compared} pair{'s' if r.pairs_compared != 1 else ''}"
-    return (f"clean: no duplicated or repeated sequences ({pairs} of sequences compared, "
-            f"{r.distinct_outputs} distinct outputs in {r.loads} loads)")
+    return (f"clean: no duplicated, repeated or frozen sequences ({pairs} of sequences "
+            f"compared, {r.distinct_outputs} distinct outputs in {r.loads} loads)")
 
 
 def _show(r: stage.LoaderReport, fmt: str) -> None:
@@ -159,9 +191,10 @@ def _show(r: stage.LoaderReport, fmt: str) -> None:
     rows = [(f.kind.value, _plain(f.evidence), _plain(f.fix)) for f in r.findings]
     if not rows:
         smallest = "" if r.smallest_p is None else f" (smallest {stage.format_p(r.smallest_p)})"
-        rows = [("none", f"{r.distinct_outputs} distinct outputs in {r.loads} loads, per-load "
-                 f"collision probability {r.collision_probability:.3g}; no pair of sequences "
-                 f"agrees beyond chance{smallest}", "")]
+        rows = [("none", f"{r.distinct_outputs} distinct outputs in {r.loads} loads; two "
+                 f"independent loads of an item agree with probability "
+                 f"{r.collision_probability:.3g} (control runs); no pair of sequences agrees "
+                 f"beyond chance{smallest}", "")]
     table = render.table(_plain(f"check-loader {r.target}: {_settings_text(r)}"),
                          ["finding", "evidence", "fix"], rows)
     _left_lines(table)

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch.utils.data import get_worker_info
 
+from advcli.stages.check_loader import rng_use
 from advcli.stages.check_loader.report import MAIN
 
 
@@ -53,16 +54,19 @@ def _feed(h: Any, obj: Any) -> None:
 
 class Fingerprinter:
     """Stands in for the collate function and runs inside each worker: the pipeline's own collate
-    on each sample, then a fingerprint per sample, tagged with the worker id."""
+    on each sample, then a fingerprint per sample, tagged with the worker id and the
+    random-number calls seen while the batch was loaded (`rng_use`)."""
 
     def __init__(self, collate_fn: Callable[[Any], Any] | None, batched: bool) -> None:
         self.collate_fn = collate_fn
         self.batched = batched
 
-    def __call__(self, samples: list[Any]) -> tuple[int, list[str]]:
+    def __call__(self, samples: list[Any]) -> tuple[int, list[str], list[str]]:
         info = get_worker_info()
         worker = info.id if info is not None else MAIN
         if self.collate_fn is None:
-            return worker, [fingerprint(s) for s in samples]
-        wrap = (lambda s: [s]) if self.batched else (lambda s: s)
-        return worker, [fingerprint(self.collate_fn(wrap(s))) for s in samples]
+            fps = [fingerprint(s) for s in samples]
+        else:
+            wrap = (lambda s: [s]) if self.batched else (lambda s: s)
+            fps = [fingerprint(self.collate_fn(wrap(s))) for s in samples]
+        return worker, fps, rng_use.take()

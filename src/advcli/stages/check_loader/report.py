@@ -24,6 +24,10 @@ class FindingKind(str, enum.Enum):
     duplicate_workers = "duplicated across workers"
     repeat_epochs = "repeated across epochs"
     duplicate_ranks = "duplicated across ranks"
+    # The output follows the item, not the epoch: an RNG seeded per item from something fixed
+    # for the whole run (the index alone; or the worker seed with persistent workers).
+    frozen = "augmentation frozen per item"
+    per_worker = "one augmentation per item per worker"
     no_randomness = "no randomness"
     low_power = "too little randomness to judge"
 
@@ -44,13 +48,15 @@ Streams = dict[StreamKey, list[str]]
 
 @dataclass(frozen=True)
 class Agreement:
-    """Two sequences compared position by position."""
+    """Two sequences compared position by position, or item by item across the two load orders
+    (`by_item`)."""
 
     a: StreamKey
     b: StreamKey
     matches: int
     length: int
     p_chance: float
+    by_item: bool = False
 
 
 @dataclass(frozen=True)
@@ -74,17 +80,20 @@ class LoaderReport:
     epochs: int
     samples: int  # loads per worker per epoch
     ranks: int
-    item: int
+    item: int  # the first of the items loaded
     persistent_workers: list[str]  # "off" / "on" / "n/a" (no worker processes)
-    loads: int
+    loads: int  # judged loads (control runs not counted)
     distinct_outputs: int
-    collision_probability: float
+    collision_probability: float  # two independent loads of one item agree (from the control)
     threshold: float  # per-comparison p below which agreement is flagged
     pairs_compared: int
     smallest_p: float | None  # the most suspicious agreement of all pairs compared
     time_s: float
     notes: list[str] = field(default_factory=list)
     advcli_pipeline: bool = False  # advcli's own pipeline on probe images (item is moot)
+    items: int = 1  # distinct items per sequence, from `item` on
+    control_runs: int = 0  # runs under other seeds that gave the chance-agreement estimate
+    rng_calls: list[str] = field(default_factory=list)  # random-number calls seen while loading
 
     @property
     def is_bug(self) -> bool:
