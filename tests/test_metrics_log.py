@@ -261,3 +261,44 @@ def _has_tensorboard() -> bool:
     except ImportError:
         return False
     return True
+
+
+def test_adv_train_cli_writes_metrics_png_and_tensorboard(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from advcli.cli.app import app
+
+    out = tmp_path / "r.safetensors"
+    tb = tmp_path / "tb"
+    args = ["adv-train", "--eps", "8/255", "--attack", "fgsm", "--epochs", "2", "--n-train", "128",
+            "--batch-size", "64", "--augment", "none", "--on-overfit", "off", "--out", str(out), "--device", "cpu", "-q"]
+    if _has_tensorboard():
+        args += ["--tensorboard", str(tb)]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    m = read_metrics(tmp_path / "r.metrics.jsonl")
+    assert [r["step"] for r in m.steps] == [1, 2, 3, 4]
+    assert all(0.0 <= r["attack_success_rate"] <= 1.0 for r in m.steps)
+    assert [r["epoch"] for r in m.epochs] == [1, 2]
+    assert m.epochs[-1]["attack_success_rate"] == pytest.approx(1 - m.epochs[-1]["adv_accuracy"])
+    assert (tmp_path / "r.history.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    if _has_tensorboard():
+        s = scalars(tb)
+        assert [step for step, _ in s["step/attack_success_rate"]] == [1, 2, 3, 4]
+        assert [step for step, _ in s["epoch/adv_accuracy"]] == [2, 4]
+        assert "step/lr" in s and "epoch/test_accuracy" in s
+
+
+def test_train_cli_without_the_extra_says_how_to_get_it(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from advcli.cli.app import app
+
+    for name in [m for m in sys.modules if m == "tensorboard" or m.startswith(("tensorboard.", "torch.utils.tensorboard"))]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "tensorboard", None)
+    res = CliRunner().invoke(app, ["train", "--epochs", "1", "--out", str(tmp_path / "m.safetensors"),
+                                   "--tensorboard", str(tmp_path / "tb")])
+    assert res.exit_code == 2
+    assert TENSORBOARD_HINT in res.output and "Traceback" not in res.output
+    assert list(tmp_path.iterdir()) == []  # failed before any work

@@ -295,13 +295,18 @@ class EpochEvent(Protocol):
 
 class RunWatch:
     """The run logger as the training loop's step and end hooks (`fit(step_hooks=[w.on_step],
-    end_hooks=[w.on_epoch])`); call `close` after training, also when it fails.
+    end_hooks=[w.on_epoch])`); use as a context manager (or call `close`) around training, so
+    the buffered steps are written also when it fails.
 
     The loop does not say whether it resumed: the first step tells. Its epoch e means the run
     resumed after epoch e - 1, and its step is where TensorBoard purges the interrupted run. The
     PNG starts from the epochs before that, read back from NAME.metrics.jsonl."""
 
-    def __init__(self, out: str | Path, *, label: str, tensorboard: str | Path | None = None, png: bool = True) -> None:
+    def __init__(
+        self, out: str | Path, *, label: str, tensorboard: str | Path | None = None, png: bool = True,
+        enabled: bool = True,
+    ) -> None:
+        self.enabled = enabled  # False on torchrun ranks other than 0: one writer per run
         self.out = out
         self.label = label
         self.tensorboard = tensorboard
@@ -319,6 +324,8 @@ class RunWatch:
         )
 
     def on_step(self, s: StepEvent) -> None:
+        if not self.enabled:
+            return
         if self.logger is None:
             self.logger = self._open(s)
         extra = {"attack_success_rate": 1 - s.adv_correct.float() / s.n_adv} if s.n_adv else {}
@@ -332,6 +339,12 @@ class RunWatch:
     def close(self) -> None:
         if self.logger is not None:
             self.logger.close()
+
+    def __enter__(self) -> RunWatch:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 @dataclass

@@ -37,6 +37,7 @@ from advcli.cli.train_options import (
     Resume,
     Seed,
     SyncBn,
+    Tensorboard,
     ValSplit,
     WeightDecay,
     Workers,
@@ -114,6 +115,7 @@ def adv_train(
     resume: Resume = RUN.resume,
     quiet: Quiet = RUN.quiet,
     config: Config = RUN.config,
+    tensorboard: Tensorboard = RUN.tensorboard,
 ) -> None:
     """Adversarial training: the train loop plus an attack on the last --fraction of every batch.
 

@@ -35,6 +35,7 @@ from advcli.cli.train_options import (
     Resume,
     Seed,
     SyncBn,
+    Tensorboard,
     ValSplit,
     WeightDecay,
     Workers,
@@ -74,6 +75,7 @@ def train(
     resume: Resume = RUN.resume,
     quiet: Quiet = RUN.quiet,
     config: Config = RUN.config,
+    tensorboard: Tensorboard = RUN.tensorboard,
 ) -> None:
     """Train a model with standard (clean) training; writes a self-describing checkpoint.
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import yaml
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -24,12 +25,13 @@ err = Console(stderr=True)
 
 
 def error_line(message: str) -> None:
-    # One line, no wrapping or markup surprises from the message text itself.
-    err.print(f"[bold red]error:[/] {message}", markup=True, highlight=False, soft_wrap=True)
+    # One line, no wrapping or markup surprises from the message text itself: escaped, or
+    # rich would read "pip install 'advcli[tensorboard]'" as a style tag and drop it.
+    err.print(f"[bold red]error:[/] {escape(message)}", markup=True, highlight=False, soft_wrap=True)
 
 
 def warn_line(message: str) -> None:
-    err.print(f"[yellow]warning:[/] {message}", markup=True, highlight=False, soft_wrap=True)
+    err.print(f"[yellow]warning:[/] {escape(message)}", markup=True, highlight=False, soft_wrap=True)
 
 
 def info_line(message: str) -> None:

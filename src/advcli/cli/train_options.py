@@ -21,6 +21,7 @@ from advcli.cli import render
 from advcli.cli.common import CONFIG_HELP, DEVICE_HELP
 from advcli.config import Augment, Schedule, parse_choice
 from advcli.device import resolve_device
+from advcli.metrics_log import TENSORBOARD_HINT, require_tensorboard
 from advcli.models import resolve_arch
 from advcli.stages.train import Precision, TrainOptions, TrainResult
 
@@ -33,12 +34,13 @@ class RunOptions:
     resume: bool = False
     quiet: bool = False
     config: Path | None = None
+    tensorboard: str | None = None
 
 
 TRAIN = TrainOptions()
 RUN = RunOptions()
 
-Out = Annotated[Path, typer.Option("--out", "-o", help="Checkpoint to write (.safetensors); its .history.yaml and .state.safetensors (for --resume) go beside it.")]
+Out = Annotated[Path, typer.Option("--out", "-o", help="Checkpoint to write (.safetensors); its .history.yaml, .state.safetensors (for --resume), .metrics.jsonl (per-step and per-epoch metrics, appended as it runs) and .history.png (redrawn every epoch) go beside it.")]
 Arch = Annotated[str, typer.Option("--arch", help="Model: tiny-cnn, small-cnn, simplenet, resnet18, resnet50, preact-resnet18, resnet32, wrn-28-10, wrn-34-10.")]
 Dataset = Annotated[str, typer.Option("--dataset", help="synthetic (built in, no files), cifar10, cifar100, svhn (torchvision, under --data-dir), or folder:PATH (image tree or .zip with train/<class>/ and test/<class>/).")]
 DataDir = Annotated[str, typer.Option("--data-dir", help="Folder of the torchvision datasets (cifar10, cifar100, svhn).")]
@@ -65,6 +67,7 @@ Device = Annotated[str, typer.Option("--device", help=DEVICE_HELP)]
 Resume = Annotated[bool, typer.Option("--resume", help="Continue from the training state saved beside --out after the last completed epoch (bit-identical to an uninterrupted run).")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
 Config = Annotated[Path | None, typer.Option("--config", help=CONFIG_HELP)]
+Tensorboard = Annotated[str | None, typer.Option("--tensorboard", metavar="DIR", help=f"Also write TensorBoard event files into the folder DIR: per-step loss, learning rate and attack success rate (fraction of the batch's adversarial examples misclassified), per-epoch metrics, all against the optimizer step. Needs the optional extra: {TENSORBOARD_HINT}.")]
 
 
 def train_options(opts: dict[str, Any]) -> TrainOptions:
@@ -98,11 +101,13 @@ def train_options(opts: dict[str, Any]) -> TrainOptions:
 
 def run_training(opts: dict[str, Any], title: str, call: Callable[..., TrainResult]) -> None:
     """The end of both commands: join torchrun's process group, make the one stage call
-    `call(device, resume=, reporter=)`, render its result on rank 0."""
+    `call(device, resume=, reporter=, tensorboard=)`, render its result on rank 0."""
+    if opts["tensorboard"]:
+        require_tensorboard()  # a missing extra fails now, not after loading the data
     info, device = distributed.setup(resolve_device(opts["device"]))
     try:
         reporter = render.RichReporter(quiet=bool(opts["quiet"]) or not info.is_main)
-        result = call(device, resume=bool(opts["resume"]), reporter=reporter)
+        result = call(device, resume=bool(opts["resume"]), reporter=reporter, tensorboard=opts["tensorboard"])
     finally:
         distributed.cleanup()
     if info.is_main:

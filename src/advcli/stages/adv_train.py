@@ -54,6 +54,7 @@ from advcli.stages.train import (
     TrainResult,
     fit,
     load_training_data,
+    watched,
 )
 
 
@@ -248,10 +249,12 @@ def check_static_options(adv: AdvOptions) -> None:
 def run_adv_train(
     opts: TrainOptions, adv: AdvOptions, device: torch.device, *, resume: bool = False,
     reporter: Reporter | None = None, step_hooks: list[StepHook] | None = None, end_hooks: list[EndHook] | None = None,
+    tensorboard: str | None = None,
 ) -> TrainResult:
-    """`advcli adv-train`: load the dataset, then `adv_fit`."""
-    return adv_fit(opts, adv, load_training_data(opts), device, resume=resume, reporter=reporter,
-                   step_hooks=step_hooks, end_hooks=end_hooks)
+    """`advcli adv-train`: load the dataset, then `adv_fit`, watched (stages.train.watched)."""
+    with watched(opts, tensorboard) as watch:
+        return adv_fit(opts, adv, load_training_data(opts), device, resume=resume, reporter=reporter,
+                       step_hooks=[*(step_hooks or []), watch.on_step], end_hooks=[*(end_hooks or []), watch.on_epoch])
 
 
 def adv_fit(

@@ -40,6 +40,7 @@ from advcli.data.datasets import train_subset
 from advcli.data.loaders import train_batches
 from advcli.errors import UsageError
 from advcli.history import history_path_for, write_history
+from advcli.metrics_log import RunWatch
 from advcli.models import Classifier, build_model
 from advcli.progress import NullReporter, Reporter
 from advcli.rng import Stream, stream_generator, stream_seed
@@ -413,10 +414,19 @@ def load_training_data(opts: TrainOptions) -> ImageData:
 def run_train(
     opts: TrainOptions, device: torch.device, *, resume: bool = False, reporter: Reporter | None = None,
     step_hooks: list[StepHook] | None = None, end_hooks: list[EndHook] | None = None,
+    tensorboard: str | None = None,
 ) -> TrainResult:
-    """`advcli train`: load the dataset, then `fit`."""
-    return fit(opts, load_training_data(opts), device, resume=resume, reporter=reporter,
-               step_hooks=step_hooks, end_hooks=end_hooks)
+    """`advcli train`: load the dataset, then `fit`, watched (see `watched`)."""
+    with watched(opts, tensorboard) as watch:
+        return fit(opts, load_training_data(opts), device, resume=resume, reporter=reporter,
+                   step_hooks=[*(step_hooks or []), watch.on_step], end_hooks=[*(end_hooks or []), watch.on_epoch])
+
+
+def watched(opts: TrainOptions, tensorboard: str | None = None) -> RunWatch:
+    """What a command's run writes as it goes (rank 0): NAME.metrics.jsonl, NAME.history.png
+    after every epoch and, with `tensorboard`, TensorBoard events (advcli.metrics_log)."""
+    label = opts.label or Path(opts.out).name.removesuffix(".safetensors")
+    return RunWatch(opts.out, label=label, tensorboard=tensorboard, enabled=distributed.current().is_main)
 
 
 def fit(
