@@ -55,6 +55,10 @@ def chunk(loads: int) -> int:
     return math.gcd(loads, 16)
 
 
+class ProbeError(RuntimeError):
+    """An assumption of the probe itself failed (a bug here, not in the pipeline checked)."""
+
+
 def _round_robin(loads: list[int], workers: int, size: int) -> list[int]:
     # Batch i goes to worker i % workers (DataLoader's round-robin dispatch), so repeating each
     # batch of `size` loads once per worker gives every worker the same sequence.
@@ -99,13 +103,11 @@ def _run_loader(
             with contextlib.nullcontext() if multi else rng_use.watching():
                 for i, (worker, fps, names) in enumerate(batches):
                     if worker != (i % workers if multi else MAIN):
-                        raise RuntimeError(f"batch {i} came from worker {worker}, not round-robin")
+                        raise ProbeError(f"batch {i} came from worker {worker}, not round-robin")
                     out.setdefault((epoch, worker), []).extend(fps)
                     calls.update(names)
-    except RuntimeError as exc:
-        if "round-robin" in str(exc):
-            raise
-        raise _load_error(exc, loads, workers) from exc
+    except ProbeError:
+        raise
     except Exception as exc:  # the pipeline's own code failed inside a worker or the main process
         raise _load_error(exc, loads, workers) from exc
     finally:
@@ -244,8 +246,8 @@ def _advcli_epoch(
     )
     for i, (xb, yb) in enumerate(batches):
         if yb.tolist() != sequence[i * size:(i + 1) * size]:
-            raise RuntimeError("train_batches visited the probe images out of the order it "
-                               "showed for the same seed, epoch and rank")
+            raise ProbeError("train_batches visited the probe images out of the order it "
+                             "showed for the same seed, epoch and rank")
         out.setdefault(i % workers if workers else MAIN, []).extend(fingerprint(s) for s in xb)
     return out
 

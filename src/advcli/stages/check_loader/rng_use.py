@@ -52,37 +52,32 @@ def take() -> list[str]:
     return names
 
 
-def rebase() -> None:
-    """Forget draws made so far (e.g. DataLoader's own base seed when an iterator starts)."""
-    global _global_state
-    _seen.clear()
-    if _global_state is not None:
-        _global_state = _numpy_global_state()
-
-
 def _numpy_global_state() -> tuple[Any, ...]:
     st = np.random.get_state()
     return (st[1].tobytes(), *st[2:])
 
 
 def _hook(frame: Any, event: str, arg: Any) -> None:
-    if event == "c_call":
-        owner = getattr(arg, "__self__", None)
-        name = getattr(arg, "__name__", "")
-        if isinstance(owner, torch.Generator):
-            _seen_call(f"torch.Generator.{name}")
-        elif isinstance(owner, random.Random):
-            _seen_call(f"random.Random.{name}")
-        elif name in _TORCH_RANDOM and (
-            getattr(arg, "__module__", None) == "torch" or isinstance(owner, torch.Tensor)
-        ):
-            _seen_call(f"torch.{name}")
-    elif event == "call" and frame.f_globals.get("__name__") == "random":
-        name = frame.f_code.co_name
-        _seen_call("random.Random" if name == "__init__" else f"random.{name}")
+    try:
+        if event == "c_call":
+            owner = getattr(arg, "__self__", None)
+            name = getattr(arg, "__name__", "")
+            if isinstance(owner, torch.Generator):
+                _note(f"torch.Generator.{name}")
+            elif isinstance(owner, random.Random):
+                _note(f"random.Random.{name}")
+            elif name in _TORCH_RANDOM and (
+                getattr(arg, "__module__", None) == "torch" or isinstance(owner, torch.Tensor)
+            ):
+                _note(f"torch.{name}")
+        elif event == "call" and frame.f_globals.get("__name__") == "random":
+            name = frame.f_code.co_name
+            _note("random.Random" if name == "__init__" else f"random.{name}")
+    except Exception:  # a spawned worker's interpreter tearing down (torch may be None)
+        pass
 
 
-def _seen_call(name: str) -> None:
+def _note(name: str) -> None:
     _seen.add(name)
     # One sighting is the evidence; profiling every later call would only slow the loads.
     if sys.getprofile() is _hook:
@@ -91,7 +86,7 @@ def _seen_call(name: str) -> None:
 
 def _counting(fn: Callable[..., Any], name: str) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        _seen.add(name)
+        _note(name)
         return fn(*args, **kwargs)
 
     wrapper.__wrapped__ = fn  # type: ignore[attr-defined]
@@ -114,7 +109,7 @@ class CountingRandomState(np.random.RandomState, metaclass=_SameClass):
     """`np.random.RandomState` that records its construction."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        _seen.add("numpy.random.RandomState")
+        _note("numpy.random.RandomState")
         super().__init__(*args, **kwargs)
 
 
