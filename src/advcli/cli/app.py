@@ -9,6 +9,7 @@ import typer
 import advcli
 from advcli.cli.cmd_adv_train import adv_train
 from advcli.cli.cmd_attack import attack_cmd
+from advcli.cli.cmd_audit import audit_cmd
 from advcli.cli.cmd_check_loader import check_loader
 from advcli.cli.cmd_compare import compare
 from advcli.cli.cmd_eval import eval_cmd
@@ -41,6 +42,7 @@ app.command("eval")(eval_cmd)
 app.command("compare")(compare)
 app.command("import")(import_)
 app.command("landscape")(landscape)
+app.command("audit")(audit_cmd)
 # Command groups: `advcli plot history ...`.
 app.add_typer(plot_app, name="plot")
 

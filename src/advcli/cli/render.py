@@ -95,3 +95,30 @@ def dump(data: Any, fmt: str) -> None:
         out.print_json(json.dumps(data)) if False else print(json.dumps(data, indent=2, sort_keys=False))
     else:
         print(yaml.safe_dump(data, sort_keys=False), end="")
+
+
+STATUS_STYLES = {"pass": "green", "warn": "yellow", "fail": "bold red", "skip": "dim"}
+
+
+def status_table(title: str | None, columns: Sequence[str], rows: Sequence[Sequence[Any]],
+                 status_column: int) -> Table:
+    """A table whose `status_column` (pass / warn / fail / skip) is coloured; cells are plain
+    text (no rich markup is read from them, so brackets in measured values stay as they are)."""
+    from rich.text import Text
+
+    t = Table(title=title, show_lines=True)
+    for c in columns:
+        t.add_column(str(c), justify="left", overflow="fold")
+    for r in rows:
+        cells = [Text(str(v)) for v in r]
+        status = str(r[status_column])
+        cells[status_column] = Text(status, style=STATUS_STYLES.get(status, ""))
+        t.add_row(*cells)
+    return t
+
+
+def verdict_line(status: str, message: str) -> None:
+    """The one-line verdict of a check run, on stdout (it is a result), coloured by status."""
+    from rich.text import Text
+
+    out.print(Text(f"verdict: {message}", style=STATUS_STYLES.get(status, "")))

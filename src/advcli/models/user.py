@@ -1,0 +1,140 @@
+"""User code as a model: `--model FILE.py:CALLABLE` and `--wrap FILE.py:CALLABLE`.
+
+Robustness claims are usually about a model with a defence around it, or about a network that
+is not an advcli architecture. Two hooks let any such model be evaluated:
+
+- `--model FILE.py:CALLABLE`: `CALLABLE()` returns any `nn.Module` taking float NCHW images in
+  [0, 1] and returning logits [N, classes]. Weights, when given, come from a safetensors file
+  (`load_user_model(spec, weights=PATH)`, strict key match): advcli never unpickles anything,
+  and what the user's own code loads is its own business.
+- `--wrap FILE.py:CALLABLE`: `CALLABLE(model)` receives the loaded model and returns the
+  `nn.Module` to evaluate (a preprocessing defence, an ensemble, a detector), same contract.
+
+Running user code is explicit: the file is imported as a module (with all the rights of the
+user running advcli), exactly as named. Every `UserCode` records the file's sha256 so a result
+says which version of the code it measured. This module is the one place that imports user
+files; `eval`, `attack` and `audit` all go through it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from advcli.errors import AdvcliError, UsageError
+from advcli.io import sha256_file
+
+MODEL_HELP = (
+    "FILE.py:CALLABLE: evaluate the nn.Module that CALLABLE() returns instead of an advcli "
+    "architecture (images in [0, 1] NCHW in, logits out). RUNS THE CODE IN FILE.py. Its weights "
+    "come from the checkpoint argument (safetensors, keys must match) or from the code itself; "
+    "the file's sha256 is recorded."
+)
+WRAP_HELP = (
+    "FILE.py:CALLABLE: evaluate CALLABLE(model), an nn.Module around the loaded model (a "
+    "preprocessing defence, an ensemble, a detector; [0, 1] NCHW in, logits out). RUNS THE CODE "
+    "IN FILE.py. The file's sha256 is recorded."
+)
+
+
+@dataclass(frozen=True)
+class UserCode:
+    """Where a user callable came from: `path:callable` and the file's sha256."""
+
+    path: str
+    callable: str
+    sha256: str
+    role: str  # "model" or "wrap"
+
+    @property
+    def spec(self) -> str:
+        return f"{self.path}:{self.callable}"
+
+    def to_dict(self) -> dict[str, str]:
+        return {"file": self.path, "callable": self.callable, "sha256": self.sha256}
+
+
+def parse_spec(spec: str, *, option: str) -> tuple[Path, str]:
+    """`FILE.py:CALLABLE` -> (path, name); a UsageError naming `option` for anything else."""
+    text = str(spec).strip()
+    path_text, sep, name = text.rpartition(":")
+    if not sep or not path_text or not name:
+        raise UsageError(f"{option} {text!r} must be FILE.py:CALLABLE, e.g. {option} defence.py:wrap")
+    if not name.isidentifier():
+        raise UsageError(f"{option} {text!r}: {name!r} is not a Python name; write FILE.py:CALLABLE")
+    path = Path(path_text)
+    if path.suffix != ".py":
+        raise UsageError(f"{option} {text!r}: {path_text!r} is not a .py file; write FILE.py:CALLABLE")
+    if not path.is_file():
+        raise UsageError(f"{option} {text!r}: {path_text!r} does not exist; check the path")
+    return path, name
+
+
+def load_callable(spec: str, *, option: str) -> tuple[Any, UserCode]:
+    """Import FILE.py as a fresh module and return its CALLABLE with the file's provenance."""
+    path, name = parse_spec(spec, option=option)
+    digest = sha256_file(path)
+    # A name unique per file content: two different files (or versions) never share a module.
+    module_name = f"advcli_user_{hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]}_{digest[:12]}"
+    module_spec = importlib.util.spec_from_file_location(module_name, path)
+    if module_spec is None or module_spec.loader is None:
+        raise UsageError(f"{option} {spec!r}: {str(path)!r} cannot be imported as a Python file")
+    module = importlib.util.module_from_spec(module_spec)
+    sys.modules[module_name] = module  # dataclasses and pickling look modules up by name
+    try:
+        module_spec.loader.exec_module(module)
+    except Exception as exc:  # user code: any exception is the user's to fix, said in one line
+        sys.modules.pop(module_name, None)
+        raise AdvcliError(f"importing {str(path)!r} ({option}) raised {type(exc).__name__}: {exc}; "
+                          "fix the file (ADVCLI_DEBUG=1 shows the traceback)") from exc
+    fn = getattr(module, name, None)
+    if fn is None or not callable(fn):
+        found = sorted(k for k, v in vars(module).items() if callable(v) and not k.startswith("_"))
+        raise UsageError(f"{option} {spec!r}: {str(path)!r} has no callable {name!r}"
+                         + (f"; it defines {', '.join(found[:8])}" if found else ""))
+    role = option.lstrip("-")
+    return fn, UserCode(path=str(path), callable=name, sha256=digest, role=role)
+
+
+def _call(fn: Any, code: UserCode, *args: Any) -> nn.Module:
+    try:
+        out = fn(*args)
+    except Exception as exc:  # user code
+        raise AdvcliError(f"{code.spec} (--{code.role}) raised {type(exc).__name__}: {exc}; "
+                          "fix the callable (ADVCLI_DEBUG=1 shows the traceback)") from exc
+    if not isinstance(out, nn.Module):
+        raise AdvcliError(f"{code.spec} (--{code.role}) returned {type(out).__name__}, not a "
+                          "torch.nn.Module; return the module that maps [0, 1] NCHW images to logits")
+    return out
+
+
+def load_user_model(spec: str, weights: str | Path | None = None) -> tuple[nn.Module, UserCode]:
+    """`--model FILE.py:CALLABLE`: the module `CALLABLE()` builds, in eval mode, with the
+    safetensors `weights` loaded into it when given (every key must match)."""
+    fn, code = load_callable(spec, option="--model")
+    model = _call(fn, code)
+    if weights is not None:
+        from advcli.checkpoint import load_tensors
+
+        tensors, _ = load_tensors(weights)
+        # A Classifier checkpoint holds `normalize.` buffers + `net.`; a bare module its own keys.
+        missing, unexpected = model.load_state_dict(tensors, strict=False)
+        if missing or unexpected:
+            raise AdvcliError(
+                f"the weights in {str(weights)!r} do not fit {code.spec}: missing "
+                f"{sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}; save the module's "
+                "own state_dict with safetensors"
+            )
+    return model.eval(), code
+
+
+def wrap_model(model: nn.Module, spec: str) -> tuple[nn.Module, UserCode]:
+    """`--wrap FILE.py:CALLABLE`: `CALLABLE(model)`, in eval mode."""
+    fn, code = load_callable(spec, option="--wrap")
+    return _call(fn, code, model).eval(), code
