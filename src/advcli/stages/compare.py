@@ -859,9 +859,6 @@ def build_flatness_table(sets: Sequence[FlatnessSet]) -> CompareTable | None:
 
 Input = EvalResult | AttackSummary | FlatnessSet
 
-LANDSCAPE_SCHEMA = "advcli.landscape/1"
-
-
 def load_input(path: str | Path) -> Input:
     """A result file, an attack summary or a landscape file, told apart by `schema`."""
     from advcli.io import read_yaml_document
@@ -869,9 +866,10 @@ def load_input(path: str | Path) -> Input:
     p = Path(path)
     head = read_yaml_document(p, what="result file", schema=None,
                               make_hint="pass files written by advcli eval, attack or landscape")
-    if head.get("schema") == LANDSCAPE_SCHEMA:
-        from advcli.stages.landscape import read_document
+    from advcli.stages.landscape import SCHEMA as LANDSCAPE_SCHEMA
+    from advcli.stages.landscape import read_document
 
+    if head.get("schema") == LANDSCAPE_SCHEMA:
         return flatness_set(read_document(p), p)
     return load_any(p)
 
