@@ -293,3 +293,20 @@ def test_keep_iterate_last_is_recorded_and_stadv_rejects_it(tiny_ckpt, tmp_path)
     assert r.exit_code == 2 and "does not apply to stadv" in r.stderr
     r = invoke(tiny_ckpt, "--keep-iterate", "best", "--out", tmp_path / "c.safetensors")
     assert r.exit_code == 2 and "valid values: first-success, last" in r.stderr
+
+
+def test_the_attack_runs_in_fp32_inside_an_autocast_region(tiny_ckpt, synthetic_data):
+    from advcli.attacks import AttackSpec
+    from advcli.stages.attack import run_attack
+
+    model = load_checkpoint(tiny_ckpt).model
+    index = test_subset(synthetic_data.test_y, 8, seed=0)
+    dtypes: set[torch.dtype] = set()
+    handle = model.register_forward_hook(lambda m, i, out: dtypes.add(out.dtype))
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            run_attack(model, synthetic_data.test_x[index], synthetic_data.test_y[index],
+                       AttackSpec("pgd", "linf", "2/255", steps=2, keep="first-success"))
+    finally:
+        handle.remove()
+    assert dtypes == {torch.float32}

@@ -98,15 +98,15 @@ def test_pgd_attacks_only_the_correctly_classified(
 
     def spy_build(spec):
         attack = real_build(spec)
-        real_perturb = attack.perturb
+        real_run = attack.run
 
-        def perturb(model, x, y, generator=None):
+        def run(model, x, y, generator=None):
             with torch.no_grad():
                 assert bool((model(x).argmax(1) == y).all()), "attacked a misclassified example"
             seen.append(len(y))
-            return real_perturb(model, x, y, generator=generator)
+            return real_run(model, x, y, generator=generator)
 
-        attack.perturb = perturb
+        attack.run = run
         return attack
 
     monkeypatch.setattr(attacks, "build_attack", spy_build)
@@ -171,8 +171,10 @@ def test_transfer_from_an_adversarial_set(tiny_ckpt: Path, synthetic_data,
     transfer = res.entry("transfer")
     model = load_checkpoint(tiny_ckpt).model
     with torch.no_grad():
-        expected = (model(x_adv).argmax(1) == y).numpy()
+        on_adv = (model(x_adv).argmax(1) == y).numpy()
+        expected = on_adv & (model(x).argmax(1) == y).numpy()
     np.testing.assert_array_equal(transfer.flags, expected)
+    assert transfer.params["adv_accuracy"] == pytest.approx(on_adv.mean())
     assert transfer.index_sha256 is None  # the same examples as the rest of the file
     assert transfer.params["source"]["sha256"] == sha256_file(adv)
     assert transfer.params["source"]["attack"]["name"] == "fgsm"
@@ -182,7 +184,8 @@ def test_transfer_from_an_adversarial_set(tiny_ckpt: Path, synthetic_data,
                                   res.entry("pgd").flags & transfer.flags)
 
     # a set on other examples: its own index hash, and not part of the worst case
-    other = _adv_set(tmp_path / "other.safetensors", x_adv[:10], y[:10], idx[:10].flip(0))
+    other = _adv_set(tmp_path / "other.safetensors", x_adv[:10].flip(0), y[:10].flip(0),
+                     idx[:10].flip(0))
     opts.adv_data, opts.pgd = other, False
     res = run_eval(tiny_ckpt, opts, device=CPU, data=synthetic_data)
     assert res.entry("transfer").n == 10
@@ -196,6 +199,10 @@ def test_transfer_from_an_adversarial_set(tiny_ckpt: Path, synthetic_data,
     cifar = _adv_set(tmp_path / "cifar.safetensors", x_adv, y, idx, dataset="cifar10")
     opts.adv_data = cifar
     with pytest.raises(DataError, match="made from dataset 'cifar10'"):
+        run_eval(tiny_ckpt, opts, device=CPU, data=synthetic_data)
+    relabelled = _adv_set(tmp_path / "relabelled.safetensors", x_adv, (y + 1) % 10, idx)
+    opts.adv_data = relabelled
+    with pytest.raises(DataError, match="labels .* differ"):
         run_eval(tiny_ckpt, opts, device=CPU, data=synthetic_data)
 
 
@@ -229,7 +236,43 @@ def test_worst_entries_and_of_flags() -> None:
     worst = {w.eps_text: w for w in worst_entries(entries, "h")}
     np.testing.assert_array_equal(worst["8/255"].flags, [True, False, False, True, False])
     assert worst["8/255"].accuracy == pytest.approx(0.4)
-    np.testing.assert_array_equal(worst["4/255"].flags, c)
+    # c says example 2 is robust, but it is wrong clean: never robust in the worst case
+    np.testing.assert_array_equal(worst["4/255"].flags, c & (a | b))
+    assert worst["4/255"].accuracy == pytest.approx(0.6)
+
+
+def test_worst_case_of_transfer_alone_never_exceeds_clean() -> None:
+    # `eval --no-pgd --adv-data`: a group of transfer entries only (issue 15).
+    from advcli.results import Entry
+
+    clean = np.array([1, 1, 0, 0, 1], dtype=bool)
+    on_adv = np.array([1, 0, 1, 1, 1], dtype=bool)  # right on the adversarial image, wrong clean
+    entries = [Entry("clean", 0.6, 5, flags=clean),
+               Entry("transfer", 0.8, 5, norm="linf", eps=8 / 255, eps_text="8/255", flags=on_adv)]
+    (worst,) = worst_entries(entries, "h")
+    np.testing.assert_array_equal(worst.flags, clean & on_adv)
+    assert worst.accuracy == pytest.approx(0.4) and worst.accuracy <= entries[0].accuracy
+
+
+def test_pgd_robust_only_if_no_iterate_is_fooled(tiny_ckpt: Path, synthetic_data) -> None:
+    model = load_checkpoint(tiny_ckpt).model
+    idx = test_subset(synthetic_data.test_y, 96, seed=0)
+    x, y = to_float(synthetic_data.test_x[idx]), synthetic_data.test_y[idx]
+    eps = [parse_eps("2/255")]
+    entries = {}
+    for keep in ("last", "first-success"):
+        # a step as large as eps makes the iterates oscillate: some examples escape again
+        opts = EvalOptions(pgd_steps=5, step_size=parse_eps("2/255"), batch_size=48, seed=0,
+                           keep=keep)
+        entries[keep] = evaluate(model, x, y, norm=Norm.linf, eps_list=eps, opts=opts, device=CPU)
+    clean = entries["last"][0].flags
+    last, first = entries["last"][1], entries["first-success"][1]
+    assert (last.params["keep"], first.params["keep"]) == ("last", "first-success")
+    # Same random starts, same iterates: the new rule can only remove robust examples.
+    assert not np.any(first.flags & ~last.flags)
+    assert first.accuracy < last.accuracy, "the old rule should overstate on this model"
+    assert not np.any(first.flags & ~clean) and not np.any(last.flags & ~clean)
+
 
 
 def test_cli_eval(tiny_ckpt: Path, tmp_path: Path) -> None:
@@ -270,3 +313,18 @@ def test_cli_eval_n_test_is_the_same_subset_as_n(tiny_ckpt: Path, tmp_path: Path
         assert r.data.n == 24
         flags[opt] = [(e.attack, e.flags.tolist()) for e in r.entries]
     assert flags["--n"] == flags["--n-test"]
+
+
+def test_pgd_runs_in_fp32_inside_an_autocast_region(tiny_ckpt: Path, synthetic_data) -> None:
+    model = load_checkpoint(tiny_ckpt).model
+    idx = test_subset(synthetic_data.test_y, 16, seed=0)
+    x, y = to_float(synthetic_data.test_x[idx]), synthetic_data.test_y[idx]
+    dtypes: set[torch.dtype] = set()
+    handle = model.register_forward_hook(lambda m, i, out: dtypes.add(out.dtype))
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            evaluate(model, x, y, norm=Norm.linf, eps_list=[parse_eps("2/255")],
+                     opts=EvalOptions(pgd_steps=2, batch_size=16), device=CPU)
+    finally:
+        handle.remove()
+    assert dtypes == {torch.float32}

@@ -30,6 +30,7 @@ objective, and the Linf/L2 ball and [0, 1] box projections with random starts in
 from __future__ import annotations
 
 import abc
+import contextlib
 import enum
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -197,6 +198,12 @@ def attack_mode(model: nn.Module) -> Iterator[nn.Module]:
             m.training = mode
         for p, flag in flags:
             p.requires_grad_(flag)
+
+
+def full_precision(device: torch.device | str) -> contextlib.AbstractContextManager[Any]:
+    """fp32 inside an autocast region: measurements of robustness never run in bf16/fp16 (a
+    lower-precision attack is weaker and its verdicts noisier)."""
+    return torch.autocast(torch.device(device).type, enabled=False)
 
 
 # ---- objective and gradient --------------------------------------------------------------

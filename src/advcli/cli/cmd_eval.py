@@ -18,6 +18,7 @@ SPLITS = ("test", "train", "val")
 
 def eval_options(opts: dict[str, Any]) -> Any:
     """Check the options at the boundary and build `EvalOptions`."""
+    from advcli.attacks import Keep
     from advcli.attacks.autoattack import ATTACKS, VERSIONS
     from advcli.stages.evaluate import EvalOptions
 
@@ -54,6 +55,7 @@ def eval_options(opts: dict[str, Any]) -> Any:
         restarts=int(opts["restarts"]),
         step_size=parse_eps(opts["step_size"], name="--step-size", allow_zero=False)
         if opts["step_size"] else None,
+        keep=parse_choice(Keep, opts["keep_iterate"], name="--keep-iterate"),
         autoattack=bool(opts["autoattack"]),
         aa_version=version,
         aa_attacks=attacks,
@@ -108,7 +110,13 @@ def eval_cmd(
     restarts: Annotated[int, typer.Option(
         "--restarts", help="PGD random restarts (worst case per example kept).")] = 1,
     step_size: Annotated[str | None, typer.Option(
-        "--step-size", help="PGD step size (default: 2.5*eps/steps).")] = None,
+        "--step-size", help="PGD step size in [0,1] pixel units, e.g. 2/255 (default: "
+        "2.5*eps/steps).")] = None,
+    keep_iterate: Annotated[str, typer.Option(
+        "--keep-iterate", help="Which PGD iterate decides robustness: first-success (robust only "
+        "if no iterate of any restart, random start included, is misclassified) or last (only "
+        "the final iterate, as training uses it; overstates robustness, for comparison with "
+        "older results). Recorded in each PGD entry as `keep`.")] = "first-success",
     autoattack: Annotated[bool, typer.Option(
         "--autoattack/--no-autoattack",
         help="Run AutoAttack (pyautoattack) at every eps.")] = False,

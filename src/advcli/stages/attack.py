@@ -41,7 +41,7 @@ import torch
 from torch import nn
 
 from advcli.attacks import ROBUST_RULES, AttackSpec, attack_record, build_attack
-from advcli.attacks.base import attack_mode, lp_norms
+from advcli.attacks.base import attack_mode, full_precision, lp_norms
 from advcli.checkpoint import LoadedCheckpoint, load_checkpoint
 from advcli.data import to_float
 from advcli.errors import UsageError
@@ -144,7 +144,7 @@ def run_attack(
     t0 = time.perf_counter()
     reporter.start(f"{attack.name} attack", total=n)
     try:
-        with attack_mode(model):
+        with attack_mode(model), full_precision(device):
             for start in range(0, n, batch_size):
                 stop = min(start + batch_size, n)
                 xb = to_float(x[start:stop]).to(device)

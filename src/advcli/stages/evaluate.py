@@ -4,16 +4,23 @@ set, and the per-example worst case. Returns an `EvalResult`; writing it is the 
 - Examples: `advcli.data.test_subset(labels, n, seed)` (the documented "first n": a seeded,
   class-interleaved order), identified in the result by the hash of their indices and of their
   pixels, so compare can tell when two files saw the same examples.
+- Every robust flag implies clean-correct, on every path (PGD, AutoAttack, transfer, worst).
 - PGD attacks only the examples the model classifies correctly: a misclassified example is
-  already non-robust and needs no attack steps. Every batch draws its random start from its
-  own generator, seeded by (seed, batch number), so an eps's numbers do not depend on which
-  other eps were run, and under torchrun (batches dealt out across ranks, flags gathered) the
-  result is identical to a single-process run.
+  already non-robust and needs no attack steps. It runs with `keep=first-success` (the
+  default of `EvalOptions.keep`): an example is robust only if no iterate of any restart, the
+  random start included, is misclassified (`advcli.attacks.base.Keep`); the entry records the
+  rule as `keep`. Every batch draws its random start from its own generator, seeded by
+  (seed, batch number), so an eps's numbers do not depend on which other eps were run, and
+  under torchrun (batches dealt out across ranks, flags gathered) the result is identical to a
+  single-process run.
 - AutoAttack runs through `advcli.attacks.autoattack.run_autoattack` (the authors' package);
   its flags are ANDed with our clean flags, its perturbation size is checked against eps, and
   its warnings are kept in the entry.
+- Transfer: the model's verdict on a precomputed adversarial set, ANDed with its verdict on the
+  set's clean images (taken from the dataset by the set's indices); the accuracy on the
+  adversarial images alone is kept as `adv_accuracy`.
 - Worst case per (norm, eps): an example counts as robust only if it is correct clean and
-  under every attack run at that eps (the AND of the flags).
+  under every attack run at that eps (the AND of the flags, clean included).
 - The threat model defaults to the checkpoint's `threat_model` (norm and eps), else Linf 8/255.
 """
 
@@ -31,7 +38,8 @@ import torch
 from torch import nn
 
 from advcli import distributed
-from advcli.advset import AdvSet, load_adv_set
+from advcli.advset import AdvSet, AdvSetError, load_adv_set
+from advcli.attacks.base import Keep, full_precision
 from advcli.checkpoint import LoadedCheckpoint, load_checkpoint
 from advcli.config import DEFAULT_EPS, Eps, Norm, parse_choice, parse_eps
 from advcli.data.for_checkpoint import dataset_for_checkpoint
@@ -60,6 +68,7 @@ class EvalOptions:
     pgd_steps: int = 10
     restarts: int = 1
     step_size: Eps | None = None
+    keep: Keep = Keep.first_success
     autoattack: bool = False
     aa_version: str = "standard"
     aa_attacks: list[str] | None = None
@@ -98,10 +107,11 @@ def resolve_threat(
 def predict_flags(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int, device: torch.device
 ) -> np.ndarray:
-    """Per-example correctness of the model's predictions (x on any device, float [0, 1])."""
+    """Per-example correctness of the model's predictions (x on any device, float [0, 1]), in
+    fp32."""
     out = np.zeros(len(y), dtype=bool)
     model.eval()
-    with torch.no_grad():
+    with torch.no_grad(), full_precision(device):
         for i in range(0, len(y), batch_size):
             xb = x[i:i + batch_size].to(device, non_blocking=True)
             yb = y[i:i + batch_size].to(device, non_blocking=True)
@@ -140,12 +150,14 @@ def pgd_entry(
     seed: int,
     device: torch.device,
     reporter: Reporter,
+    keep: Keep | str = Keep.first_success,
 ) -> Entry:
-    """PGD on the clean-correct examples only; flags = clean AND survived."""
+    """PGD on the clean-correct examples only; flags = clean AND not fooled, under `keep`'s
+    rule (first-success: by no iterate)."""
     from advcli.attacks import AttackSpec, attack_record, build_attack
 
     spec = AttackSpec(name="pgd", norm=norm, eps=eps, steps=steps, step_size=step_size,
-                      restarts=restarts)
+                      restarts=restarts, keep=keep)
     attack = build_attack(spec)
     record = attack_record(spec, attack)
     t0 = time.perf_counter()
@@ -159,23 +171,24 @@ def pgd_entry(
     # eval-pgd); results differ from NCHW only by float rounding. Restored in `finally`.
     model.to(memory_format=torch.channels_last)
     try:
-        for b in distributed.my_batches(n_batches):
-            sl = slice(b * batch_size, (b + 1) * batch_size)
-            idx = torch.from_numpy(todo[sl])
-            xb = x[idx].to(device).contiguous(memory_format=torch.channels_last)
-            yb = y[idx].to(device)
-            generator = stream_generator(seed, b, 0, Stream.eval_attack)
-            x_adv = attack.perturb(model, xb, yb, generator=generator)
-            with torch.no_grad():
-                survived[sl] = (model(x_adv).argmax(1) == yb).cpu().numpy()
-            worst_delta = max(worst_delta, _perturbation(x_adv, xb, norm))
-            reporter.advance(len(idx) * distributed.current().world_size)
+        with full_precision(device):
+            for b in distributed.my_batches(n_batches):
+                sl = slice(b * batch_size, (b + 1) * batch_size)
+                idx = torch.from_numpy(todo[sl])
+                xb = x[idx].to(device).contiguous(memory_format=torch.channels_last)
+                yb = y[idx].to(device)
+                generator = stream_generator(seed, b, 0, Stream.eval_attack)
+                # The attack's own verdict on the image it keeps: no forward pass of our own.
+                run = attack.run(model, xb, yb, generator=generator)
+                survived[sl] = (~run.fooled).cpu().numpy()
+                worst_delta = max(worst_delta, _perturbation(run.x_adv, xb, norm))
+                reporter.advance(len(idx) * distributed.current().world_size)
     finally:
         model.to(memory_format=torch.contiguous_format)
         reporter.finish()
     flags[todo] = distributed.gather_flags(survived) == 1
     worst_delta = _gather_max(worst_delta)
-    params = {k: record[k] for k in ("steps", "step_size", "restarts") if k in record}
+    params = {k: record[k] for k in ("steps", "step_size", "restarts", "keep") if k in record}
     params["max_perturbation"] = worst_delta
     return Entry(attack="pgd", accuracy=float(flags.mean()) if len(flags) else 0.0,
                  n=len(flags), norm=norm.value, eps=eps.value, eps_text=eps.text, flags=flags,
@@ -211,10 +224,11 @@ def autoattack_entry(
     for c in distributed.my_batches(n_chunks):
         sl = slice(c * batch_size, (c + 1) * batch_size)
         xd, yd = x[sl].to(device).contiguous(), y[sl].to(device).contiguous()
-        res = run_autoattack(model, xd, yd, norm, eps, version=version,
-                             attacks=list(attacks) if attacks else None,
-                             batch_size=batch_size, seed=seed + c, reporter=reporter,
-                             restarts=restarts)
+        with full_precision(device):
+            res = run_autoattack(model, xd, yd, norm, eps, version=version,
+                                 attacks=list(attacks) if attacks else None,
+                                 batch_size=batch_size, seed=seed + c, reporter=reporter,
+                                 restarts=restarts)
         used_restarts = res.restarts
         robust[sl] = res.robust_flags.detach().cpu().numpy().astype(np.int64)
         delta = max(delta, _perturbation(res.x_adv, xd, norm))
@@ -242,11 +256,14 @@ def autoattack_entry(
 
 
 def transfer_entry(
-    model: nn.Module, adv: AdvSet, *, batch_size: int, device: torch.device
+    model: nn.Module, adv: AdvSet, x_clean: torch.Tensor, *, batch_size: int, device: torch.device
 ) -> Entry:
-    """The model's accuracy on a precomputed adversarial set, recording where it came from."""
+    """The model on a precomputed adversarial set, recording where it came from. Robust =
+    correct on the adversarial image AND on its clean image (`x_clean`, float, the set's
+    examples in its order); the accuracy on the adversarial images alone is `adv_accuracy`."""
     t0 = time.perf_counter()
-    flags = predict_flags(model, adv.x_adv, adv.y, batch_size, device)
+    on_adv = predict_flags(model, adv.x_adv, adv.y, batch_size, device)
+    flags = on_adv & predict_flags(model, x_clean, adv.y, batch_size, device)
     attack = adv.attack
     eps = attack.get("eps")
     return Entry(
@@ -257,14 +274,34 @@ def transfer_entry(
         eps=None if eps is None else float(eps),
         eps_text=attack.get("eps_text") if eps is not None else None,
         flags=flags,
-        params={"source": adv.source()},
+        params={"source": adv.source(),
+                "adv_accuracy": float(on_adv.mean()) if len(on_adv) else 0.0},
         time_s=time.perf_counter() - t0,
         index_sha256=index_sha256(adv.index.numpy()),
     )
 
 
+def clean_images_of(adv: AdvSet, data: Any, split: str) -> torch.Tensor:
+    """The clean images of an adversarial set's examples (float [0, 1]), from the dataset by the
+    set's indices, checked against its labels."""
+    from advcli.data import to_float
+
+    split = adv.split or split
+    xs, ys = data.split(split)
+    index = adv.index.to(torch.int64)
+    if len(index) and (int(index.min()) < 0 or int(index.max()) >= len(ys)):
+        raise AdvSetError(f"{str(adv.path)!r} indexes examples beyond the {len(ys)} of "
+                          f"{data.name}/{split}; it was made from other data")
+    if not torch.equal(ys[index].to(torch.int64), adv.y.to(torch.int64)):
+        raise AdvSetError(f"the labels in {str(adv.path)!r} differ from {data.name}/{split} at its "
+                          "indices; it was made from other data (re-create it with `advcli attack`)")
+    return to_float(xs[index])
+
+
 def worst_entries(entries: Sequence[Entry], index_hash: str) -> list[Entry]:
-    """Per (norm, eps): the AND of the flags of every attack run there (on these examples)."""
+    """Per (norm, eps): the AND of the clean flags and of the flags of every attack run there
+    (on these examples), so that "worst case" can never exceed clean accuracy."""
+    clean = next((e.flags for e in entries if e.is_clean and e.flags is not None), None)
     groups: dict[tuple[str | None, float | None], list[Entry]] = {}
     for e in entries:
         if e.is_clean or e.attack == "worst" or e.flags is None or e.eps is None:
@@ -275,6 +312,8 @@ def worst_entries(entries: Sequence[Entry], index_hash: str) -> list[Entry]:
     out = []
     for members in groups.values():
         flags = np.logical_and.reduce([m.flags for m in members if m.flags is not None])
+        if clean is not None:
+            flags = flags & clean
         first = members[0]
         out.append(Entry(attack="worst", accuracy=float(flags.mean()) if len(flags) else 0.0,
                          n=len(flags), norm=first.norm, eps=first.eps, eps_text=first.eps_text,
@@ -310,7 +349,7 @@ def evaluate(
             e = pgd_entry(model, x, y, clean, norm=norm, eps=eps, steps=opts.pgd_steps,
                           restarts=opts.restarts, step_size=opts.step_size,
                           batch_size=opts.batch_size, seed=opts.seed, device=device,
-                          reporter=reporter)
+                          reporter=reporter, keep=opts.keep)
             reporter.log(f"pgd-{opts.pgd_steps} {norm.value} eps={eps.text}: "
                          f"{100 * e.accuracy:.2f}% ({e.time_s:.1f}s)")
             entries.append(e)
@@ -366,7 +405,8 @@ def run_eval(
     entries = evaluate(ckpt.model, x, y, norm=norm, eps_list=eps_list, opts=opts, device=device,
                        reporter=reporter)
     if adv is not None:
-        entry = transfer_entry(ckpt.model, adv, batch_size=opts.batch_size, device=device)
+        entry = transfer_entry(ckpt.model, adv, clean_images_of(adv, data, opts.split),
+                               batch_size=opts.batch_size, device=device)
         if entry.index_sha256 == ihash:
             entry.index_sha256 = None  # the same examples as the rest of the file
         reporter.log(f"transfer from {opts.adv_data}: {100 * entry.accuracy:.2f}% "
