@@ -101,7 +101,9 @@ class Entry:
 
     `attack` is clean | pgd | autoattack | transfer | worst (published files may also name
     other attacks, e.g. fgsm). `params` holds the attack's settings (steps, restarts,
-    step_size, version, attacks, source, of, ...), `flags` the per-example correctness.
+    step_size, keep -- the iterate rule of PGD entries, absent in files that predate it, which
+    kept the last iterate -- version, attacks, source, adv_accuracy of transfer entries, of,
+    ...), `flags` the per-example correctness (robust implies correct clean).
     """
 
     attack: str

@@ -106,9 +106,9 @@ def eval_cmd(
     norm: Annotated[str | None, typer.Option(
         "--norm", help="linf or l2 (default: the checkpoint's threat model, else linf).")] = None,
     pgd: Annotated[bool, typer.Option("--pgd/--no-pgd", help="Run PGD at every eps.")] = True,
-    pgd_steps: Annotated[int, typer.Option("--pgd-steps", help="PGD iterations.")] = 10,
+    pgd_steps: Annotated[int, typer.Option("--pgd-steps", help="PGD iterations (count).")] = 10,
     restarts: Annotated[int, typer.Option(
-        "--restarts", help="PGD random restarts (worst case per example kept).")] = 1,
+        "--restarts", help="PGD random restarts (count; worst case per example kept).")] = 1,
     step_size: Annotated[str | None, typer.Option(
         "--step-size", help="PGD step size in [0,1] pixel units, e.g. 2/255 (default: "
         "2.5*eps/steps).")] = None,
