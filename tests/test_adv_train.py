@@ -133,6 +133,26 @@ def test_adv_train_resume_is_bit_identical(tmp_path, synthetic_data):
     assert _same(_w(full), _w(part))
 
 
+def test_the_overfitting_check_remembers_earlier_epochs_through_the_history(synthetic_data, monkeypatch):
+    """The check compares with the best PGD accuracy of earlier epochs: it reads them from the
+    history (which --resume restores), so a resumed run still sees a collapse. Accuracies are
+    faked: PGD 10/256, FGSM 200/256 on the fixed training batch."""
+    import advcli.stages.adv_train as at
+    from advcli.stages.train import EpochEnd, EpochStats, StopTraining
+
+    monkeypatch.setattr(at, "robust_correct", lambda model, attack, x, y, g: torch.tensor(
+        10 if attack.name == "pgd" else 200))
+    hook = at._overfit_hook(_adv().threat, synthetic_data, CPU, at.OnOverfit.stop, at.NullReporter(), seed=0)
+    model = build_model("tiny-cnn", 10)
+    now = EpochStats(epoch=3, lr=0.1, train_loss=1.0, train_accuracy=0.5)
+    # No earlier robust epoch (a fresh run): nothing collapsed.
+    assert hook(EpochEnd(model, model, now, history=[]))["train_batch_pgd_accuracy"] == 10 / 256
+    earlier = [EpochStats(epoch=e, lr=0.1, train_loss=1.0, train_accuracy=0.5,
+                          extra={"train_batch_pgd_accuracy": a}) for e, a in ((1, 0.3), (2, 0.6))]
+    with pytest.raises(StopTraining, match="catastrophic overfitting at epoch 3.*best 60.0%"):
+        hook(EpochEnd(model, model, now, history=earlier))
+
+
 def test_init_from_starts_from_the_given_weights(tmp_path, synthetic_data, tiny_ckpt):
     out = tmp_path / "ft.safetensors"
     adv_fit(_opts(out, epochs=1, lr=1e-12, momentum=0.0, weight_decay=0.0, init_from=str(tiny_ckpt)), _adv(steps=1), synthetic_data, CPU)

@@ -24,6 +24,7 @@ from advcli.device import resolve_device
 from advcli.metrics_log import TENSORBOARD_HINT, require_tensorboard
 from advcli.models import resolve_arch
 from advcli.stages.train import Precision, TrainOptions, TrainResult
+from advcli.stages.train_state import SaveEvery
 
 
 @dataclass(frozen=True)
@@ -64,7 +65,8 @@ SyncBn = Annotated[bool, typer.Option("--sync-bn/--no-sync-bn", help="Under torc
 Label = Annotated[str | None, typer.Option("--label", help="Short name of this model in compare tables. Default: the --out file name.")]
 InitFrom = Annotated[str | None, typer.Option("--init-from", help="Start from this checkpoint's weights instead of a fresh initialisation (fine-tuning); same --arch and class count.")]
 Device = Annotated[str, typer.Option("--device", help=DEVICE_HELP)]
-Resume = Annotated[bool, typer.Option("--resume", help="Continue from the training state saved beside --out after the last completed epoch (bit-identical to an uninterrupted run).")]
+Resume = Annotated[bool, typer.Option("--resume", help="Continue from the training state saved beside --out (after an epoch, or inside one with --save-every), bit-identical to an uninterrupted run; with neither a state nor a checkpoint at --out, start from scratch (a job script can always pass it). Refused when --out exists without a state.")]
+SaveEveryOpt = Annotated[str | None, typer.Option("--save-every", help="Also save the training state inside epochs: every N optimizer steps (e.g. 200) or every N seconds/minutes/hours of wall time (e.g. 90s, 10m, 1h), so a kill loses at most that much work. Default: after every epoch only.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
 Config = Annotated[Path | None, typer.Option("--config", help=CONFIG_HELP)]
 Tensorboard = Annotated[str | None, typer.Option("--tensorboard", metavar="DIR", help=f"Also write TensorBoard event files into the folder DIR: per-step loss, learning rate and attack success rate (fraction of the batch's adversarial examples misclassified), per-epoch metrics, all against the optimizer step. Needs the optional extra: {TENSORBOARD_HINT}.")]
@@ -93,10 +95,16 @@ def train_options(opts: dict[str, Any]) -> TrainOptions:
         amp=parse_choice(Precision, opts["amp"], name="--amp").value,
         compile=bool(opts["compile"]),
         sync_bn=bool(opts["sync_bn"]),
+        save_every=_save_every(opts["save_every"]),
         out=str(opts["out"]),
         label=opts["label"],
         init_from=opts["init_from"],
     )
+
+
+def _save_every(text: str | None) -> str | None:
+    """--save-every checked here (exit 2 on a bad value) and kept as given."""
+    return None if SaveEvery.parse(text) is None else str(text).strip()
 
 
 def run_training(opts: dict[str, Any], title: str, call: Callable[..., TrainResult]) -> None:

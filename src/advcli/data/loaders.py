@@ -1,7 +1,8 @@
 """Training batches for each `--augment` mode, seeded so that every epoch is a pure function of
-(seed, epoch, rank): runs are deterministic and `--resume` needs no data-loader state. The data
-order and the augmentation draw from separate streams (`advcli.rng`), so an image's crop does
-not depend on where the permutation put it.
+(seed, epoch, rank): runs are deterministic and `--resume` needs no data-loader state (a
+mid-epoch resume replays the epoch's first batches, `skip`, through the same pipeline without
+yielding them). The data order and the augmentation draw from separate streams (`advcli.rng`),
+so an image's crop does not depend on where the permutation put it.
 
 - `none` / `device`: the decoded uint8 tensors stay on the training device; batches are index
   slices; `device` augments each batch with a `torch.Generator` (no workers).
@@ -82,11 +83,14 @@ def train_batches(
     rank: int = 0,
     world_size: int = 1,
     drop_last: bool = False,
+    skip: int = 0,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield (x float [0,1] on device, y on device) batches for one epoch.
 
     With world_size > 1 each rank takes a disjoint strided shard of the epoch's permutation
-    (the DistributedSampler rule), and augmentation is seeded per rank.
+    (the DistributedSampler rule), and augmentation is seeded per rank. The first `skip`
+    batches are made (augmentation included: the random streams advance as in a full epoch)
+    but not yielded, so the rest are those an uninterrupted epoch yields after them.
     """
     mode = Augment(augment)
     n = len(y)
@@ -106,7 +110,9 @@ def train_batches(
         )
         if mode is Augment.fixed and workers == 0:
             np.random.seed(stream_seed(seed, epoch, rank, Stream.augment) % 2**32)
-        for xb, yb in loader:
+        for k, (xb, yb) in enumerate(loader):
+            if k < skip:
+                continue
             yield to_float(xb.to(device, non_blocking=True)), yb.to(device, non_blocking=True)
         return
     gen = stream_generator(seed, epoch, rank, Stream.augment, device) if mode is Augment.device else None
@@ -114,9 +120,12 @@ def train_batches(
     y_dev = y if y.device == device else y.to(device)
     perm = perm.to(device)
     stop = n - (n % batch_size) if drop_last else len(perm)
-    for start in range(0, min(stop, len(perm)), batch_size):
+    for k, start in enumerate(range(0, min(stop, len(perm)), batch_size)):
         idx = perm[start : start + batch_size]
+        if k < skip and gen is None:
+            continue
         xb = to_float(x_dev[idx])
         if gen is not None:
             xb = device_augment(xb, gen)
-        yield xb, y_dev[idx]
+        if k >= skip:
+            yield xb, y_dev[idx]

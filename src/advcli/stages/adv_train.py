@@ -47,7 +47,7 @@ from advcli.progress import NullReporter, Reporter
 from advcli.rng import Stream, stream_generator
 from advcli.stages.train import (
     EndHook,
-    EpochStats,
+    EpochEnd,
     StepHook,
     StopTraining,
     TrainOptions,
@@ -188,11 +188,12 @@ def _val_hook(t: ThreatModel, data: ImageData, device: torch.device, every: int,
     xv, yv = to_float(data.val_x[:n]).to(device), data.val_y[:n].to(device)
     pgd = build_attack(_spec(t, name="pgd", steps=steps, step_size=None, restarts=1, keep=Keep.first_success))
 
-    def hook(model: nn.Module, epoch: int, stats: EpochStats) -> dict[str, float]:
-        if (epoch + 1) % every:
+    def hook(end: EpochEnd) -> dict[str, float]:
+        if end.stats.epoch % every:
             return {}
         g = stream_generator(seed, 0, 0, Stream.val_attack, device)
-        correct = sum(robust_correct(model, pgd, xv[s : s + 250], yv[s : s + 250], g) for s in range(0, len(yv), 250))
+        correct = sum(robust_correct(end.model, pgd, xv[s : s + 250], yv[s : s + 250], g)
+                      for s in range(0, len(yv), 250))
         return {"val_robust_accuracy": float(correct) / len(yv)}
 
     return hook
@@ -203,24 +204,25 @@ def _overfit_hook(t: ThreatModel, data: ImageData, device: torch.device, action:
     xb, yb = to_float(data.train_x[:256]).to(device), data.train_y[:256].to(device)
     pgd = build_attack(_spec(t, name="pgd", steps=10, step_size=None, restarts=1, keep=Keep.first_success))
     fgsm = build_attack(_spec(t, name="fgsm", steps=None, step_size=None, restarts=1, keep=Keep.first_success))
-    best = {"pgd": 0.0}
 
     def acc(model: nn.Module, attack: Attack) -> float:
         g = stream_generator(seed, 0, 0, Stream.overfit_attack, device)
         return float(robust_correct(model, attack, xb, yb, g)) / len(yb)
 
-    def hook(model: nn.Module, epoch: int, stats: EpochStats) -> dict[str, float]:
-        a_pgd, a_fgsm = acc(model, pgd), acc(model, fgsm)
-        collapsed = best["pgd"] > 0 and a_pgd < 0.5 * best["pgd"] and a_fgsm - a_pgd > 0.2
-        best["pgd"] = max(best["pgd"], a_pgd)
+    def hook(end: EpochEnd) -> dict[str, float]:
+        # The raw weights: an average of them lags behind, and can hide, a collapse of the
+        # weights being trained. The best so far comes from the history, which --resume restores.
+        a_pgd, a_fgsm = acc(end.raw, pgd), acc(end.raw, fgsm)
+        best = max((h.extra.get("train_batch_pgd_accuracy", 0.0) for h in end.history), default=0.0)
+        collapsed = best > 0 and a_pgd < 0.5 * best and a_fgsm - a_pgd > 0.2
         out = {"train_batch_pgd_accuracy": a_pgd, "train_batch_fgsm_accuracy": a_fgsm}
         if collapsed:
             msg = (
-                f"catastrophic overfitting at epoch {epoch + 1}: PGD accuracy on a training batch fell to "
-                f"{100 * a_pgd:.1f}% (best {100 * best['pgd']:.1f}%) while FGSM accuracy is {100 * a_fgsm:.1f}%"
+                f"catastrophic overfitting at epoch {end.stats.epoch}: PGD accuracy on a training batch fell to "
+                f"{100 * a_pgd:.1f}% (best {100 * best:.1f}%) while FGSM accuracy is {100 * a_fgsm:.1f}%"
             )
             if action is OnOverfit.stop:
-                stats.extra.update(out)
+                end.stats.extra.update(out)
                 raise StopTraining(msg + "; stopped (--on-overfit stop)")
             reporter.log("warning: " + msg + "; consider --attack pgd, a smaller step size or --on-overfit stop")
         return out

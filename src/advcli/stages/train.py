@@ -4,15 +4,19 @@ examples before the update (see stages/adv_train.py).
 
 In the shape of a torchtune recipe: `setup` (model, optimizer, data on the device), `train_epoch`
 (one pass of updates -> `EpochStats`), `measure_epoch` (test/validation accuracy and the epoch
-hooks), the state saved after every epoch (`stages/train_state.py`), `finish` (checkpoint and
-history file). `fit` strings them together. Two seams for what watches a run: step hooks are
-called after every optimizer step with a `StepStats` (device tensors, no host sync), end hooks
-after every epoch with its final `EpochStats`.
+hooks), the state saved after every epoch and, with `--save-every`, inside epochs
+(`stages/train_state.py`), `finish` (checkpoint and history file). `fit` strings them together.
+Two seams for what watches a run: step hooks are called after every optimizer step with a
+`StepStats` (device tensors, no host sync), end hooks after every epoch with its final
+`EpochStats`.
 
 Determinism: every epoch's data order, augmentation and attack random starts are drawn from
 their own streams seeded by (seed, epoch, rank, purpose) (`advcli.rng`), the learning rate is
-a function of the global step, and the training state is saved after every epoch, so
-`--resume` after a kill ends bit-identical to an uninterrupted run.
+a function of the global step, and the state saved holds everything else that changes during a
+run (weights, optimizer, generators, the epoch's metric sums), so `--resume` after a kill at
+any moment ends bit-identical to an uninterrupted run (on a GPU, with deterministic
+algorithms). `--resume` with no state and no checkpoint starts from scratch, so a preemptible
+job's script can always pass it.
 """
 
 from __future__ import annotations
@@ -44,7 +48,17 @@ from advcli.metrics_log import RunWatch
 from advcli.models import Classifier, build_model
 from advcli.progress import NullReporter, Reporter
 from advcli.rng import Stream, stream_generator, stream_seed
-from advcli.stages.train_state import EpochStats, TrainState, load_state, save_state, state_path_for
+from advcli.stages.train_state import (
+    EpochPosition,
+    EpochStats,
+    SaveEvery,
+    TrainState,
+    load_state,
+    resume_state_path,
+    save_state,
+    state_path_for,
+    stop_after_step,
+)
 
 
 class Precision(str, enum.Enum):
@@ -80,6 +94,7 @@ class TrainOptions:
     amp: str = "none"
     compile: bool = False
     sync_bn: bool = False
+    save_every: str | None = None
     out: str = "model.safetensors"
     label: str | None = None
     init_from: str | None = None
@@ -119,9 +134,20 @@ class BatchPerturber(Protocol):
     ) -> torch.Tensor: ...
 
 
-# Called after each epoch's updates with (model, epoch (0-based), stats); returns extra metrics
-# for the history and may raise StopTraining (catastrophic-overfitting stop).
-EpochHook = Callable[[nn.Module, int, EpochStats], dict[str, float]]
+@dataclass
+class EpochEnd:
+    """What an epoch hook sees once an epoch's updates are done."""
+
+    model: nn.Module  # the model the checkpoint of this epoch holds (what eval would test)
+    raw: nn.Module  # the weights the optimizer updates (the same module unless weights are averaged)
+    stats: EpochStats  # this epoch's record so far (`epoch` is 1-based)
+    history: Sequence[EpochStats]  # the earlier epochs' final records (restored by --resume)
+
+
+# Called after each epoch's updates; returns extra metrics for the history and may raise
+# StopTraining (catastrophic-overfitting stop). Hooks keep no state of their own between
+# epochs: what they remember comes from `history`, so a resumed run's hooks decide alike.
+EpochHook = Callable[[EpochEnd], dict[str, float]]
 # Called after every optimizer step.
 StepHook = Callable[[StepStats], None]
 # Called once an epoch's record is final (after the state is saved).
@@ -330,6 +356,20 @@ class _EpochSums:
                     self.count[part] += len(y[sl])
         return adv_correct
 
+    def state(self) -> dict[str, torch.Tensor]:
+        """This rank's sums so far (a mid-epoch save)."""
+        counts = torch.tensor([self.count["clean"], self.count["adv"]], device=self.loss["clean"].device)
+        return {"counts": counts, **{f"loss.{k}": v.clone() for k, v in self.loss.items()},
+                **{f"correct.{k}": v.clone() for k, v in self.correct.items()}}
+
+    def load(self, saved: dict[str, torch.Tensor]) -> None:
+        """Continue from `state()`'s sums (the epoch's metrics then add up in the same order
+        as in an uninterrupted run)."""
+        for part in ("clean", "adv"):
+            self.loss[part] += saved[f"loss.{part}"].to(self.loss[part].device)
+            self.correct[part] += saved[f"correct.{part}"].to(self.correct[part].device)
+        self.count["clean"], self.count["adv"] = (int(c) for c in saved["counts"])
+
     def stats(self, epoch: int, lr: float, adversarial: bool) -> EpochStats:
         """The epoch's training metrics, summed over torchrun ranks."""
         counts = torch.tensor([self.count["clean"], self.count["adv"]], device=self.loss["clean"].device)
@@ -349,19 +389,31 @@ class _EpochSums:
 def train_epoch(
     s: Setup, opts: TrainOptions, epoch: int, device: torch.device, *,
     perturber: BatchPerturber | None = None, step_hooks: Sequence[StepHook] = (), reporter: Reporter | None = None,
+    start: EpochPosition | None = None, save_every: SaveEvery | None = None,
+    save: Callable[[EpochPosition], None] | None = None,
 ) -> EpochStats:
-    """One pass of updates over the training set (epoch 0-based) -> its training metrics."""
+    """One pass of updates over the training set (epoch 0-based) -> its training metrics.
+
+    `start` (a mid-epoch state) continues the epoch after its last trained batch; with
+    `save_every`, `save` is given the position whenever a mid-epoch save is due."""
     info = distributed.current()
     reporter = reporter or NullReporter()
     s.train_model.train()
     sums = _EpochSums(device)
     attack_gen = stream_generator(opts.seed, epoch, info.rank, Stream.train_attack, device)
+    first, started_epoch = 0, time.perf_counter()
+    if start is not None:
+        first, started_epoch = start.batches, started_epoch - start.seconds
+        sums.load({k: v[info.rank] for k, v in start.sums.items()})
+        attack_gen.set_state(start.attack_rng[info.rank].clone())  # set_state wants its own storage
     batches = train_batches(
         s.x, s.y, augment=Augment(opts.augment), batch_size=opts.batch_size, workers=opts.workers,
-        seed=opts.seed, epoch=epoch, device=device, rank=info.rank, world_size=info.world_size,
+        seed=opts.seed, epoch=epoch, device=device, rank=info.rank, world_size=info.world_size, skip=first,
     )
     reporter.start(f"epoch {epoch + 1}/{opts.epochs}", s.steps_per_epoch)
-    for i, (xb, yb) in enumerate(batches):
+    if first:
+        reporter.advance(first)
+    for i, (xb, yb) in enumerate(batches, start=first):
         started = time.perf_counter()
         step = epoch * s.steps_per_epoch + i
         lr = lr_at(step, s.total_steps, opts.lr, opts.schedule)
@@ -383,24 +435,34 @@ def train_epoch(
         for hook in step_hooks:
             hook(StepStats(epoch + 1, step + 1, lr, loss.detach(), len(yb) - n_clean, adv_correct, started))
         reporter.advance()
+        # The epoch's last step is followed by the end-of-epoch save instead.
+        if save and save_every and i + 1 < s.steps_per_epoch and save_every.due(step + 1, device):
+            save(EpochPosition(epoch, i + 1, {k: _by_rank(v, device) for k, v in sums.state().items()},
+                               _by_rank(attack_gen.get_state(), device), round(time.perf_counter() - started_epoch, 3)))
+        stop_after_step(step + 1)
     reporter.finish()
     end_lr = lr_at((epoch + 1) * s.steps_per_epoch, s.total_steps, opts.lr, opts.schedule)
     return sums.stats(epoch + 1, end_lr, adversarial=perturber is not None)
 
 
+def _by_rank(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Every torchrun rank's `t`, stacked in rank order on the CPU (what rank 0 saves)."""
+    return torch.stack([r.cpu() for r in distributed.all_gather_cat(t.to(device))])
+
+
 def measure_epoch(
     model: nn.Module, stats: EpochStats, data: ImageData, device: torch.device, amp: str,
-    epoch_hooks: Sequence[EpochHook] = (),
+    epoch_hooks: Sequence[EpochHook] = (), *, history: Sequence[EpochStats] = (), raw: nn.Module | None = None,
 ) -> str | None:
-    """Fill in the epoch's test/validation accuracy and the hooks' metrics; returns the reason
-    to stop when a hook raised StopTraining."""
+    """Fill in the epoch's test/validation accuracy (of `model`) and the hooks' metrics; returns
+    the reason to stop when a hook raised StopTraining."""
     stats.test_accuracy = evaluate_accuracy(model, data.test_x, data.test_y, device, amp=amp)
     if data.val_x is not None and data.val_y is not None:
         stats.val_accuracy = evaluate_accuracy(model, data.val_x, data.val_y, device, amp=amp)
     stop = None
     for hook in epoch_hooks:
         try:
-            stats.extra.update(hook(model, stats.epoch - 1, stats))
+            stats.extra.update(hook(EpochEnd(model, raw or model, stats, history)))
         except StopTraining as exc:
             stop = str(exc)
     return stop
@@ -455,22 +517,41 @@ def fit(
     info = distributed.current()
     reporter = (reporter or NullReporter()) if info.is_main else NullReporter()
     s = setup(opts, data, device, train_x, train_y)
-    state = load_state(state_path_for(opts.out), s.model, s.opt) if resume else TrainState()
-    if resume:
-        reporter.log(f"resuming after epoch {state.epoch} from {state_path_for(opts.out)}")
-    start_epoch = state.epoch
+    notes: list[str] = []
+    state_path = state_path_for(opts.out)
+    config = resume_config(opts, extra_meta)
+    state = TrainState(config=config)
+    if resume and resume_state_path(opts.out) is None:
+        notes.append(f"--resume: no training state or checkpoint at {opts.out!r} yet: started from scratch")
+        reporter.log(notes[-1])
+    elif resume:
+        state = load_state(state_path, s.model, s.opt, scaler=s.scaler, config=config)
+        where = f"epoch {state.epoch + 1}, step {state.position.batches}" if state.position else f"epoch {state.epoch}"
+        reporter.log(f"resuming {'inside' if state.position else 'after'} {where} from {state_path}")
+    start_epoch, position = state.epoch, state.position
+    save_every = SaveEvery.parse(opts.save_every)
     timer = _CompileTimer(device) if opts.compile else None
     step_hooks = [*(step_hooks or []), *([timer] if timer else [])]
-    notes: list[str] = []
+
+    def save(at: EpochPosition | None = None) -> None:
+        state.position = at
+        if info.enabled:  # each rank's BatchNorm statistics: its training attack runs on them
+            state.rank_buffers = {k: _by_rank(b, device) for k, b in s.model.named_buffers()}
+        if info.is_main:
+            save_state(state_path, s.model, s.opt, state, s.scaler)
+        distributed.barrier()
+        if save_every is not None:
+            save_every.saved()
+
     for epoch in range(start_epoch, opts.epochs):
-        started = time.perf_counter()
-        stats = train_epoch(s, opts, epoch, device, perturber=perturber, step_hooks=step_hooks, reporter=reporter)
-        stop = measure_epoch(s.model, stats, data, device, opts.amp, epoch_hooks or [])
+        started = time.perf_counter() - (position.seconds if position else 0.0)
+        stats = train_epoch(s, opts, epoch, device, perturber=perturber, step_hooks=step_hooks, reporter=reporter,
+                            start=position, save_every=save_every, save=save)
+        position = None
+        stop = measure_epoch(s.model, stats, data, device, opts.amp, epoch_hooks or [], history=state.history)
         stats.seconds = round(time.perf_counter() - started, 3)
         state.record(stats, s.model, keep_best)
-        if info.is_main:
-            save_state(state_path_for(opts.out), s.model, s.opt, state)
-        distributed.barrier()
+        save()
         reporter.log(_epoch_line(stats))
         for hook in end_hooks or []:
             hook(stats)
@@ -486,6 +567,21 @@ def fit(
         checkpoint=Path(opts.out), history=state.history, test_accuracy=test_accuracy,
         seconds=time.perf_counter() - t0, resumed_from_epoch=start_epoch, notes=notes,
     )
+
+
+# Options that do not change a run's numbers: a resume may change them.
+_RUN_ONLY = ("out", "label", "data_dir", "download", "save_every")
+
+
+def resume_config(opts: TrainOptions, extra_meta: dict[str, object] | None) -> dict[str, object]:
+    """What a run's numbers depend on, as the state records it and `--resume` compares it: the
+    options, adv-train's threat model and the torchrun world size."""
+    config: dict[str, object] = {k: v for k, v in asdict(opts).items() if k not in _RUN_ONLY}
+    threat = (extra_meta or {}).get("threat_model")
+    if isinstance(threat, dict):
+        config.update(threat)
+    config["world_size"] = distributed.current().world_size
+    return config
 
 
 def finish(
