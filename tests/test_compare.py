@@ -383,6 +383,21 @@ def test_pgd_step_size_is_part_of_the_column(tmp_path: Path) -> None:
     assert [c.mean for c in pgd_cells] == [90 / N, 70 / N]
 
 
+def test_pgd_keep_rule_is_part_of_the_column(tmp_path: Path) -> None:
+    # A last-iterate PGD result (older advcli: no `keep` recorded) and a first-success one
+    # measure different things and must not pool as two seeds.
+    old = _result("R", "s1", {"clean": 150, "8/255": 92}, pgd={"steps": 10, "step_size": 2 / 255})
+    new = _result("R", "s2", {"clean": 150, "8/255": 90},
+                  pgd={"steps": 10, "step_size": 2 / 255, "keep": "first-success"})
+    items = [load_any(save_results(tmp_path / f"{r.model.sha256}.yaml", r)) for r in (old, new)]
+    [table] = cmp.compare(items)
+    pgd = [c for c in table.columns if c.key.kind == "pgd"]
+    assert len(pgd) == 2
+    assert [table.rows[0].cells[c.key].n for c in pgd] == [1, 1]
+    titles = " | ".join(c.title for c in pgd)
+    assert "last iterate only" in titles and "robust at every iterate" in titles
+
+
 @pytest.mark.parametrize("params", [
     ({"version": "standard", "restarts": 1}, {"version": "standard", "restarts": 5}),
     ({"version": "standard"}, {"version": "rand"}),

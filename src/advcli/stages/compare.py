@@ -84,19 +84,20 @@ _ATTACK_NAMES = {"fgsm": "FGSM", "fgsm-rs": "FGSM-RS", "pgd": "PGD", "stadv": "s
 # Every parameter that changes how strong an attack is: two evaluations that differ in one
 # are different columns.
 _STRENGTH: dict[str, tuple[str, ...]] = {
-    "pgd": ("steps", "step_size", "restarts", "random_start", "targeted"),
-    "fgsm": ("targeted",),
-    "fgsm-rs": ("step_size", "restarts", "targeted"),
+    "pgd": ("steps", "step_size", "restarts", "random_start", "targeted", "keep"),
+    "fgsm": ("targeted", "keep"),
+    "fgsm-rs": ("step_size", "restarts", "targeted", "keep"),
     "autoattack": ("version", "attacks", "restarts"),
     "stadv": ("tau", "bound", "steps", "step_size", "targeted"),
 }
 # What advcli ran with when its own file does not record a parameter (older eval files do not
-# write random_start or targeted). A published file's missing parameter is unknown instead,
-# except `targeted`: a published robust accuracy is untargeted unless it says otherwise.
+# write random_start, targeted or keep: they judged the last iterate). A published file's
+# missing parameter is unknown instead, except `targeted`: a published robust accuracy is
+# untargeted unless it says otherwise.
 _DEFAULTS: dict[str, dict[str, Any]] = {
-    "pgd": {"restarts": 1, "random_start": True, "targeted": False},
-    "fgsm": {"targeted": False},
-    "fgsm-rs": {"restarts": 1, "targeted": False},
+    "pgd": {"restarts": 1, "random_start": True, "targeted": False, "keep": "last"},
+    "fgsm": {"targeted": False, "keep": "last"},
+    "fgsm-rs": {"restarts": 1, "targeted": False, "keep": "last"},
     "stadv": {"targeted": False},
 }
 _PUBLISHED_DEFAULTS = {"targeted": False}
@@ -330,6 +331,8 @@ def _param_text(name: str, value: Any) -> str:
         return f"{value} {name}"
     if name in ("random_start", "targeted"):
         return name.replace("_", " ") if value else f"no {name.replace('_', ' ')}"
+    if name == "keep":
+        return "robust at every iterate" if value == "first-success" else "last iterate only"
     if name in ("attacks", "of"):
         return ", ".join(value)
     return f"{name} {value}"
