@@ -77,10 +77,14 @@ def test_killed_in_the_first_epoch_then_the_same_command_finishes_the_run(tmp_pa
 
 
 # The other augment modes' replay is checked batch by batch below (test_skipped_batches_...).
-@pytest.mark.parametrize("cmd, augment", [("train", "fixed"), ("adv-train", "device")])
-def test_killed_inside_an_epoch_with_save_every_resumes_bit_identically(tmp_path, tmp_path_factory, cmd, augment):
+@pytest.mark.parametrize("cmd, options", [
+    ("train", ("--augment", "fixed")),
+    ("adv-train", ("--augment", "device")),
+    ("adv-train", ("--augment", "device", "--ema", "0.9")),  # the weight average is in the state
+], ids=["train-fixed", "adv-train-device", "adv-train-ema"])
+def test_killed_inside_an_epoch_with_save_every_resumes_bit_identically(tmp_path, tmp_path_factory, cmd, options):
     out = tmp_path / "m.safetensors"
-    extra = ("--save-every", "3", "--augment", augment)
+    extra = ("--save-every", "3", *options)
     # Step 14 is inside epoch 2; the last save was after step 12, 2 batches into the epoch.
     killed = _run(cmd, out, *extra, "--resume", env={STOP_AFTER_STEP_ENV: "14"})
     assert killed.exit_code == 130, killed.output
@@ -89,7 +93,7 @@ def test_killed_inside_an_epoch_with_save_every_resumes_bit_identically(tmp_path
     torch.manual_seed(4321)
     done = _run(cmd, out, *extra, "--resume")
     assert done.exit_code == 0, done.output
-    _assert_same_run(_reference(tmp_path_factory, cmd, "--augment", augment), out)
+    _assert_same_run(_reference(tmp_path_factory, cmd, *options), out)
     assert _position(out) is None  # the last save is the end of the run's last epoch
 
 

@@ -25,6 +25,7 @@ from advcli.metrics_log import TENSORBOARD_HINT, require_tensorboard
 from advcli.models import resolve_arch
 from advcli.stages.train import Precision, TrainOptions, TrainResult
 from advcli.stages.train_state import SaveEvery
+from advcli.stages.weight_average import check_decay
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,7 @@ Label = Annotated[str | None, typer.Option("--label", help="Short name of this m
 InitFrom = Annotated[str | None, typer.Option("--init-from", help="Start from this checkpoint's weights instead of a fresh initialisation (fine-tuning); same --arch and class count.")]
 Device = Annotated[str, typer.Option("--device", help=DEVICE_HELP)]
 Resume = Annotated[bool, typer.Option("--resume", help="Continue from the training state saved beside --out (after an epoch, or inside one with --save-every), bit-identical to an uninterrupted run; with neither a state nor a checkpoint at --out, start from scratch (a job script can always pass it). Refused when --out exists without a state.")]
+Ema = Annotated[float | None, typer.Option("--ema", metavar="DECAY", help="Keep an exponential moving average of the weights and BatchNorm statistics, updated after every optimizer step with decay min(DECAY, t/(t+9)) at step t (dimensionless, e.g. 0.999; averages over about 1/(1-DECAY) steps). Test/validation accuracy, --keep best and the checkpoint use the average; the catastrophic-overfitting check the trained weights. Default: off.")]
 SaveEveryOpt = Annotated[str | None, typer.Option("--save-every", help="Also save the training state inside epochs: every N optimizer steps (e.g. 200) or every N seconds/minutes/hours of wall time (e.g. 90s, 10m, 1h), so a kill loses at most that much work. Default: after every epoch only.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
 Config = Annotated[Path | None, typer.Option("--config", help=CONFIG_HELP)]
@@ -95,6 +97,7 @@ def train_options(opts: dict[str, Any]) -> TrainOptions:
         amp=parse_choice(Precision, opts["amp"], name="--amp").value,
         compile=bool(opts["compile"]),
         sync_bn=bool(opts["sync_bn"]),
+        ema=None if opts["ema"] is None else check_decay(float(opts["ema"])),
         save_every=_save_every(opts["save_every"]),
         out=str(opts["out"]),
         label=opts["label"],

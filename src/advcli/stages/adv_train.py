@@ -19,6 +19,9 @@
   half of its best so far while FGSM accuracy exceeds it by more than 20 points (both measured
   like the validation PGD: eval mode, fp32, first-success). On by default
   (`warn`) for FGSM/FGSM-RS training; `--on-overfit warn|stop` runs it for PGD training too.
+- Weight averaging (`--ema DECAY`, `stages/weight_average.py`): validation, `--keep best` and
+  the checkpoint use the averaged weights; the overfitting check attacks the raw weights, whose
+  collapse the slowly moving average would show late or not at all.
 
 The validation and overfitting checks draw their random starts from streams that are the same
 on every torchrun rank and in every epoch (`advcli.rng`): all ranks reach the same decision, and

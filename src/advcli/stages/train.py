@@ -5,7 +5,9 @@ examples before the update (see stages/adv_train.py).
 In the shape of a torchtune recipe: `setup` (model, optimizer, data on the device), `train_epoch`
 (one pass of updates -> `EpochStats`), `measure_epoch` (test/validation accuracy and the epoch
 hooks), the state saved after every epoch and, with `--save-every`, inside epochs
-(`stages/train_state.py`), `finish` (checkpoint and history file). `fit` strings them together.
+(`stages/train_state.py`), `finish` (checkpoint and history file). With `--ema` the loop also
+keeps a running average of the weights (`stages/weight_average.py`): it is what is measured,
+kept and written; the optimizer updates the raw weights. `fit` strings them together.
 Two seams for what watches a run: step hooks are called after every optimizer step with a
 `StepStats` (device tensors, no host sync), end hooks after every epoch with its final
 `EpochStats`.
@@ -59,6 +61,7 @@ from advcli.stages.train_state import (
     state_path_for,
     stop_after_step,
 )
+from advcli.stages.weight_average import WeightAverage
 
 
 class Precision(str, enum.Enum):
@@ -94,6 +97,7 @@ class TrainOptions:
     amp: str = "none"
     compile: bool = False
     sync_bn: bool = False
+    ema: float | None = None
     save_every: str | None = None
     out: str = "model.safetensors"
     label: str | None = None
@@ -265,6 +269,12 @@ class Setup:
     steps_per_epoch: int
     total_steps: int
     parent_sha256: str | None = None
+    ema: WeightAverage | None = None  # --ema: the running average of `model`
+
+    @property
+    def kept(self) -> nn.Module:
+        """The model that is tested, validated, kept and written: the average under --ema."""
+        return self.ema.model if self.ema is not None else self.model
 
 
 def setup(
@@ -332,6 +342,7 @@ def setup(
         model=model, train_model=train_model, opt=opt, scaler=scaler,
         x=x.to(device) if on_device else x, y=y.to(device) if on_device else y,
         steps_per_epoch=steps_per_epoch, total_steps=steps_per_epoch * opts.epochs, parent_sha256=parent_sha,
+        ema=WeightAverage(model, opts.ema) if opts.ema is not None else None,
     )
 
 
@@ -431,6 +442,8 @@ def train_epoch(
         else:
             loss.backward()
             s.opt.step()
+        if s.ema is not None:
+            s.ema.update(s.model)
         adv_correct = sums.add(logits.detach(), yb, n_clean)
         for hook in step_hooks:
             hook(StepStats(epoch + 1, step + 1, lr, loss.detach(), len(yb) - n_clean, adv_correct, started))
@@ -525,7 +538,7 @@ def fit(
         notes.append(f"--resume: no training state or checkpoint at {opts.out!r} yet: started from scratch")
         reporter.log(notes[-1])
     elif resume:
-        state = load_state(state_path, s.model, s.opt, scaler=s.scaler, config=config)
+        state = load_state(state_path, s.model, s.opt, scaler=s.scaler, ema=s.ema, config=config)
         where = f"epoch {state.epoch + 1}, step {state.position.batches}" if state.position else f"epoch {state.epoch}"
         reporter.log(f"resuming {'inside' if state.position else 'after'} {where} from {state_path}")
     start_epoch, position = state.epoch, state.position
@@ -537,8 +550,10 @@ def fit(
         state.position = at
         if info.enabled:  # each rank's BatchNorm statistics: its training attack runs on them
             state.rank_buffers = {k: _by_rank(b, device) for k, b in s.model.named_buffers()}
+            if s.ema is not None:
+                state.rank_buffers.update({f"ema.{k}": _by_rank(b, device) for k, b in s.ema.model.named_buffers()})
         if info.is_main:
-            save_state(state_path, s.model, s.opt, state, s.scaler)
+            save_state(state_path, s.model, s.opt, state, s.scaler, ema=s.ema)
         distributed.barrier()
         if save_every is not None:
             save_every.saved()
@@ -548,9 +563,10 @@ def fit(
         stats = train_epoch(s, opts, epoch, device, perturber=perturber, step_hooks=step_hooks, reporter=reporter,
                             start=position, save_every=save_every, save=save)
         position = None
-        stop = measure_epoch(s.model, stats, data, device, opts.amp, epoch_hooks or [], history=state.history)
+        stop = measure_epoch(s.kept, stats, data, device, opts.amp, epoch_hooks or [], history=state.history,
+                             raw=s.model)
         stats.seconds = round(time.perf_counter() - started, 3)
-        state.record(stats, s.model, keep_best)
+        state.record(stats, s.kept, keep_best)
         save()
         reporter.log(_epoch_line(stats))
         for hook in end_hooks or []:
@@ -588,16 +604,17 @@ def finish(
     s: Setup, opts: TrainOptions, data: ImageData, device: torch.device, state: TrainState, *,
     keep_best: str | None = None, extra_meta: dict[str, object] | None = None, notes: list[str] | None = None,
 ) -> float:
-    """Write the checkpoint (the last epoch, or the best one under `keep_best`) and the history
-    file; returns the checkpoint's test accuracy."""
+    """Write the checkpoint (the last epoch, or the best one under `keep_best`; under --ema the
+    weight average) and the history file; returns the checkpoint's test accuracy."""
     info = distributed.current()
+    model = s.kept
     if state.history:
         test_accuracy = state.history[-1].test_accuracy
     else:
-        test_accuracy = evaluate_accuracy(s.model, data.test_x, data.test_y, device, amp=opts.amp)
+        test_accuracy = evaluate_accuracy(model, data.test_x, data.test_y, device, amp=opts.amp)
     if keep_best and state.best_weights is not None:
-        s.model.load_state_dict(state.best_weights)
-        test_accuracy = evaluate_accuracy(s.model, data.test_x, data.test_y, device, amp=opts.amp)
+        model.load_state_dict(state.best_weights)
+        test_accuracy = evaluate_accuracy(model, data.test_x, data.test_y, device, amp=opts.amp)
         if notes is not None:
             notes.append(f"kept epoch {state.best_epoch} (best {keep_best} = {state.best_score:.4f})")
     meta = model_metadata(
@@ -615,14 +632,15 @@ def finish(
         parent_sha256=s.parent_sha256,
         threat_model=None,
         classes=data.classes,
+        weight_average={"decay": s.ema.decay, "updates": s.ema.updates} if s.ema is not None else None,
         distributed={"world_size": info.world_size, "global_batch_size": opts.batch_size * info.world_size}
         if info.enabled else None,
     )
     meta.update(extra_meta or {})
     if opts.channels_last:
-        s.model.to(memory_format=torch.contiguous_format)
+        model.to(memory_format=torch.contiguous_format)
     if info.is_main:
-        save_checkpoint(opts.out, s.model, meta)
+        save_checkpoint(opts.out, model, meta)
         write_history(history_path_for(opts.out), opts.out, [h.as_dict() for h in state.history])
     distributed.barrier()
     return test_accuracy

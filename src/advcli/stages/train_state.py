@@ -6,16 +6,18 @@ per-epoch record it carries (`EpochStats`); when a run saves it (`SaveEvery`); a
 Written by rank 0, atomically (`advcli.io`: a kill during the write leaves the previous state),
 after every epoch and, with `--save-every N|10m`, every N optimizer steps or minutes inside an
 epoch:
-- tensors: the weights (`model.*`), the optimizer's buffers (`opt.<param index>.<name>`, e.g.
-  the momentum), under `--keep best` the weights of the best epoch so far (`best.*`), torch's
-  global RNG state (`rng.torch`, and `rng.cuda` once CUDA is in use) and NumPy's key
-  (`rng.numpy_keys`); inside an epoch also the epoch's metric sums so far (`epoch.sum.*`) and
-  the training attack's generator (`epoch.attack_rng`), one row per torchrun rank; under
-  torchrun every rank's buffers (`rank.*`, one row per rank: BatchNorm statistics);
+- tensors: the weights (`model.*`), under `--ema` their average (`ema.*`), the optimizer's
+  buffers (`opt.<param index>.<name>`, e.g. the momentum), under `--keep best` the weights of
+  the best epoch so far (`best.*`), torch's global RNG state (`rng.torch`, and `rng.cuda` once
+  CUDA is in use) and NumPy's key (`rng.numpy_keys`); inside an epoch also the epoch's metric
+  sums so far (`epoch.sum.*`) and the training attack's generator (`epoch.attack_rng`), one row
+  per torchrun rank; under torchrun every rank's buffers (`rank.*`, one row per rank: BatchNorm
+  statistics);
 - metadata: `epoch` (epochs completed), `history` (one `EpochStats.as_dict()` per epoch),
   `best_epoch` / `best_score`, NumPy's position, Python's `random` state, the fp16 loss scaler,
-  `config` (the options the run's numbers depend on: a resume with any of them different is
-  refused, naming the first) and, inside an epoch, `position` (epoch, batches done, seconds).
+  the average's update count (`ema_updates`), `config` (the options the run's numbers depend
+  on: a resume with any of them different is refused, naming the first) and, inside an epoch,
+  `position` (epoch, batches done, seconds).
 The epoch's data order and augmentation streams are functions of (seed, epoch, rank)
 (`advcli.rng`) and the learning rate a function of the step, so none of them is saved: a
 mid-epoch resume replays the epoch's first batches through the data pipeline, without training,
@@ -45,6 +47,7 @@ from torch import nn
 from advcli import distributed
 from advcli.errors import CheckpointError, UsageError
 from advcli.history import beside
+from advcli.stages.weight_average import WeightAverage
 from advcli.tensorfile import load_tensors, save_tensors
 
 SCHEMA = "advcli.train-state/2"
@@ -188,9 +191,11 @@ def stop_after_step(step: int) -> None:
 
 def save_state(
     path: str | Path, model: nn.Module, opt: torch.optim.Optimizer, state: TrainState,
-    scaler: torch.amp.GradScaler | None = None,
+    scaler: torch.amp.GradScaler | None = None, *, ema: WeightAverage | None = None,
 ) -> None:
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    if ema is not None:
+        tensors.update({f"ema.{k}": v for k, v in ema.model.state_dict().items()})
     tensors.update({f"best.{k}": v for k, v in (state.best_weights or {}).items()})
     tensors.update({f"rank.{k}": v for k, v in (state.rank_buffers or {}).items()})
     for i, st in opt.state_dict()["state"].items():
@@ -215,6 +220,7 @@ def save_state(
         "numpy_pos": [int(np_state[2]), int(np_state[3]), float(np_state[4])],
         "python_random": repr(random.getstate()),
         "scaler": scaler.state_dict() if scaler is not None else None,
+        "ema_updates": ema.updates if ema is not None else None,
         "config": state.config,
         "position": None if pos is None else {"epoch": pos.epoch, "batches": pos.batches, "seconds": pos.seconds},
     })
@@ -222,10 +228,11 @@ def save_state(
 
 def load_state(
     path: str | Path, model: nn.Module, opt: torch.optim.Optimizer, *,
-    scaler: torch.amp.GradScaler | None = None, config: dict[str, Any] | None = None,
+    scaler: torch.amp.GradScaler | None = None, ema: WeightAverage | None = None,
+    config: dict[str, Any] | None = None,
 ) -> TrainState:
-    """Restore the weights, optimizer buffers, loss scaler and global RNGs saved by
-    `save_state`; `config` (this run's) must equal the saved one."""
+    """Restore the weights, their average, optimizer buffers, loss scaler and global RNGs saved
+    by `save_state`; `config` (this run's) must equal the saved one."""
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"--resume: no training state {str(path)!r}; run without --resume first")
@@ -234,11 +241,18 @@ def load_state(
         raise CheckpointError(f"{str(path)!r} is not an advcli training-state file")
     _check_config(path, meta.get("config"), config)
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    if ema is not None:
+        if meta.get("ema_updates") is None:
+            raise UsageError(f"--resume: {str(path)!r} was saved by a run without --ema; resume without it")
+        ema.model.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
+        ema.updates = int(meta["ema_updates"])
     rank_buffers = {k[5:]: v for k, v in tensors.items() if k.startswith("rank.")} or None
     if rank_buffers is not None:
+        rank = distributed.current().rank
         with torch.no_grad():
-            for name, buf in model.named_buffers():
-                buf.copy_(rank_buffers[name][distributed.current().rank])
+            for prefix, module in (("", model), ("ema.", ema.model if ema is not None else None)):
+                for name, buf in module.named_buffers() if module is not None else ():
+                    buf.copy_(rank_buffers[prefix + name][rank])
     sd = opt.state_dict()
     for key, value in tensors.items():
         if key.startswith("opt."):
