@@ -1,9 +1,10 @@
-"""`advcli eval CKPT`: clean, PGD and AutoAttack accuracy (+ transfer), written as a result file."""
+"""`advcli eval CKPT`: clean, PGD and AutoAttack accuracy (+ transfer), written as a result file;
+`--resume` continues a killed run from its progress file, `--dry-run` prints the plan."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -13,6 +14,9 @@ from advcli.config import Norm, parse_choice, parse_eps, parse_eps_list
 from advcli.errors import UsageError
 from advcli.results import EvalResult
 
+if TYPE_CHECKING:
+    from advcli.stages.evaluate import EvalPlan
+
 SPLITS = ("test", "train", "val")
 
 
@@ -20,6 +24,7 @@ def eval_options(opts: dict[str, Any]) -> Any:
     """Check the options at the boundary and build `EvalOptions`."""
     from advcli.attacks import Keep
     from advcli.attacks.autoattack import ATTACKS, VERSIONS
+    from advcli.eval_progress import progress_path_for
     from advcli.stages.evaluate import EvalOptions
 
     version = str(opts["aa_version"]).strip().lower()
@@ -37,6 +42,9 @@ def eval_options(opts: dict[str, Any]) -> Any:
                              "add --aa-version custom")
     elif version == "custom":
         raise UsageError("--aa-version custom needs --aa-attacks, e.g. apgd-ce,apgd-t")
+    if opts["resume"] and not opts["out"]:
+        raise UsageError("--resume continues from the progress file beside -o/--out; give the "
+                         "same -o as the interrupted run")
     if opts["split"] not in SPLITS:
         raise UsageError(f"unknown --split {opts['split']!r}; valid values: {', '.join(SPLITS)}")
     for name in ("n", "batch_size", "pgd_steps", "restarts", "aa_restarts"):
@@ -68,6 +76,8 @@ def eval_options(opts: dict[str, Any]) -> Any:
         data_dir=opts["data_dir"],
         label=opts["label"],
         config={k: (str(v) if isinstance(v, Path) else v) for k, v in opts.items()},
+        progress_file=progress_path_for(opts["out"]) if opts["out"] else None,
+        resume=bool(opts["resume"]),
     )
 
 
@@ -90,6 +100,25 @@ def render_result(result: EvalResult) -> None:
     for e in result.entries:
         for w in e.warnings:
             render.warn_line(f"{_entry_name(e)}: {w}")
+
+
+def render_plan(plan: EvalPlan) -> None:
+    from advcli.stages.eval_chunks import duration_text
+
+    def when(seconds: float | None) -> str:
+        return "unknown" if seconds is None else duration_text(seconds)
+
+    bound = "<= " if plan.pgd_upper_bound else ""
+    rows = [("clean", str(plan.n), "", "", when(plan.clean_seconds))]
+    for step, seconds in zip(plan.steps, plan.seconds, strict=True):
+        examples = f"{bound}{step.examples}" if step.kind == "pgd" else str(step.examples)
+        rows.append((step.name, examples, str(step.chunks), str(step.done), when(seconds)))
+    total = duration_text(plan.estimate_s)
+    rows.append(("total", "", "", "", f">= {total}" if plan.unknown else total))
+    title = (f"advcli eval --dry-run: {plan.label} on {plan.dataset}/{plan.split}, {plan.n} "
+             f"examples, {plan.norm} eps from the {plan.eps_source}, chunks of {plan.batch_size}")
+    render.out.print(render.table(title, ["step", "examples", "chunks", "done", "time"], rows))
+    render.info_line(f"estimate: {plan.how}")
 
 
 @handle_errors
@@ -148,12 +177,27 @@ def eval_cmd(
         "--out", "-o", help="Result file to write (YAML, schema advcli.results/1).")] = None,
     format: Annotated[str, typer.Option("--format", help=FORMAT_HELP)] = "table",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+    resume: Annotated[bool, typer.Option(
+        "--resume", help="Continue a killed run from its progress file beside -o "
+        "(NAME.progress.yaml, written after every finished chunk of --batch-size examples): "
+        "finished chunks are skipped and the result equals an uninterrupted run's. Refused when "
+        "the checkpoint, the examples, the options or the advcli/torch/pyautoattack versions "
+        "differ. Without a progress file the run starts from the beginning.")] = False,
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", help="Print the plan (attacks, eps, examples, chunks, estimated time) and "
+        "exit without attacking. Clean and PGD times come from timing one batch (or from the "
+        "progress file's chunks with --resume); AutoAttack's is unknown until its first chunk.")
+    ] = False,
     config: Annotated[Path | None, typer.Option("--config", help=CONFIG_HELP)] = None,
 ) -> None:
     """Evaluate a checkpoint: clean, PGD and AutoAttack accuracy, into a result file.
 
     Also transfer accuracy on a precomputed adversarial set, and the per-example worst case
     over the attacks run. The result file (-o) feeds `advcli compare`.
+
+    With -o, every finished chunk is recorded in a progress file beside it (deleted once the
+    result is written); a killed run continues with the same command plus --resume. The time
+    left is estimated and printed after the first chunk of each attack.
 
     Example: advcli eval robust.safetensors --eps 8/255,16/255 --autoattack -o results/robust.yaml
     """
@@ -165,21 +209,32 @@ def eval_cmd(
 
     from advcli import distributed
     from advcli.device import resolve_device
+    from advcli.eval_progress import discard
     from advcli.results import save_results
-    from advcli.stages.evaluate import run_eval
+    from advcli.stages.evaluate import plan_eval, run_eval
 
     info, dev = distributed.setup(resolve_device(opts["device"]))
     try:
         from advcli.progress import NullReporter
 
         reporter = render.RichReporter(quiet=bool(opts["quiet"])) if info.is_main else NullReporter()
-        result = run_eval(opts["checkpoint"], eopts, device=dev, reporter=reporter)
+        if opts["dry_run"]:
+            plan = plan_eval(opts["checkpoint"], eopts, device=dev, reporter=reporter)
+        else:
+            result = run_eval(opts["checkpoint"], eopts, device=dev, reporter=reporter)
     finally:
         distributed.cleanup()
     if not info.is_main:
         return  # rank 0 alone writes and prints; every rank holds the same gathered result
+    if opts["dry_run"]:
+        if out_format == "table":
+            render_plan(plan)
+        else:
+            render.dump(plan.to_dict(), out_format)
+        return
     if opts["out"]:
         save_results(opts["out"], result)
+        discard(eopts.progress_file)  # only now: the result holds everything it recorded
     if out_format == "table":
         render_result(result)
     else:

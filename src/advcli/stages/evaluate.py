@@ -22,13 +22,26 @@ set, and the per-example worst case. Returns an `EvalResult`; writing it is the 
 - Worst case per (norm, eps): an example counts as robust only if it is correct clean and
   under every attack run at that eps (the AND of the flags, clean included).
 - The threat model defaults to the checkpoint's `threat_model` (norm and eps), else Linf 8/255.
+- Chunks, kills and resume: PGD and AutoAttack run chunk by chunk (a chunk = --batch-size
+  examples, seeded by its number alone), and every finished chunk is recorded in the progress
+  file beside `-o` (`advcli.eval_progress`). `--resume` skips the recorded chunks, and since no
+  chunk depends on what ran before it, the result equals an uninterrupted run's in every field
+  but those listed in `provenance.varies_between_runs` (times, argv, date, the resume itself).
+  Under torchrun each round deals one pending chunk to every rank and shares the records
+  (`advcli.stages.eval_chunks`), so every rank holds all of them and rank 0 writes the file; a
+  run can be resumed with another number of ranks.
+- Time: after the first chunk of each kind of attack (PGD, AutoAttack) the remaining time is
+  estimated from it and logged; `plan_eval` (`eval --dry-run`) says what would run and
+  estimates PGD from one timed batch (AutoAttack's cost depends on how many examples survive
+  each of its attacks, so it is only known after its first chunk, or from a progress file).
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,11 +52,12 @@ from torch import nn
 
 from advcli import distributed
 from advcli.advset import AdvSet, AdvSetError, load_adv_set
-from advcli.attacks.base import Keep, full_precision
+from advcli.attacks.base import Keep, attack_mode, full_precision
 from advcli.checkpoint import LoadedCheckpoint, load_checkpoint
 from advcli.config import DEFAULT_EPS, Eps, Norm, parse_choice, parse_eps
 from advcli.data.for_checkpoint import dataset_for_checkpoint
 from advcli.errors import UsageError
+from advcli.eval_progress import ChunkRecord, EvalProgress, start_progress
 from advcli.progress import NullReporter, Reporter
 from advcli.provenance import provenance
 from advcli.results import (
@@ -55,6 +69,7 @@ from advcli.results import (
     trained_with_text,
 )
 from advcli.rng import Stream, stream_generator
+from advcli.stages.eval_chunks import Estimator, PlanStep, attack_key, run_chunks
 
 
 @dataclass
@@ -81,6 +96,8 @@ class EvalOptions:
     data_dir: str | None = None
     label: str | None = None
     config: dict[str, Any] = field(default_factory=dict)
+    progress_file: Path | None = None  # where finished chunks are recorded (beside -o)
+    resume: bool = False  # continue from `progress_file` instead of refusing to overwrite it
 
 
 # --------------------------------------------------------------------------- threat model
@@ -119,20 +136,26 @@ def predict_flags(
     return out
 
 
-def _gather_max(value: float) -> float:
-    if not distributed.current().enabled:
-        return value
-    t = torch.tensor([value], dtype=torch.float64)
-    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
-    return float(t[0])
-
-
 def _perturbation(x_adv: torch.Tensor, x: torch.Tensor, norm: Norm) -> float:
     d = (x_adv.detach().float().cpu() - x.detach().float().cpu()).flatten(1)
     if d.numel() == 0:
         return 0.0
     per = d.abs().amax(1) if norm is Norm.linf else d.norm(dim=1)
     return float(per.max())
+
+
+def _in_memory(progress: EvalProgress | None) -> EvalProgress:
+    return progress if progress is not None else EvalProgress(None, {})
+
+
+def _after_round(kind: str, reporter: Reporter, estimator: Estimator | None,
+                 advance: bool) -> Callable[[list[ChunkRecord], float], None]:
+    def report(records: list[ChunkRecord], per_chunk: float) -> None:
+        if advance:
+            reporter.advance(sum(len(r.flags) for r in records))
+        if estimator is not None:
+            estimator.chunk_timed(kind, per_chunk)
+    return report
 
 
 def pgd_entry(
@@ -151,48 +174,53 @@ def pgd_entry(
     device: torch.device,
     reporter: Reporter,
     keep: Keep | str = Keep.first_success,
+    progress: EvalProgress | None = None,
+    estimator: Estimator | None = None,
 ) -> Entry:
     """PGD on the clean-correct examples only; flags = clean AND not fooled, under `keep`'s
-    rule (first-success: by no iterate)."""
+    rule (first-success: by no iterate). Chunk b is the b-th batch of the clean-correct
+    examples, its random start seeded by (seed, b); finished chunks are kept in `progress`."""
     from advcli.attacks import AttackSpec, attack_record, build_attack
 
     spec = AttackSpec(name="pgd", norm=norm, eps=eps, steps=steps, step_size=step_size,
                       restarts=restarts, keep=keep)
     attack = build_attack(spec)
     record = attack_record(spec, attack)
-    t0 = time.perf_counter()
-    flags = clean.copy()
+    progress = _in_memory(progress)
+    key = attack_key("pgd", norm, eps)
     todo = np.flatnonzero(clean)
-    survived = np.full(len(todo), -1, dtype=np.int64)  # -1: a batch another rank handles
-    n_batches = (len(todo) + batch_size - 1) // batch_size
+    n_chunks = math.ceil(len(todo) / batch_size)
+
+    def work(b: int) -> ChunkRecord:
+        idx = torch.from_numpy(todo[b * batch_size:(b + 1) * batch_size])
+        xb = x[idx].to(device).contiguous(memory_format=torch.channels_last)
+        yb = y[idx].to(device)
+        generator = stream_generator(seed, b, 0, Stream.eval_attack)
+        # The attack's own verdict on the image it keeps: no forward pass of our own.
+        with full_precision(device):
+            run = attack.run(model, xb, yb, generator=generator)
+        return ChunkRecord(flags=(~run.fooled).cpu().numpy(),
+                           max_perturbation=_perturbation(run.x_adv, xb, norm), time_s=0.0)
+
     reporter.start(f"pgd-{steps} {norm.value} eps={eps.text}", total=len(todo))
-    worst_delta = 0.0
+    reporter.advance(sum(len(r.flags) for r in progress.done(key).values()))
     # NHWC for the attack loop: 1.3-1.7x faster PGD on CPU convolutions (benchmarks/run.py,
     # eval-pgd); results differ from NCHW only by float rounding. Restored in `finally`.
     model.to(memory_format=torch.channels_last)
     try:
-        with full_precision(device):
-            for b in distributed.my_batches(n_batches):
-                sl = slice(b * batch_size, (b + 1) * batch_size)
-                idx = torch.from_numpy(todo[sl])
-                xb = x[idx].to(device).contiguous(memory_format=torch.channels_last)
-                yb = y[idx].to(device)
-                generator = stream_generator(seed, b, 0, Stream.eval_attack)
-                # The attack's own verdict on the image it keeps: no forward pass of our own.
-                run = attack.run(model, xb, yb, generator=generator)
-                survived[sl] = (~run.fooled).cpu().numpy()
-                worst_delta = max(worst_delta, _perturbation(run.x_adv, xb, norm))
-                reporter.advance(len(idx) * distributed.current().world_size)
+        done = run_chunks(key, n_chunks, work, progress,
+                          _after_round("pgd", reporter, estimator, advance=True))
     finally:
         model.to(memory_format=torch.contiguous_format)
         reporter.finish()
-    flags[todo] = distributed.gather_flags(survived) == 1
-    worst_delta = _gather_max(worst_delta)
+    flags = clean.copy()
+    if n_chunks:
+        flags[todo] = np.concatenate([done[b].flags for b in range(n_chunks)])
     params = {k: record[k] for k in ("steps", "step_size", "restarts", "keep") if k in record}
-    params["max_perturbation"] = worst_delta
+    params["max_perturbation"] = max((r.max_perturbation for r in done.values()), default=0.0)
     return Entry(attack="pgd", accuracy=float(flags.mean()) if len(flags) else 0.0,
                  n=len(flags), norm=norm.value, eps=eps.value, eps_text=eps.text, flags=flags,
-                 params=params, time_s=time.perf_counter() - t0)
+                 params=params, time_s=sum(r.time_s for r in done.values()))
 
 
 def autoattack_entry(
@@ -210,18 +238,19 @@ def autoattack_entry(
     device: torch.device,
     reporter: Reporter,
     restarts: int | None = None,
+    progress: EvalProgress | None = None,
+    estimator: Estimator | None = None,
 ) -> Entry:
-    """AutoAttack on every example; flags = its robust flags AND our clean flags."""
+    """AutoAttack on every example; flags = its robust flags AND our clean flags. Chunk c is
+    examples [c * batch_size, (c + 1) * batch_size), run with seed + c; finished chunks are
+    kept in `progress`."""
     from advcli.attacks.autoattack import run_autoattack
 
-    t0 = time.perf_counter()
-    # AutoAttack runs chunk by chunk (a chunk = --batch-size examples, seeded by its number),
-    # so that under torchrun the chunks can be dealt out across ranks with the same result.
-    robust = np.full(len(y), -1, dtype=np.int64)
-    delta, warnings, ran = 0.0, [], list(attacks or [])
-    used_restarts: int | None = restarts
-    n_chunks = (len(y) + batch_size - 1) // batch_size
-    for c in distributed.my_batches(n_chunks):
+    progress = _in_memory(progress)
+    key = attack_key("autoattack", norm, eps)
+    n_chunks = math.ceil(len(y) / batch_size)
+
+    def work(c: int) -> ChunkRecord:
         sl = slice(c * batch_size, (c + 1) * batch_size)
         xd, yd = x[sl].to(device).contiguous(), y[sl].to(device).contiguous()
         with full_precision(device):
@@ -229,13 +258,24 @@ def autoattack_entry(
                                  attacks=list(attacks) if attacks else None,
                                  batch_size=batch_size, seed=seed + c, reporter=reporter,
                                  restarts=restarts)
-        used_restarts = res.restarts
-        robust[sl] = res.robust_flags.detach().cpu().numpy().astype(np.int64)
-        delta = max(delta, _perturbation(res.x_adv, xd, norm))
-        warnings += [w for w in res.warnings if w not in warnings]
-        ran = list(res.attacks) if res.attacks else ran
-    robust = distributed.gather_flags(robust) == 1
-    delta = _gather_max(delta)
+        return ChunkRecord(flags=res.robust_flags.detach().cpu().numpy().astype(bool),
+                           max_perturbation=_perturbation(res.x_adv, xd, norm), time_s=0.0,
+                           extra={"warnings": list(res.warnings), "attacks": list(res.attacks),
+                                  "restarts": res.restarts})
+
+    done = run_chunks(key, n_chunks, work, progress,
+                      _after_round("autoattack", reporter, estimator, advance=False))
+    chunks = [done[c] for c in range(n_chunks)]
+    robust = np.concatenate([r.flags for r in chunks]) if chunks else np.zeros(0, dtype=bool)
+    delta = max((r.max_perturbation for r in chunks), default=0.0)
+    # In chunk order, so that the list does not depend on which chunks a resume ran.
+    warnings: list[str] = []
+    for r in chunks:
+        warnings += [w for w in r.extra.get("warnings", []) if w not in warnings]
+    ran = next((list(r.extra["attacks"]) for r in reversed(chunks) if r.extra.get("attacks")),
+               list(attacks or []))
+    used_restarts = next((int(r.extra["restarts"]) for r in chunks
+                          if r.extra.get("restarts") is not None), restarts)
     flags = robust & clean
     if delta > eps.value + 1e-5:
         warnings.append(
@@ -252,7 +292,7 @@ def autoattack_entry(
     params["max_perturbation"] = delta
     return Entry(attack="autoattack", accuracy=float(flags.mean()) if len(flags) else 0.0,
                  n=len(flags), norm=norm.value, eps=eps.value, eps_text=eps.text, flags=flags,
-                 params=params, warnings=warnings, time_s=time.perf_counter() - t0)
+                 params=params, warnings=warnings, time_s=sum(r.time_s for r in chunks))
 
 
 def transfer_entry(
@@ -323,6 +363,25 @@ def worst_entries(entries: Sequence[Entry], index_hash: str) -> list[Entry]:
 
 # --------------------------------------------------------------------------- the stage
 
+def plan_steps(opts: EvalOptions, norm: Norm, eps_list: Sequence[Eps], n: int,
+               n_attacked: int, progress: EvalProgress) -> list[PlanStep]:
+    """The (attack, eps) steps in the order `evaluate` runs them; PGD attacks `n_attacked`
+    examples (the clean-correct ones), AutoAttack all `n`."""
+    steps = []
+    for eps in eps_list:
+        todo = []
+        if opts.pgd:
+            todo.append(("pgd", f"pgd-{opts.pgd_steps}", n_attacked))
+        if opts.autoattack:
+            todo.append(("autoattack", f"autoattack {opts.aa_version}", n))
+        for kind, name, examples in todo:
+            key = attack_key(kind, norm, eps)
+            steps.append(PlanStep(kind, key, f"{name} {norm.value} eps={eps.text}", examples,
+                                  math.ceil(examples / opts.batch_size),
+                                  len(progress.done(key))))
+    return steps
+
+
 def evaluate(
     model: nn.Module,
     x: torch.Tensor,
@@ -333,23 +392,40 @@ def evaluate(
     opts: EvalOptions,
     device: torch.device,
     reporter: Reporter | None = None,
+    progress: EvalProgress | None = None,
 ) -> list[Entry]:
-    """Clean, PGD per eps, AutoAttack per eps and the worst case on (x, y); x float [0, 1]."""
+    """Clean, PGD per eps, AutoAttack per eps and the worst case on (x, y); x float [0, 1].
+
+    `progress` holds what a killed run finished (its clean flags and chunks are reused) and
+    receives every chunk as it finishes; None keeps them in memory."""
     reporter = reporter or NullReporter()
     if opts.batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1, got {opts.batch_size}")
+    progress = _in_memory(progress)
     model.to(device).eval()
-    t0 = time.perf_counter()
-    clean = predict_flags(model, x, y, opts.batch_size, device)
+    if progress.clean is not None and len(progress.clean) == len(y):
+        # Reused, not recomputed: PGD's chunks are cut from the clean-correct examples.
+        clean = progress.clean
+    else:
+        t0 = time.perf_counter()
+        clean = predict_flags(model, x, y, opts.batch_size, device)
+        progress.clean, progress.clean_time_s = clean, time.perf_counter() - t0
+        progress.save()
     entries = [Entry(attack="clean", accuracy=float(clean.mean()) if len(clean) else 0.0,
-                     n=len(clean), flags=clean, time_s=time.perf_counter() - t0)]
+                     n=len(clean), flags=clean, time_s=progress.clean_time_s)]
     reporter.log(f"clean accuracy {100 * entries[0].accuracy:.2f}% on {len(clean)} examples")
+    steps = plan_steps(opts, norm, eps_list, len(y), int(clean.sum()), progress)
+    estimator = Estimator(steps, progress, reporter)
+    if progress.reused:
+        reporter.log(f"resuming from {progress.path}: {progress.reused} of "
+                     f"{sum(s.chunks for s in steps)} chunks done; {estimator.text()}")
     for eps in eps_list:
         if opts.pgd:
             e = pgd_entry(model, x, y, clean, norm=norm, eps=eps, steps=opts.pgd_steps,
                           restarts=opts.restarts, step_size=opts.step_size,
                           batch_size=opts.batch_size, seed=opts.seed, device=device,
-                          reporter=reporter, keep=opts.keep)
+                          reporter=reporter, keep=opts.keep, progress=progress,
+                          estimator=estimator)
             reporter.log(f"pgd-{opts.pgd_steps} {norm.value} eps={eps.text}: "
                          f"{100 * e.accuracy:.2f}% ({e.time_s:.1f}s)")
             entries.append(e)
@@ -357,7 +433,8 @@ def evaluate(
             e = autoattack_entry(model, x, y, clean, norm=norm, eps=eps,
                                  version=opts.aa_version, attacks=opts.aa_attacks,
                                  restarts=opts.aa_restarts, batch_size=opts.batch_size,
-                                 seed=opts.seed, device=device, reporter=reporter)
+                                 seed=opts.seed, device=device, reporter=reporter,
+                                 progress=progress, estimator=estimator)
             reporter.log(f"autoattack {opts.aa_version} {norm.value} eps={eps.text}: "
                          f"{100 * e.accuracy:.2f}% ({e.time_s:.1f}s)")
             entries.append(e)
@@ -372,6 +449,89 @@ def examples_sha256(x: torch.Tensor, y: torch.Tensor) -> str:
     return h.hexdigest()
 
 
+# Fields of a result file that two runs of the same evaluation cannot share, written into
+# every result (`provenance.varies_between_runs`): a resumed run equals an uninterrupted one
+# in everything else.
+VARIES_BETWEEN_RUNS = ("time_s", "results[].time_s", "provenance.argv", "provenance.time",
+                       "provenance.options.resume", "provenance.resumed")
+
+
+@dataclass
+class _Setup:
+    """What both `run_eval` and `plan_eval` load: the model, the examples, the threat model,
+    and the fingerprint a progress file is checked against."""
+
+    ckpt: LoadedCheckpoint
+    norm: Norm
+    eps_list: list[Eps]
+    eps_source: str
+    data: Any
+    x: torch.Tensor
+    y: torch.Tensor
+    ihash: str
+    esha: str
+    fingerprint: dict[str, Any]
+
+
+def _versions(autoattack: bool) -> dict[str, str | None]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    import advcli
+
+    out: dict[str, str | None] = {"advcli": advcli.__version__, "torch": str(torch.__version__)}
+    if autoattack:
+        try:
+            out["pyautoattack"] = version("pyautoattack")
+        except PackageNotFoundError:
+            out["pyautoattack"] = None
+    return out
+
+
+def _result_options(opts: EvalOptions, norm: Norm, eps_list: Sequence[Eps],
+                    device: torch.device) -> dict[str, Any]:
+    """The options the numbers (or the result file) depend on, resolved, so that the same run
+    given by flags or by --config compares equal; run control (-o, --resume, --format,
+    --quiet) is left out."""
+    return {
+        "n": opts.n, "norm": norm.value, "eps": [e.text for e in eps_list], "pgd": opts.pgd,
+        "pgd_steps": opts.pgd_steps, "restarts": opts.restarts,
+        "step_size": None if opts.step_size is None else opts.step_size.text,
+        "keep": getattr(opts.keep, "value", opts.keep), "autoattack": opts.autoattack,
+        "aa_version": opts.aa_version, "aa_attacks": opts.aa_attacks,
+        "aa_restarts": opts.aa_restarts, "batch_size": opts.batch_size, "seed": opts.seed,
+        "adv_data": None if opts.adv_data is None else str(opts.adv_data),
+        "label": opts.label, "device": device.type,
+    }
+
+
+def _setup(checkpoint: str | Path | LoadedCheckpoint, opts: EvalOptions, device: torch.device,
+           reporter: Reporter, data: Any) -> _Setup:
+    from advcli.data import test_subset, to_float
+
+    ckpt = checkpoint if isinstance(checkpoint, LoadedCheckpoint) else load_checkpoint(
+        checkpoint, device)
+    meta = ckpt.meta
+    norm, eps_list, eps_source = resolve_threat(meta, opts.norm, opts.eps)
+    if opts.pgd or opts.autoattack:
+        reporter.log(f"threat model {norm.value} eps {', '.join(e.text for e in eps_list)} "
+                     f"({eps_source})")
+    if data is None:
+        data = dataset_for_checkpoint(meta, name=str(ckpt.path), dataset=opts.dataset, data_dir=opts.data_dir)
+    split_x, split_y = data.split(opts.split)
+    idx = test_subset(split_y, opts.n, seed=opts.seed)
+    x, y = to_float(split_x[idx]), split_y[idx].long()
+    ihash = index_sha256(idx.numpy())
+    esha = examples_sha256(split_x[idx], y)
+    fingerprint = {
+        "checkpoint": {"sha256": ckpt.sha256},
+        "data": {"dataset": data.name, "split": opts.split, "index_sha256": ihash,
+                 "examples_sha256": esha},
+        "options": _result_options(opts, norm, eps_list, device),
+        "versions": _versions(opts.autoattack),
+    }
+    return _Setup(ckpt, norm, eps_list, eps_source, data, x, y, ihash, esha, fingerprint)
+
+
 def run_eval(
     checkpoint: str | Path | LoadedCheckpoint,
     opts: EvalOptions,
@@ -382,28 +542,22 @@ def run_eval(
 ) -> EvalResult:
     """Load the checkpoint and its data, evaluate, and describe everything in an EvalResult.
 
-    `data` (an `advcli.data.ImageData`) skips loading the dataset (tests, notebooks).
+    `data` (an `advcli.data.ImageData`) skips loading the dataset (tests, notebooks). With
+    `opts.progress_file`, finished chunks are recorded there (rank 0 writes) and, with
+    `opts.resume`, a killed run's chunks are reused; the caller deletes the file once the
+    result is written (`advcli.eval_progress.discard`).
     """
-    from advcli.data import test_subset, to_float
-
     reporter = reporter or NullReporter()
     t0 = time.perf_counter()
-    ckpt = checkpoint if isinstance(checkpoint, LoadedCheckpoint) else load_checkpoint(
-        checkpoint, device)
-    meta = ckpt.meta
-    norm, eps_list, eps_source = resolve_threat(meta, opts.norm, opts.eps)
-    if opts.pgd or opts.autoattack:
-        reporter.log(f"threat model {norm.value} eps {', '.join(e.text for e in eps_list)} "
-                     f"({eps_source})")
-    if data is None:
-        data = dataset_for_checkpoint(meta, name=str(ckpt.path), dataset=opts.dataset, data_dir=opts.data_dir)
+    st = _setup(checkpoint, opts, device, reporter, data)
+    ckpt, meta, data, y, ihash = st.ckpt, st.ckpt.meta, st.data, st.y, st.ihash
     adv = None if opts.adv_data is None else load_adv_set(opts.adv_data, dataset=data.name)
-    split_x, split_y = data.split(opts.split)
-    idx = test_subset(split_y, opts.n, seed=opts.seed)
-    x, y = to_float(split_x[idx]), split_y[idx].long()
-    ihash = index_sha256(idx.numpy())
-    entries = evaluate(ckpt.model, x, y, norm=norm, eps_list=eps_list, opts=opts, device=device,
-                       reporter=reporter)
+    progress = start_progress(opts.progress_file, st.fingerprint, resume=opts.resume,
+                              writer=distributed.current().is_main)
+    # Every rank has read the file before rank 0 writes it again.
+    distributed.barrier()
+    entries = evaluate(ckpt.model, st.x, y, norm=st.norm, eps_list=st.eps_list, opts=opts,
+                       device=device, reporter=reporter, progress=progress)
     if adv is not None:
         entry = transfer_entry(ckpt.model, adv, clean_images_of(adv, data, opts.split),
                                batch_size=opts.batch_size, device=device)
@@ -415,6 +569,12 @@ def run_eval(
     entries += worst_entries(entries, ihash)
     threat = meta.get("threat_model") if isinstance(meta.get("threat_model"), dict) else None
     label = opts.label or meta.get("label") or ckpt.path.name.removesuffix(".safetensors")
+    extra: dict[str, Any] = {"checkpoint_sha256": ckpt.sha256, "device": str(device),
+                             "options": opts.config,
+                             "varies_between_runs": list(VARIES_BETWEEN_RUNS)}
+    if progress.reused:
+        extra["resumed"] = {"progress_file": str(progress.path),
+                            "chunks_reused": progress.reused}
     return EvalResult(
         label=str(label),
         model=ModelInfo(
@@ -426,10 +586,135 @@ def run_eval(
             threat_model=threat,
         ),
         data=DataInfo(dataset=data.name, split=opts.split, n=len(y), seed=opts.seed,
-                      index_sha256=ihash, examples_sha256=examples_sha256(split_x[idx], y)),
+                      index_sha256=ihash, examples_sha256=st.esha),
         entries=entries,
         seed=opts.seed,
         time_s=time.perf_counter() - t0,
-        provenance=provenance(opts.seed, {"checkpoint_sha256": ckpt.sha256,
-                                          "device": str(device), "options": opts.config}),
+        provenance=provenance(opts.seed, extra),
+    )
+
+
+# --------------------------------------------------------------------------- the plan (--dry-run)
+
+@dataclass
+class EvalPlan:
+    """What `eval` would run, with an estimate of its time; nothing is attacked.
+
+    `seconds` per step (and `clean_seconds`) are None where nothing gives an estimate;
+    `estimate_s` sums the known ones, `unknown` names the attacks left out of it, `how` says
+    where the numbers come from. PGD's `examples` are an upper bound (`pgd_upper_bound`)
+    unless a progress file holds the clean flags."""
+
+    label: str
+    checkpoint: str
+    dataset: str
+    split: str
+    n: int
+    norm: str
+    eps_source: str
+    batch_size: int
+    steps: list[PlanStep]
+    seconds: list[float | None]
+    clean_seconds: float | None
+    estimate_s: float
+    unknown: list[str]
+    how: str
+    pgd_upper_bound: bool
+    progress_file: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "label": self.label, "checkpoint": self.checkpoint, "dataset": self.dataset,
+            "split": self.split, "n": self.n, "norm": self.norm, "eps_source": self.eps_source,
+            "batch_size": self.batch_size, "progress_file": self.progress_file,
+            "clean": {"examples": self.n, "seconds": self.clean_seconds},
+            "steps": [{"attack": s.kind, "name": s.name, "examples": s.examples,
+                       "chunks": s.chunks, "done": s.done, "seconds": sec}
+                      for s, sec in zip(self.steps, self.seconds, strict=True)],
+            "pgd_examples_upper_bound": self.pgd_upper_bound,
+            "estimate_s": self.estimate_s, "estimate_excludes": self.unknown,
+            "estimate_how": self.how,
+        }
+
+
+def _time_passes(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                 device: torch.device) -> tuple[float, float]:
+    """Seconds of one forward pass and of one forward+backward to the input on this batch,
+    each measured after a warm-up pass (first calls allocate and pick kernels)."""
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    xb, yb = x.to(device), y.to(device)
+    with attack_mode(model), full_precision(device):
+        times = []
+        for backward in (False, True):
+            for _ in range(2):  # the second is timed
+                sync()
+                t0 = time.perf_counter()
+                xi = xb.clone().requires_grad_(backward)
+                loss = torch.nn.functional.cross_entropy(model(xi), yb)
+                if backward:
+                    torch.autograd.grad(loss, xi)
+                sync()
+            times.append(time.perf_counter() - t0)
+    return times[0], times[1]
+
+
+def plan_eval(
+    checkpoint: str | Path | LoadedCheckpoint,
+    opts: EvalOptions,
+    *,
+    device: torch.device,
+    reporter: Reporter | None = None,
+    data: Any = None,
+) -> EvalPlan:
+    """What `run_eval` would do with these options (`eval --dry-run`), without attacking.
+
+    Estimates: from the progress file's recorded chunks when resuming; else clean and PGD from
+    timing one batch (a forward pass, and a forward+backward pass per PGD step and restart),
+    assuming every example is clean-correct; AutoAttack is left out (unknown until its first
+    chunk, when `eval` logs an estimate). The progress file is checked as `run_eval` would,
+    so a run that would be refused is refused here too; nothing is written."""
+    reporter = reporter or NullReporter()
+    st = _setup(checkpoint, opts, device, reporter, data)
+    progress = start_progress(opts.progress_file, st.fingerprint, resume=opts.resume,
+                              writer=False)
+    n = len(st.y)
+    clean_known = progress.clean is not None and len(progress.clean) == n
+    n_attacked = int(progress.clean.sum()) if clean_known and progress.clean is not None else n
+    steps = plan_steps(opts, st.norm, st.eps_list, n, n_attacked, progress)
+    estimator = Estimator(steps, progress, NullReporter())
+    how = []
+    if estimator.rates:
+        how.append(f"{', '.join(sorted(estimator.rates))} from the chunks in {progress.path}")
+    clean_chunks = 0 if clean_known else math.ceil(n / opts.batch_size)
+    clean_seconds: float | None = 0.0 if clean_known else None
+    if n and (clean_chunks or (opts.pgd and "pgd" not in estimator.rates)):
+        model = st.ckpt.model.to(device).eval()
+        batch = min(opts.batch_size, n)
+        t_fwd, t_grad = _time_passes(model, st.x[:batch], st.y[:batch], device)
+        clean_seconds = clean_chunks * t_fwd
+        if opts.pgd and "pgd" not in estimator.rates:
+            # Per restart: a gradient pass per step, and one forward pass for the last iterate.
+            estimator.rates["pgd"] = opts.restarts * (opts.pgd_steps * t_grad + t_fwd)
+            how.append(f"pgd from timing one batch of {batch} on {device.type}"
+                       + ("" if clean_known else ", as if every example were clean-correct"))
+    seconds: list[float | None] = []
+    for s in steps:
+        rate = estimator.rates.get(s.kind)
+        seconds.append(None if rate is None else max(s.chunks - s.done, 0) * rate)
+    left, unknown = estimator.left()
+    if unknown:
+        how.append(f"{', '.join(unknown)} not estimated: its cost depends on how many examples "
+                   "survive each attack; eval logs an estimate after its first chunk")
+    meta = st.ckpt.meta
+    label = opts.label or meta.get("label") or st.ckpt.path.name.removesuffix(".safetensors")
+    return EvalPlan(
+        label=str(label), checkpoint=str(st.ckpt.path), dataset=st.data.name, split=opts.split,
+        n=n, norm=st.norm.value, eps_source=st.eps_source, batch_size=opts.batch_size,
+        steps=steps, seconds=seconds, clean_seconds=clean_seconds,
+        estimate_s=left + (clean_seconds or 0.0), unknown=unknown, how="; ".join(how),
+        pgd_upper_bound=opts.pgd and not clean_known,
+        progress_file=None if opts.progress_file is None else str(opts.progress_file),
     )
