@@ -394,7 +394,8 @@ def test_sigkill_mid_autoattack_then_resume_equals_the_uninterrupted_result(
 def test_torchrun_eval_killed_and_resumed_equals_the_single_process_result(
     tiny_ckpt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Under torchrun rank 0 records every rank's chunks: 2 rounds of 2 ranks = 4 chunks."""
+    """Under torchrun rank 0 records every rank's chunks: 2 rounds of 2 ranks = 4 chunks; it
+    alone reads the file on resume and sends it to the other rank."""
     from tests.test_distributed import _torchrun
 
     args = ["eval", str(tiny_ckpt), "--num-examples", "48", "--batch-size", "8", *SUBPROCESS_ARGS]
@@ -407,6 +408,9 @@ def test_torchrun_eval_killed_and_resumed_equals_the_single_process_result(
     assert killed.returncode != 0 and not out.exists()
     assert load_progress(progress_path_for(out)).n_done() == 4
     monkeypatch.delenv(STOP_AFTER_ENV)
+    # Rank 0 alone reads the file; a refusal reaches every rank (none waits for the others).
+    refused = _torchrun([*args, "-o", "r.yaml", "--resume", "--pgd-steps", "5"], ranks)
+    assert refused.returncode != 0 and "--pgd-steps: 3 there, 5 here" in refused.stderr
     resumed = _torchrun([*args, "-o", "r.yaml", "--resume"], ranks)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     _, err = single.communicate(timeout=600)

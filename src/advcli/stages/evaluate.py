@@ -56,7 +56,7 @@ from advcli.attacks.base import Keep, attack_mode, full_precision
 from advcli.checkpoint import LoadedCheckpoint, load_checkpoint
 from advcli.config import DEFAULT_EPS, Eps, Norm, parse_choice, parse_eps
 from advcli.data.for_checkpoint import dataset_for_checkpoint
-from advcli.errors import UsageError
+from advcli.errors import AdvcliError, UsageError
 from advcli.eval_progress import ChunkRecord, EvalProgress, start_progress
 from advcli.progress import NullReporter, Reporter
 from advcli.provenance import provenance
@@ -532,6 +532,27 @@ def _setup(checkpoint: str | Path | LoadedCheckpoint, opts: EvalOptions, device:
     return _Setup(ckpt, norm, eps_list, eps_source, data, x, y, ihash, esha, fingerprint)
 
 
+def _progress_on_every_rank(opts: EvalOptions, fingerprint: dict[str, Any]) -> EvalProgress:
+    """The run's progress, read (and checked) by rank 0 alone and sent to the other ranks:
+    they may not see rank 0's disk (several nodes), and none of them may read the file while
+    rank 0 rewrites it. A refusal is sent too, so every rank stops with the same line."""
+    info = distributed.current()
+    if not info.enabled:
+        return start_progress(opts.progress_file, fingerprint, resume=opts.resume)
+    got: list[Any] = [None]
+    if info.is_main:
+        try:
+            got[0] = start_progress(opts.progress_file, fingerprint, resume=opts.resume)
+        except AdvcliError as exc:
+            got[0] = exc
+    torch.distributed.broadcast_object_list(got, src=0)
+    if isinstance(got[0], AdvcliError):
+        raise got[0]
+    progress: EvalProgress = got[0]
+    progress.writer = info.is_main
+    return progress
+
+
 def run_eval(
     checkpoint: str | Path | LoadedCheckpoint,
     opts: EvalOptions,
@@ -552,10 +573,7 @@ def run_eval(
     st = _setup(checkpoint, opts, device, reporter, data)
     ckpt, meta, data, y, ihash = st.ckpt, st.ckpt.meta, st.data, st.y, st.ihash
     adv = None if opts.adv_data is None else load_adv_set(opts.adv_data, dataset=data.name)
-    progress = start_progress(opts.progress_file, st.fingerprint, resume=opts.resume,
-                              writer=distributed.current().is_main)
-    # Every rank has read the file before rank 0 writes it again.
-    distributed.barrier()
+    progress = _progress_on_every_rank(opts, st.fingerprint)
     entries = evaluate(ckpt.model, st.x, y, norm=st.norm, eps_list=st.eps_list, opts=opts,
                        device=device, reporter=reporter, progress=progress)
     if adv is not None:
