@@ -50,6 +50,7 @@ class AttackName(str, enum.Enum):
     fgsm_rs = "fgsm-rs"
     pgd = "pgd"
     stadv = "stadv"
+    n_fgsm = "n-fgsm"  # training only (perturbations exceed eps): `build_attack` refuses it
 
 
 class Keep(str, enum.Enum):
@@ -89,6 +90,7 @@ class AttackSpec:
     - `targeted`: `y` passed to `perturb` holds the target classes.
     - `tau`, `bound`: stadv's flow-smoothness weight and the per-pixel flow radius in pixels
       (None = unbounded, as in Xiao et al.); see `advcli.attacks.stadv`.
+    - `noise`: n-fgsm's uniform noise half-width (default 2·eps; see `advcli.attacks.nfgsm`).
     - `keep`: which iterate fgsm/fgsm-rs/pgd return, `Keep` (None = `last`, training's rule;
       measure robustness with `first-success`). stadv keeps its smoothest fooling flow, which
       `first-success` accepts and `last` does not describe.
@@ -104,6 +106,7 @@ class AttackSpec:
     tau: float = 0.05
     bound: Eps | float | str | None = None
     keep: Keep | str | None = None
+    noise: Eps | float | str | None = None
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""`build_attack(spec)`: check an `AttackSpec` at the boundary and build the attack object.
+"""`build_attack(spec)`: check an `AttackSpec` at the boundary and build the attack object;
+`build_training_attack(spec)` also builds the training-only N-FGSM, which `build_attack` refuses.
 
 Every misuse is a `UsageError` naming the option, e.g. a step size for FGSM or eps for stAdv.
 """
@@ -10,6 +11,7 @@ from typing import Any
 from advcli.attacks.base import Attack, AttackName, AttackSpec, Keep
 from advcli.attacks.fgsm import FGSM
 from advcli.attacks.fgsm_rs import FGSMRandomStart
+from advcli.attacks.nfgsm import NFGSM
 from advcli.attacks.pgd import PGD
 from advcli.attacks.stadv import StAdv
 from advcli.config import Eps, Norm, parse_choice, parse_eps
@@ -22,9 +24,30 @@ def _eps(value: Eps | float | str | None, name: str, allow_zero: bool = True) ->
     return None if value is None else parse_eps(value, name=name, allow_zero=allow_zero)
 
 
+def build_training_attack(spec: AttackSpec) -> Attack:
+    """`build_attack`, plus the training-only attacks (n-fgsm) that evaluation refuses."""
+    if parse_choice(AttackName, spec.name, name="attack") is not AttackName.n_fgsm:
+        return build_attack(spec)
+    eps, step_size, noise = _eps(spec.eps, "eps"), _eps(spec.step_size, "step size"), _eps(spec.noise, "noise")
+    if eps is None:
+        raise UsageError("n-fgsm needs --eps, e.g. 8/255")
+    if spec.steps not in (None, 1) or spec.restarts != 1 or spec.keep not in (None, Keep.last, Keep.last.value):
+        raise UsageError("n-fgsm takes one step from one noisy start: drop --steps and --restarts")
+    return NFGSM(spec.norm, eps.value, None if step_size is None else step_size.value,
+                 None if noise is None else noise.value, targeted=spec.targeted)
+
+
 def build_attack(spec: AttackSpec) -> Attack:
-    """The attack object for `spec`, with defaults resolved (see `AttackSpec`)."""
+    """The attack object for `spec`, with defaults resolved (see `AttackSpec`): an evaluation
+    attack, keeping the whole contract of `advcli.attacks.base` (its bound included)."""
     name = parse_choice(AttackName, spec.name, name="attack")
+    if name is AttackName.n_fgsm:
+        raise UsageError(
+            "n-fgsm is a training-only attack (its perturbations exceed eps by design): train with "
+            "`advcli adv-train --attack n-fgsm` and measure robustness with pgd, fgsm-rs or autoattack"
+        )
+    if spec.noise is not None:
+        raise UsageError(f"--noise is n-fgsm's noise box; {name.value} does not take it")
     eps = _eps(spec.eps, "eps")
     step_size = _eps(spec.step_size, "step size")
     bound = _eps(spec.bound, "bound", allow_zero=False)

@@ -1,8 +1,11 @@
 """Adversarial training: `stages.train.fit` plus a batch perturbation step.
 
 - Online (Madry et al.; Stutz's article): each batch's last `fraction` is replaced by
-  PGD/FGSM/FGSM-RS examples computed with the model in eval mode (BatchNorm statistics
-  untouched); the update then sees clean and adversarial examples as one batch.
+  PGD/FGSM/FGSM-RS/N-FGSM examples computed with the model in eval mode (BatchNorm statistics
+  untouched); the update then sees clean and adversarial examples as one batch. N-FGSM
+  (de Jorge et al. 2022) is a training-only attack: its perturbations exceed eps by design
+  (noise 2·eps plus a step of eps, no projection), so it is built by `build_training_attack`
+  and refused as an evaluation attack; validation and the overfitting check stay within eps.
 - Static (the loss-landscape paper's "augmented dataset"): `--adv-data` from
   `advcli attack --split train`; training runs on the 1:1 union of those adversarial images and
   the clean images they were made from, with no attack during training. `--n-train N` keeps N
@@ -41,6 +44,7 @@ from torch import nn
 from advcli.advset import load_adv_set
 from advcli.attacks import AttackSpec, build_attack
 from advcli.attacks.base import Attack, Keep
+from advcli.attacks.registry import build_training_attack
 from advcli.config import Eps, Norm, parse_choice
 from advcli.data import ImageData, to_float
 from advcli.data.datasets import train_subset
@@ -65,6 +69,7 @@ class TrainAttack(str, enum.Enum):
     pgd = "pgd"
     fgsm = "fgsm"
     fgsm_rs = "fgsm-rs"
+    n_fgsm = "n-fgsm"  # training only: perturbations beyond eps (advcli.attacks.nfgsm)
 
 
 class KeepEpoch(str, enum.Enum):
@@ -89,6 +94,7 @@ class ThreatModel:
     step_size: Eps | None = None
     restarts: int = 1
     fraction: float = 1.0
+    noise: Eps | None = None  # n-fgsm's noise half-width (None: 2·eps)
 
 
 @dataclass
@@ -99,7 +105,8 @@ class AdvOptions:
     val_pgd_steps: int = 10
     val_n: int = 1000
     keep: str = KeepEpoch.last.value
-    # None: `warn` for FGSM/FGSM-RS training, `off` for PGD (where overfitting is not expected).
+    # None: `warn` for single-step training (FGSM, FGSM-RS, N-FGSM), `off` for PGD (where
+    # overfitting is not expected).
     on_overfit: str | None = None
 
 
@@ -116,11 +123,13 @@ class AttackPerturber:
 
 
 def _spec(t: ThreatModel, **override: Any) -> AttackSpec:
+    name = override.pop("name", t.attack)
     fields = dict(
-        name=t.attack, norm=t.norm, eps=t.eps,
-        steps=None if t.attack in ("fgsm", "fgsm-rs") else t.steps,
-        step_size=None if t.attack == "fgsm" else t.step_size,
+        name=name, norm=t.norm, eps=t.eps,
+        steps=None if name in ("fgsm", "fgsm-rs", "n-fgsm") else t.steps,
+        step_size=None if name == "fgsm" else t.step_size,
         restarts=t.restarts,
+        noise=t.noise if name == "n-fgsm" else None,
     )
     fields.update(override)
     return AttackSpec(**fields)
@@ -137,6 +146,7 @@ def threat_metadata(t: ThreatModel, attack: Attack) -> dict[str, Any]:
         "step_size": float(d.get("step_size", d.get("eps", 0.0))),
         "restarts": int(d.get("restarts", 1)),
         "fraction": float(t.fraction),
+        **({"noise": float(d["noise"])} if "noise" in d else {}),
     }
 
 
@@ -305,7 +315,9 @@ def adv_fit(
         raise UsageError("--keep best needs --val-every K to measure robust validation accuracy")
     if t.eps is None:
         raise UsageError("adv-train needs --eps, e.g. --eps 8/255 (linf) or --eps 0.5 (l2)")
-    attack = build_attack(_spec(t))
+    if t.noise is not None and attack_name is not TrainAttack.n_fgsm:
+        raise UsageError(f"--noise is n-fgsm's noise box; drop it for --attack {attack_name.value}")
+    attack = build_training_attack(_spec(t))
     perturber = AttackPerturber(attack, t.fraction, opts.amp)
     hooks = []
     if adv.val_every:
