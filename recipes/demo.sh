@@ -3,6 +3,7 @@
 # cores (a few minutes). Run it with `make demo`. Each stage writes files the next stage reads:
 #
 #   check-loader -> train (Standard) -> adv-train (Robust, PGD Linf 8/255) -> attack -> eval -> compare
+#   -> audit (can the Robust model's evaluation be trusted?)
 #
 # Knobs (environment): ADVCLI (the advcli executable), DEMO_DIR (output folder), DEMO_N (test
 # examples evaluated), DEMO_EPOCHS (training epochs of each model), DEMO_N_TRAIN (training images).
@@ -40,3 +41,15 @@ done
 
 step "compare"
 "$ADVCLI" compare "$OUT"/results/*.yaml --baseline Standard
+
+step "audit --quick: can the Robust model's evaluation be trusted? (curve, FGSM vs PGD, gradients; Linf 8/255, $N test images)"
+# The quick tier takes seconds here; all seven checks (drop --quick) take minutes on a CPU,
+# most of it Square's 5,000 queries. Exit 1 is a failed check (the table says which): the demo
+# shows it and ends there. Anything else (a crash, a usage error) stops the demo as an error.
+rm -f "$OUT/robust-audit.yaml"
+status=0
+"$ADVCLI" audit "$OUT/robust.safetensors" --quick --n "$N" --norm linf --eps 8/255 \
+  -o "$OUT/robust-audit.yaml" --plot "$OUT/robust-audit.png" -q || status=$?
+if [ "$status" -ne 0 ] && ! { [ "$status" -eq 1 ] && [ -s "$OUT/robust-audit.yaml" ]; }; then
+  exit "$status"
+fi

@@ -125,6 +125,7 @@ def test_eps_grid_reaches_the_constant_image() -> None:
     assert l2[0].value == pytest.approx(0.125) and l2[-1].value == pytest.approx(math.sqrt(3072))
     assert all(a.value < b.value for a, b in zip(l2, l2[1:], strict=False))
     assert [e.text for e in eps_grid(Norm.linf, parse_eps("0.5"), (3, 32, 32))] == ["0.125", "0.25", "0.5"]
+    assert [e.text for e in eps_grid(Norm.linf, parse_eps("0.6"), (3, 32, 32))] == ["0.15", "0.3", "0.6"]
 
 
 def test_user_code_is_loaded_with_its_sha256(tmp_path: Path, tiny_ckpt: Path) -> None:

@@ -48,8 +48,11 @@ def top_radius(norm: Norm, shape: tuple[int, ...]) -> Eps:
 
 
 def eps_grid(norm: Norm, eps: Eps, shape: tuple[int, ...]) -> list[Eps]:
-    """eps/4, eps/2, eps, 2·eps, ... below the top radius, then the top radius itself."""
+    """eps/4, eps/2, eps, 2·eps, ... below the top radius, then the top radius itself (or eps,
+    when the threat model is already that large)."""
     top = top_radius(norm, shape)
+    if eps.value >= top.value:
+        top = eps
     num, den = None, None
     if "/" in eps.text:  # keep the paper's notation: 8/255 -> 2/255, 4/255, ..., 64/255
         a, b = eps.text.split("/", 1)
