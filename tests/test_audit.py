@@ -318,6 +318,8 @@ def test_cli_audit_user_model(tiny_ckpt: Path, tmp_path: Path) -> None:
         (["--norm", "l3"], "unknown norm"),
         (["--n", "0"], "--n"),
         (["--amp", "fp8"], "--amp"),
+        (["--amp", "fp16", "--checks", "precision"], "CUDA"),
+        (["--surrogate", "other.safetensors", "--checks", "curve"], "--surrogate"),
         (["--wrap", "nothere.py:wrap"], "does not exist"),
         (["--wrap", "quantize"], "FILE.py:CALLABLE"),
         (["--format", "xml"], "--format"),

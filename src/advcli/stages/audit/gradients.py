@@ -5,7 +5,9 @@
   A margin gradient that is zero or non-finite at both points (input quantisation, a step
   through numpy/PIL that cuts the autograd graph) leaves gradient attacks blind: fail. A zero
   cross-entropy gradient where the margin's is not zero is a saturated softmax (huge logits):
-  CE attacks stall there, a margin loss (APGD-DLR, check 2) does not.
+  CE attacks stall there, a margin loss (APGD-DLR, check 2) does not. (pyautoattack's
+  `check_zero_gradients` only counts zero CE gradients inside APGD; this counts per example,
+  margin and CE apart, non-finite values too, and also when no APGD runs.)
 - Outputs, with pyautoattack's own checks (`pyautoattack.checks`): probabilities instead of
   logits (`check_range_output`), outputs that change between identical passes
   (`check_randomized`: a randomised defence, to be attacked with EoT and judged with
@@ -18,6 +20,7 @@ model is randomised decide how the other checks attack it.
 from __future__ import annotations
 
 import logging
+import sys
 import time
 
 import numpy as np
@@ -48,11 +51,16 @@ def _package_check(fn_name: str, *args: object) -> str | None:
     logger = logging.Logger(f"advcli.audit.{fn_name}")
     handler = _Collect()
     logger.addHandler(handler)
+    tracer = sys.gettrace()
     if fn_name == "check_dynamic":
         # The package counts gradient calls in a module-level dict it never resets.
         for key in checks.funcs:
             checks.funcs[key] = 0
-    getattr(checks, fn_name)(*args, logger=logger)
+    try:
+        getattr(checks, fn_name)(*args, logger=logger)
+    finally:
+        # check_dynamic ends with sys.settrace(None): give a debugger or coverage its tracer back.
+        sys.settrace(tracer)
     return handler.messages[0] if handler.messages else None
 
 

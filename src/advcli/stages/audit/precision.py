@@ -36,6 +36,12 @@ def run(ctx: AuditContext) -> CheckResult:
             measured="trained in fp32: no other precision to compare",
             advice="nothing to do (--amp bf16 compares a bf16 attack anyway)",
             numbers={"amp": amp}, time_s=time.perf_counter() - t0)
+    if amp == "fp16" and ctx.device.type != "cuda":
+        return CheckResult(
+            check=CheckName.precision.value, title="", status=Status.skipped.value,
+            measured="trained in fp16, which autocast supports on CUDA only",
+            advice="run the audit on a GPU (--device cuda) to compare fp16 with fp32",
+            numbers={"amp": amp}, time_s=time.perf_counter() - t0)
     if ctx.randomised:
         # Two runs of an attack on a random model differ by more than any rounding would.
         return CheckResult(

@@ -91,6 +91,8 @@ def _audit(checkpoint: str | Path | LoadedCheckpoint | None, opts: AuditOptions,
         value = getattr(opts, name)
         if value is not None and int(value) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    if opts.amp == "fp16" and device.type != "cuda" and CheckName.precision in opts.checks:
+        raise UsageError("--amp fp16 needs a CUDA device (--device cuda); use --amp bf16 on the CPU")
     base, meta, ckpt_path, ckpt_sha, code = _load_target(checkpoint, opts, device)
     model = base
     if opts.wrap:
