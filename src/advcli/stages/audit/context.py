@@ -11,9 +11,8 @@ gradient path to the input (a step through numpy or PIL) are attacked through
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -126,7 +125,6 @@ class AuditContext:
     randomised: bool = False
     probe_notes: list[str] = field(default_factory=list)
     whitebox: dict[str, np.ndarray] = field(default_factory=dict)  # name -> robust flags
-    timings: dict[str, float] = field(default_factory=dict)
 
     @property
     def n(self) -> int:
@@ -143,8 +141,7 @@ class AuditContext:
         """Robust flags of the default evaluation attack (PGD, eval's settings), computed once."""
         name = f"pgd-{self.opts.pgd_steps}"
         if name not in self.whitebox:
-            self.whitebox[name] = self.lp_attack(
-                name, dict(name="pgd", steps=self.opts.pgd_steps), purpose=1)[0]
+            self.whitebox[name] = self.lp_attack(name, dict(name="pgd", steps=self.opts.pgd_steps), purpose=1)
         return self.whitebox[name]
 
     def predict(self, model: nn.Module, x: torch.Tensor) -> np.ndarray:
@@ -166,9 +163,10 @@ class AuditContext:
         judge: nn.Module | None = None,
         keep: str = DEFAULT_KEEP,
         autocast: Any = None,
-    ) -> tuple[np.ndarray, torch.Tensor]:
+    ) -> np.ndarray:
         """Run an Lp attack (`spec`: AttackSpec fields besides norm/eps/keep) on `model` (default:
-        the audited one) over the clean-correct examples. Returns (robust flags, x_adv on the CPU).
+        the audited one) over the clean-correct examples, under `autocast` (a context) if given.
+        Returns the robust flags.
 
         Robust = clean-correct and not fooled: by the attack's own verdict (under `keep`) when
         `judge` is None, else by one fresh forward pass of `judge` on the kept image (transfer,
@@ -180,9 +178,7 @@ class AuditContext:
         attack = build_attack(AttackSpec(norm=self.norm, eps=self.eps, keep=keep, **spec))
         todo = np.flatnonzero(self.clean)
         flags = self.clean.copy()
-        x_adv = self.x.clone()
         bs = self.opts.batch_size
-        t0 = time.perf_counter()
         self.reporter.start(f"{label} {self.norm.value} eps={self.eps.text}", total=len(todo))
         try:
             with channels_last(model):
@@ -191,10 +187,7 @@ class AuditContext:
                     xb = self.x[idx].to(self.device).contiguous(memory_format=torch.channels_last)
                     yb = self.y[idx].to(self.device)
                     g = torch.Generator().manual_seed(stream_seed(self.opts.seed, purpose, b))
-                    if autocast is not None:
-                        with autocast:
-                            run = attack.run(model, xb, yb, generator=g)
-                    else:
+                    with autocast if autocast is not None else nullcontext():
                         run = attack.run(model, xb, yb, generator=g)
                     if judge is None:
                         fooled = run.fooled.cpu().numpy()
@@ -202,31 +195,27 @@ class AuditContext:
                         with torch.no_grad():
                             fooled = (judge(run.x_adv.float()).argmax(1) != yb).cpu().numpy()
                     flags[idx.numpy()] = ~fooled
-                    x_adv[idx] = run.x_adv.float().cpu().contiguous()
                     self.reporter.advance(len(idx))
         finally:
             self.reporter.finish()
-        self.timings[label] = time.perf_counter() - t0
-        return flags, x_adv
+        return flags
 
     def autoattack(self, attack: str, *, todo: np.ndarray | None = None) -> np.ndarray:
         """Robust flags (length n) of one attack of the AutoAttack package, on the clean-correct
-        examples (or on `todo`, indices), through `run_autoattack`; the package's messages are
-        kept in `probe_notes` only once each."""
+        examples (or on `todo`, indices), through `run_autoattack` with one restart. The package's
+        sanity warnings are not kept here: check 6 runs those checks itself, once."""
         from advcli.attacks.autoattack import run_autoattack
 
         idx = np.flatnonzero(self.clean) if todo is None else np.asarray(todo, dtype=np.int64)
         flags = self.clean.copy()
         if not len(idx):
             return flags
-        t0 = time.perf_counter()
         it = torch.from_numpy(idx)
         res = run_autoattack(self.model, self.x[it].to(self.device), self.y[it].to(self.device),
                              self.norm, self.eps, version="custom", attacks=[attack],
                              batch_size=self.opts.batch_size, seed=self.opts.seed,
                              reporter=self.reporter, restarts=1)
         flags[idx] = res.robust_flags.cpu().numpy() & self.clean[idx]
-        self.timings[attack] = self.timings.get(attack, 0.0) + time.perf_counter() - t0
         return flags
 
 

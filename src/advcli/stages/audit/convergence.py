@@ -25,7 +25,7 @@ def run(ctx: AuditContext) -> CheckResult:
     strong_name = f"pgd-{o.strong_steps}x{o.strong_restarts}"
     members: dict[str, np.ndarray] = {}
     members[strong_name] = ctx.lp_attack(
-        strong_name, dict(name="pgd", steps=o.strong_steps, restarts=o.strong_restarts), purpose=2)[0]
+        strong_name, dict(name="pgd", steps=o.strong_steps, restarts=o.strong_restarts), purpose=2)
     notes = []
     members["apgd-ce"] = ctx.autoattack("apgd-ce")
     if ctx.num_classes >= 3:

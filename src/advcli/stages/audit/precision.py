@@ -51,9 +51,9 @@ def run(ctx: AuditContext) -> CheckResult:
             numbers={"amp": amp}, time_s=time.perf_counter() - t0)
     steps = ctx.opts.pgd_steps
     spec = dict(name="pgd", steps=steps)
-    fp32 = ctx.lp_attack(f"pgd-{steps} fp32", spec, purpose=40, judge=ctx.model, keep="last")[0]
+    fp32 = ctx.lp_attack(f"pgd-{steps} fp32", spec, purpose=40, judge=ctx.model, keep="last")
     low = ctx.lp_attack(f"pgd-{steps} {amp}", spec, purpose=40, judge=ctx.model, keep="last",
-                        autocast=autocast(ctx.device, amp))[0]
+                        autocast=autocast(ctx.device, amp))
     values = {"amp_weaker": max(0, int(low.sum()) - int(fp32.sum()))}
     findings, status = judge(CheckName.precision, values, {"amp_weaker": ctx.n})
     measured = (f"pgd-{steps} in {amp} {100 * accuracy(low):.1f}% vs fp32 {100 * accuracy(fp32):.1f}% "

@@ -15,7 +15,7 @@ from advcli.stages.audit.limits import CheckName, Status, judge
 def run(ctx: AuditContext) -> CheckResult:
     t0 = time.perf_counter()
     pgd = ctx.default_attack()
-    fgsm = ctx.lp_attack("fgsm", dict(name="fgsm"), purpose=3)[0]
+    fgsm = ctx.lp_attack("fgsm", dict(name="fgsm"), purpose=3)
     ctx.whitebox["fgsm"] = fgsm
     values = {"fgsm_below_pgd": max(0, int(pgd.sum()) - int(fgsm.sum()))}
     findings, status = judge(CheckName.single_step, values, {"fgsm_below_pgd": ctx.n})

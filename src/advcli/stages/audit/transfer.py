@@ -39,7 +39,7 @@ def run(ctx: AuditContext, surrogates: dict[str, Any]) -> CheckResult:
     for k, (name, model) in enumerate(surrogates.items()):
         model.to(ctx.device).eval()
         flags = ctx.lp_attack(f"transfer from {name}", spec, purpose=20 + k, model=model,
-                              judge=ctx.model, keep="last")[0]
+                              judge=ctx.model, keep="last")
         only = whitebox & ~flags
         transfer_only |= only
         sources[name] = {"accuracy": accuracy(flags), "breaks_beyond_whitebox": int(only.sum())}
@@ -47,7 +47,7 @@ def run(ctx: AuditContext, surrogates: dict[str, Any]) -> CheckResult:
     eot_only = np.zeros(ctx.n, dtype=bool)
     if ctx.randomised:
         flags = ctx.lp_attack(f"pgd-{steps} with EoT ({ctx.opts.eot_samples} samples)", spec, purpose=30,
-                              model=Expectation(ctx.model, ctx.opts.eot_samples), judge=ctx.model)[0]
+                              model=Expectation(ctx.model, ctx.opts.eot_samples), judge=ctx.model)
         eot_only = whitebox & ~flags
         eot = {"samples": ctx.opts.eot_samples, "accuracy": accuracy(flags), "breaks_beyond_whitebox":
                int(eot_only.sum())}
