@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
+from functools import partial
 
 import torch
 from torch import nn
 
 from advcli.errors import UsageError
-from advcli.models import resnet, small, wide_resnet
+from advcli.models import resnet, resnet9, small, wide_resnet
 
 
 class Normalize(nn.Module):
@@ -45,13 +47,24 @@ ARCHS: dict[str, Callable[[int], nn.Module]] = {
     "resnet32": resnet.resnet32,
     "wrn-28-10": wide_resnet.wrn_28_10,
     "wrn-34-10": wide_resnet.wrn_34_10,
+    "resnet9": resnet9.resnet9,
 }
+# ResNet-9 of any width N: `resnet9-wN` (the checkpoint records the name, so loading needs no flag).
+_RESNET9_WIDTH = re.compile(r"resnet9-w(\d+)")
+
+
+def _constructor(key: str) -> Callable[[int], nn.Module]:
+    m = _RESNET9_WIDTH.fullmatch(key)
+    return partial(resnet9.resnet9, width=int(m.group(1))) if m else ARCHS[key]
 
 
 def resolve_arch(name: str) -> str:
     key = str(name).strip().lower().replace("_", "-")
-    if key not in ARCHS:
-        raise UsageError(f"unknown arch {name!r}; valid values: {', '.join(ARCHS)}")
+    m = _RESNET9_WIDTH.fullmatch(key)
+    if key not in ARCHS and not (m and int(m.group(1)) in resnet9.WIDTHS):
+        widths = resnet9.WIDTHS
+        raise UsageError(f"unknown arch {name!r}; valid values: {', '.join(ARCHS)}, "
+                         f"resnet9-wN (width N from {widths.start} to {widths.stop - 1})")
     return key
 
 
@@ -62,4 +75,4 @@ def build_model(
     std: Sequence[float] = (1.0, 1.0, 1.0),
 ) -> Classifier:
     """A fresh, randomly initialised model (seed torch before calling for determinism)."""
-    return Classifier(ARCHS[resolve_arch(arch)](num_classes), mean, std)
+    return Classifier(_constructor(resolve_arch(arch))(num_classes), mean, std)
