@@ -141,10 +141,12 @@ def _audit(checkpoint: str | Path | LoadedCheckpoint | None, opts: AuditOptions,
     checks = [results[c] for c in ALL_CHECKS if c in results]
     verdict = worst([Status(c.status) for c in checks])
     threat = meta.get("threat_model") if isinstance(meta.get("threat_model"), dict) else None
-    label = opts.label or meta.get("label") or (Path(ckpt_path).name.removesuffix(".safetensors") if ckpt_path
-                                                 else code[0].callable)
-    if opts.wrap:
-        label = f"{label} [{code[-1].callable}]" if not opts.label else label
+    label = opts.label
+    if not label:
+        label = meta.get("label") or (Path(ckpt_path).name.removesuffix(".safetensors") if ckpt_path
+                                      else code[0].callable)
+        if opts.wrap:  # "Robust + quantize": the defence is part of what was audited
+            label = f"{label} + {Path(code[-1].path).stem}"
     codes = [{"role": c.role, **c.to_dict()} for c in code]
     return AuditResult(
         label=str(label),
