@@ -170,6 +170,10 @@ def test_resume_refuses_a_checkpoint_without_state_and_changed_options(tmp_path)
     r = _run("train", out, "--epochs", "1", "--resume", "--save-every", "2", "--label", "x")
     assert r.exit_code == 0, r.output
     assert history_path_for(out).is_file()
+    # --epochs may change: a finished run is extended, with a note on the schedule.
+    r = _run("train", out, "--epochs", "2", "--resume")
+    assert r.exit_code == 0 and "schedule now spans 2" in r.output, r.output
+    assert read_metadata(out)["metrics"]["epochs_run"] == 2
 
 
 @pytest.mark.parametrize("bad", ["0", "10x", "-3", "m"])

@@ -541,6 +541,11 @@ def fit(
         state = load_state(state_path, s.model, s.opt, scaler=s.scaler, ema=s.ema, config=config)
         where = f"epoch {state.epoch + 1}, step {state.position.batches}" if state.position else f"epoch {state.epoch}"
         reporter.log(f"resuming {'inside' if state.position else 'after'} {where} from {state_path}")
+        before = (state.saved_config or {}).get("epochs", opts.epochs)
+        if before != opts.epochs:
+            notes.append(f"--epochs {opts.epochs} on resume (saved with {before}): the learning-rate "
+                         f"schedule now spans {opts.epochs} epochs")
+            reporter.log(notes[-1])
     start_epoch, position = state.epoch, state.position
     save_every = SaveEvery.parse(opts.save_every)
     timer = _CompileTimer(device) if opts.compile else None

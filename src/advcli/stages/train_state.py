@@ -107,6 +107,7 @@ class TrainState:
     best_weights: dict[str, torch.Tensor] | None = None
     position: EpochPosition | None = None
     config: dict[str, Any] | None = None
+    saved_config: dict[str, Any] | None = None  # a resumed state's, as it was saved
     # Under torchrun: every rank's buffers, [world size, ...] (BatchNorm statistics differ per
     # rank between DDP's broadcasts, and each rank's training attack runs on its own).
     rank_buffers: dict[str, torch.Tensor] | None = None
@@ -285,8 +286,14 @@ def load_state(
         best_weights={k[5:]: v for k, v in tensors.items() if k.startswith("best.")} or None,
         position=position,
         config=config,
+        saved_config=meta.get("config"),
         rank_buffers=rank_buffers,
     )
+
+
+# Options a resume may change: `--epochs` extends (or shortens) a run, whose learning-rate
+# schedule then follows the new total (`fit` says so in a note).
+MAY_CHANGE = ("epochs",)
 
 
 def _check_config(path: Path, saved: dict[str, Any] | None, now: dict[str, Any] | None) -> None:
@@ -294,7 +301,7 @@ def _check_config(path: Path, saved: dict[str, Any] | None, now: dict[str, Any] 
     if saved is None or now is None:
         return
     for key in sorted(set(saved) | set(now)):
-        if saved.get(key) != now.get(key):
+        if key not in MAY_CHANGE and saved.get(key) != now.get(key):
             flag = "--" + key.replace("_", "-")
             raise UsageError(
                 f"--resume: {str(path)!r} was saved by a run with {flag} {saved.get(key)!r}, this run has "
