@@ -219,10 +219,10 @@ def test_validation_pgd_runs_in_fp32_under_bf16_amp(tmp_path, monkeypatch):
     from advcli.data import load_dataset
 
     seen: dict[int, set] = {}
-    real_build = at.build_attack
+    real = {"build_attack": at.build_attack, "build_training_attack": at.build_training_attack}
 
-    def build(spec):
-        attack = real_build(spec)
+    def build(spec, how="build_attack"):
+        attack = real[how](spec)
 
         def watched(method):
             def spy(model, x, y, generator=None):
@@ -238,6 +238,7 @@ def test_validation_pgd_runs_in_fp32_under_bf16_amp(tmp_path, monkeypatch):
         return attack
 
     monkeypatch.setattr(at, "build_attack", build)
+    monkeypatch.setattr(at, "build_training_attack", lambda spec: build(spec, "build_training_attack"))
     data = load_dataset("synthetic", seed=0, val_split=100)
     adv_fit(_opts(tmp_path / "bf16.safetensors", epochs=1, n_train=128, amp="bf16"),
             _adv(steps=1, val_every=1, val_n=50, val_pgd_steps=3, keep="best"), data, CPU)
