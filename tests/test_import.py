@@ -130,7 +130,7 @@ def test_cli_import(tmp_path: Path) -> None:
     assert meta["source"]["loader"] == "torch.load(weights_only=True)"
     # usage errors exit 2, failures exit 1, and nothing is written
     bad_out = tmp_path / "never.safetensors"
-    res = runner.invoke(app, ["import", str(src), "--arch", "resnet9", "--dataset", "synthetic",
+    res = runner.invoke(app, ["import", str(src), "--arch", "resnet7", "--dataset", "synthetic",
                               "-o", str(bad_out)])
     assert res.exit_code == 2 and "valid values" in res.output
     res = runner.invoke(app, ["import", str(src), "--arch", "resnet18", "--dataset", "synthetic",
