@@ -181,6 +181,9 @@ class EvalResult:
     published: bool = False
     citation: str | None = None
     path: Path | None = None  # where it was read from (not written)
+    # --model / --wrap files (`models.user.UserCode.to_dict()` plus `role`): what was measured
+    # beyond the checkpoint; empty for an advcli architecture evaluated as it is.
+    user_code: list[dict[str, str]] = field(default_factory=list)
 
     def entry(self, attack: str, norm: str | None = None, eps: float | None = None) -> Entry:
         """The first entry for an attack (and norm/eps); KeyError if there is none."""
@@ -208,6 +211,8 @@ class EvalResult:
                 "threat_model": self.model.threat_model,
             }
         )
+        if self.user_code:
+            d["user_code"] = plain(self.user_code)
         d["data"] = plain(
             {
                 "dataset": self.data.dataset,
@@ -387,10 +392,15 @@ def parse_results(data: dict[str, Any], *, source: str = "<memory>") -> EvalResu
     published = bool(top.get("published", bool, required=False) or False)
     citation = top.get("citation", str, required=published)
 
+    user_code = top.get("user_code", list, required=False) or []
+    if not all(isinstance(c, dict) and c.get("sha256") for c in user_code):
+        raise top.fail("user_code", "must be a list of mappings with file, callable and sha256")
+    # A --model without weights has no checkpoint: its code's sha256 identifies it instead.
+    needs_ckpt = not published and not user_code
     m = top.section("model", required=not published) or _Reader({}, source, "model")
     model = ModelInfo(
-        checkpoint=m.get("checkpoint", str, required=not published),
-        sha256=m.get("sha256", str, required=not published),
+        checkpoint=m.get("checkpoint", str, required=needs_ckpt),
+        sha256=m.get("sha256", str, required=needs_ckpt),
         arch=m.get("arch", str, required=False),
         trained_with=m.get("trained_with", str, required=False) or "clean",
         seed=m.get("seed", int, required=False),
@@ -422,6 +432,7 @@ def parse_results(data: dict[str, Any], *, source: str = "<memory>") -> EvalResu
         provenance=top.get("provenance", dict, required=False) or {},
         published=published,
         citation=citation,
+        user_code=[{str(k): str(v) for k, v in c.items()} for c in user_code],
     )
 
 
