@@ -35,7 +35,9 @@ def compare(
         list[Path],
         typer.Argument(
             help="Result files (`advcli eval -o`, published result files), attack summaries "
-            "(`advcli attack`) and landscape files (`advcli landscape`), e.g. results/*.yaml.",
+            "(`advcli attack`), landscape files (`advcli landscape`) and audit files "
+            "(`advcli audit -o`: an Audit column beside the accuracies of the same "
+            "checkpoints), e.g. results/*.yaml.",
             show_default=False,
         ),
     ],
@@ -100,7 +102,7 @@ def compare(
 
     Mean ± std over seeds, Wilson intervals, differences to a baseline with p-values, the
     trained-with × attacked-with matrix, mean 1−SSIM from attack summaries, flatness from
-    landscape files, and published claims checked as pass / fail / inconclusive.
+    landscape files, each model's audit verdict from audit files, and published claims checked as pass / fail / inconclusive.
     """
     opts = resolve_options(ctx, locals())
     out_format = parse_choice(CompareFormat, opts["format"], name="format")

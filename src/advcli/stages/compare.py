@@ -47,8 +47,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from advcli.audit_file import SCHEMA as AUDIT_SCHEMA
 from advcli.errors import ResultsError, UsageError
 from advcli.results import AttackSummary, Entry, EvalResult, format_number, load_any
+from advcli.stages.compare_audit import AuditEntry, audit_column, code_shas, read_audit_entry
 from advcli.stats import (
     Significance,
     bootstrap_diff_ci,
@@ -191,6 +193,7 @@ class Row:
     published: bool = False
     citation: str | None = None
     baseline: bool = False
+    audit: str | None = None  # the audit column's text (`stages.compare_audit`), when shown
 
     @property
     def display(self) -> str:
@@ -211,6 +214,7 @@ class CompareTable:
     notes: list[str] = field(default_factory=list)
     n_means: str = "seeds (checkpoints)"  # what n counts, for the footnote
     show_ci: bool = False  # show each cell's Wilson interval
+    show_audit: bool = False  # an Audit column after the numbers (audit files were given)
 
     @property
     def show_n(self) -> bool:
@@ -860,7 +864,7 @@ def build_flatness_table(sets: Sequence[FlatnessSet]) -> CompareTable | None:
 
 # --------------------------------------------------------------------------- the stage
 
-Input = EvalResult | AttackSummary | FlatnessSet
+Input = EvalResult | AttackSummary | FlatnessSet | AuditEntry
 
 def load_input(path: str | Path) -> Input:
     """A result file, an attack summary or a landscape file, told apart by `schema`."""
@@ -874,6 +878,8 @@ def load_input(path: str | Path) -> Input:
 
     if head.get("schema") == LANDSCAPE_SCHEMA:
         return flatness_set(read_document(p), p)
+    if head.get("schema") == AUDIT_SCHEMA:
+        return read_audit_entry(p)
     return load_any(p)
 
 
@@ -896,6 +902,10 @@ def compare(
     results = [x for x in items if isinstance(x, EvalResult)]
     summaries = [x for x in items if isinstance(x, AttackSummary)]
     flatness = [x for x in items if isinstance(x, FlatnessSet)]
+    audits = [x for x in items if isinstance(x, AuditEntry)]
+    if audits and (matrix or not results):
+        raise UsageError("audit files add an Audit column to the accuracy table: pass them with "
+                         "the `advcli eval` results of the same checkpoints, without --matrix")
     tables: list[CompareTable] = []
     if matrix:
         tables.append(build_matrix(results, summaries, metric=metric, baseline=baseline,
@@ -903,6 +913,8 @@ def compare(
     elif results:
         tables.append(build_table(results, metric=metric, baseline=baseline, worst=worst,
                                   alpha=alpha, ci=ci))
+        if audits:
+            _add_audit_column(tables[-1], results, audits)
     elif baseline is not None:
         raise UsageError("--baseline needs `advcli eval` result files, or --matrix")
     ssim = build_ssim_table(summaries, [r for r in results if r.published])
@@ -912,6 +924,24 @@ def compare(
     if flat is not None:
         tables.append(flat)
     return tables
+
+
+def _add_audit_column(table: CompareTable, results: Sequence[EvalResult],
+                      audits: Sequence[AuditEntry]) -> None:
+    """Fill each reproduced row's audit cell from the audits of its checkpoints."""
+    identities: dict[str, list[tuple[str | None, tuple[str, ...]]]] = {}
+    for r in results:
+        if not r.published:
+            ident = (r.model.sha256, code_shas(r.user_code))
+            ids = identities.setdefault(r.label, [])
+            if ident not in ids:
+                ids.append(ident)
+    column = audit_column([(label, ids) for label, ids in identities.items()], audits)
+    for row in table.rows:
+        if not row.published:
+            row.audit = column.cells.get(row.label, "—")
+    table.show_audit = True
+    table.notes += column.notes
 
 
 @dataclass

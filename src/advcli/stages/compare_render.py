@@ -54,6 +54,8 @@ def cell_text(cell: Cell | None, table: CompareTable) -> str:
 
 def header(table: CompareTable) -> list[str]:
     cols = [table.row_header] + [c.title for c in table.columns]
+    if table.show_audit:
+        cols.append("Audit")
     return cols + ["n"] if table.show_n else cols
 
 
@@ -62,6 +64,8 @@ def text_rows(table: CompareTable) -> list[list[str]]:
     out = []
     for row in table.rows:
         cells = [row.display] + [cell_text(row.cells.get(c.key), table) for c in table.columns]
+        if table.show_audit:
+            cells.append(row.audit or "—")
         out.append(cells + [str(row.n)] if table.show_n else cells)
     return out
 
@@ -135,6 +139,8 @@ def to_csv(tables: Sequence[CompareTable], claims: Sequence[ClaimResult] = ()) -
                 head += [f"{c.title} ci low", f"{c.title} ci high"]
             if has_diff:
                 head += [f"{c.title} diff", f"{c.title} p"]
+        if t.show_audit:
+            head.append("audit")
         w.writerow(head)
         scale = 100.0 if t.percent else 1.0
         for r in t.rows:
@@ -151,6 +157,8 @@ def to_csv(tables: Sequence[CompareTable], claims: Sequence[ClaimResult] = ()) -
                     d = None if cell is None else cell.diff
                     line.append("" if d is None else f"{scale * d.delta:.4f}")
                     line.append("" if d is None or d.p_value is None else f"{d.p_value:.6g}")
+            if t.show_audit:
+                line.append(r.audit or "")
             w.writerow(line)
     if claims:
         if tables:
@@ -216,8 +224,12 @@ def to_data(tables: Sequence[CompareTable], claims: Sequence[ClaimResult] = ()) 
                                     "p_value": cell.diff.p_value,
                                     "ci95": list(cell.diff.ci95) if cell.diff.ci95 else None}
                 cells[c.title] = item
-            rows.append({"label": r.label, "published": r.published, "citation": r.citation,
-                         "baseline": r.baseline, "n": r.n, "cells": cells})
+            row: dict[str, Any] = {"label": r.label, "published": r.published,
+                                   "citation": r.citation, "baseline": r.baseline, "n": r.n,
+                                   "cells": cells}
+            if t.show_audit:
+                row["audit"] = r.audit
+            rows.append(row)
         out.append({
             "title": t.title,
             "metric": t.metric.value if t.percent else _UNITLESS.get(t.kind, t.kind.value),
