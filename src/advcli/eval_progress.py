@@ -8,8 +8,9 @@ it, skips the finished chunks and, because every chunk is seeded by its own numb
 `advcli.stages.evaluate`), ends with the result an uninterrupted run writes.
 
 What is in the file:
-- `fingerprint`: what the numbers depend on (checkpoint sha256, the examples, the options that
-  change results, the advcli / torch / pyautoattack versions). A resume with any of them
+- `fingerprint`: what the numbers depend on (checkpoint sha256, the `--model`/`--wrap` code's
+  callables and sha256s when there is user code, the examples, the options that change
+  results, the advcli / torch / pyautoattack versions). A resume with any of them
   different is refused with one line naming the first difference: mixing chunks of two setups
   would give a result file that no single run could have produced.
 - `clean`: the clean flags, reused on resume (PGD's chunks are cut from the clean-correct
@@ -165,8 +166,8 @@ def check_same_run(saved: dict[str, Any], current: dict[str, Any], path: Path) -
     saved, current = _yaml_roundtrip(saved), _yaml_roundtrip(current)
     if saved == current:
         return
-    what = {"checkpoint": "another checkpoint", "data": "other examples",
-            "options": "other options", "versions": "other versions"}
+    what = {"checkpoint": "another checkpoint", "user_code": "other user code (--model/--wrap)",
+            "data": "other examples", "options": "other options", "versions": "other versions"}
     for section in (*what, *sorted(set(saved) | set(current))):
         a, b = saved.get(section), current.get(section)
         if a == b:

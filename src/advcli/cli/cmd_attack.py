@@ -17,6 +17,7 @@ from advcli.cli.common import CONFIG_HELP, DEVICE_HELP, FORMAT_HELP, FORMATS, ha
 from advcli.config import DEFAULT_EPS, Eps, Norm, parse_choice, parse_eps
 from advcli.errors import UsageError
 from advcli.io import all_or_nothing
+from advcli.models.user import MODEL_HELP, WRAP_HELP, check_user_options
 
 if TYPE_CHECKING:
     from advcli.stages.attack import AttackOptions
@@ -40,7 +41,9 @@ KEEP_HELP = (
 @handle_errors
 def attack_cmd(
     ctx: typer.Context,
-    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint (.safetensors) of the model to attack.")],
+    checkpoint: Annotated[Path | None, typer.Argument(
+        help="Checkpoint (.safetensors) of the model to attack; with --model, the weights for its "
+        "module (optional).", show_default=False)] = None,
     attack: Annotated[str, typer.Option(help="fgsm | fgsm-rs | pgd | stadv.")] = "pgd",
     norm: Annotated[str, typer.Option(help="Ball of fgsm/fgsm-rs/pgd: linf | l2.")] = "linf",
     eps: Annotated[
@@ -84,10 +87,14 @@ def attack_cmd(
         Path | None,
         typer.Option(help="Also draw clean / adversarial / amplified perturbation to this PNG."),
     ] = None,
-    label: Annotated[str | None, typer.Option(help="Name in tables (default: the checkpoint's label).")] = None,
+    label: Annotated[str | None, typer.Option(
+        help="Name in tables (default: the checkpoint's label, plus ' + DEFENCE' with --wrap).")] = None,
+    model: Annotated[str | None, typer.Option("--model", help=MODEL_HELP)] = None,
+    wrap: Annotated[str | None, typer.Option("--wrap", help=WRAP_HELP)] = None,
     dataset: Annotated[
         str | None,
-        typer.Option(help="Dataset override (default: the one recorded in the checkpoint)."),
+        typer.Option(help="Dataset override (default: the one recorded in the checkpoint; needed "
+                     "with --model and no checkpoint)."),
     ] = None,
     data_dir: Annotated[str | None, typer.Option(help="Where torchvision datasets live.")] = None,
     format: Annotated[str, typer.Option("--format", help=FORMAT_HELP)] = "table",
@@ -95,7 +102,13 @@ def attack_cmd(
 ) -> None:
     """Attack a checkpoint with FGSM, FGSM-RS, PGD or stAdv: write the adversarial set, a YAML
     summary (clean, robust and adversarial accuracy, success rate, perturbation norms, 1-SSIM)
-    and optionally a picture."""
+    and optionally a picture.
+
+    --model FILE.py:CALLABLE attacks the nn.Module it returns and --wrap FILE.py:CALLABLE the
+    module it builds around the loaded model (a defence). Both RUN THE PYTHON CODE in the file
+    they name; the summary records its sha256 under user_code. Weights are only ever read from
+    safetensors.
+    """
     opts = resolve_options(ctx, locals())
     aopts, fmt, summary_path = _check_options(opts)
 
@@ -150,6 +163,7 @@ def _check_options(opts: dict[str, Any]) -> tuple[AttackOptions, str, Path]:
         raise UsageError(f"--n must be a positive number of examples, got {opts['n']}")
     if opts["batch_size"] < 1:
         raise UsageError(f"--batch-size must be >= 1, got {opts['batch_size']}")
+    check_user_options(opts)
     norm = parse_choice(Norm, opts["norm"], name="norm")
     keep = parse_choice(Keep, opts["keep_iterate"], name="--keep-iterate")
     if name is AttackName.stadv and keep is Keep.last:
@@ -184,6 +198,8 @@ def _check_options(opts: dict[str, Any]) -> tuple[AttackOptions, str, Path]:
         dataset=opts["dataset"],
         data_dir=opts["data_dir"],
         label=opts["label"],
+        model=opts["model"],
+        wrap=opts["wrap"],
         out=out_path,
         grid=Path(opts["grid"]) if opts["grid"] else None,
         config={k: (str(v) if isinstance(v, Path) else v) for k, v in opts.items()},

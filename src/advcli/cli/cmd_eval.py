@@ -12,6 +12,7 @@ from advcli.cli import render
 from advcli.cli.common import CONFIG_HELP, DEVICE_HELP, FORMAT_HELP, FORMATS, handle_errors, resolve_options
 from advcli.config import Norm, parse_choice, parse_eps, parse_eps_list
 from advcli.errors import UsageError
+from advcli.models.user import MODEL_HELP, WRAP_HELP, check_user_options
 from advcli.results import EvalResult
 
 if TYPE_CHECKING:
@@ -51,6 +52,7 @@ def eval_options(opts: dict[str, Any]) -> Any:
         value = opts[name]
         if value is not None and int(value) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    check_user_options(opts)
     eps = parse_eps_list(str(opts["eps"]), name="--eps") if opts["eps"] else None
     if eps and any(e.value == 0 for e in eps):
         raise UsageError("--eps values must be > 0 (clean accuracy is always reported)")
@@ -75,6 +77,8 @@ def eval_options(opts: dict[str, Any]) -> Any:
         dataset=opts["dataset"],
         data_dir=opts["data_dir"],
         label=opts["label"],
+        model=opts["model"],
+        wrap=opts["wrap"],
         config={k: (str(v) if isinstance(v, Path) else v) for k, v in opts.items()},
         progress_file=progress_path_for(opts["out"]) if opts["out"] else None,
         resume=bool(opts["resume"]),
@@ -124,8 +128,9 @@ def render_plan(plan: EvalPlan) -> None:
 @handle_errors
 def eval_cmd(
     ctx: typer.Context,
-    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint (.safetensors) to evaluate.",
-                                               show_default=False)],
+    checkpoint: Annotated[Path | None, typer.Argument(
+        help="Checkpoint (.safetensors) to evaluate; with --model, the weights for its module "
+        "(optional).", show_default=False)] = None,
     n: Annotated[int | None, typer.Option(
         "--n", "--n-test", "--num-examples", help="(--n-test is the same; --num-examples under torchrun, whose parser takes --n as its own.) Evaluate the first N examples of the split in advcli's fixed, seeded, "
         "class-interleaved order (advcli.data.test_subset); omit for all.")] = 1000,
@@ -168,11 +173,15 @@ def eval_cmd(
     device: Annotated[str, typer.Option("--device", help=DEVICE_HELP)] = "auto",
     dataset: Annotated[str | None, typer.Option(
         "--dataset",
-        help="Dataset override (default: the one recorded in the checkpoint).")] = None,
+        help="Dataset override (default: the one recorded in the checkpoint; needed with "
+        "--model and no checkpoint).")] = None,
     data_dir: Annotated[str | None, typer.Option(
         "--data-dir", help="Where torchvision datasets live.")] = None,
     label: Annotated[str | None, typer.Option(
-        "--label", help="Row name in compare tables (default: the checkpoint's label).")] = None,
+        "--label", help="Row name in compare tables (default: the checkpoint's label, plus "
+        "' + DEFENCE' with --wrap).")] = None,
+    model: Annotated[str | None, typer.Option("--model", help=MODEL_HELP)] = None,
+    wrap: Annotated[str | None, typer.Option("--wrap", help=WRAP_HELP)] = None,
     out: Annotated[Path | None, typer.Option(
         "--out", "-o", help="Result file to write (YAML, schema advcli.results/1).")] = None,
     format: Annotated[str, typer.Option("--format", help=FORMAT_HELP)] = "table",
@@ -198,6 +207,11 @@ def eval_cmd(
     With -o, every finished chunk is recorded in a progress file beside it (deleted once the
     result is written); a killed run continues with the same command plus --resume. The time
     left is estimated and printed after the first chunk of each attack.
+
+    Any model, any defence: --model FILE.py:CALLABLE evaluates the nn.Module it returns and
+    --wrap FILE.py:CALLABLE the module it builds around the loaded model. Both RUN THE PYTHON
+    CODE in the file they name; the result records its sha256 under user_code. Weights are
+    only ever read from safetensors.
 
     Example: advcli eval robust.safetensors --eps 8/255,16/255 --autoattack -o results/robust.yaml
     """

@@ -13,7 +13,8 @@ is not an advcli architecture. Two hooks let any such model be evaluated:
 Running user code is explicit: the file is imported as a module (with all the rights of the
 user running advcli), exactly as named. Every `UserCode` records the file's sha256 so a result
 says which version of the code it measured. This module is the one place that imports user
-files; `eval`, `attack` and `audit` all go through it.
+files; `eval`, `attack` and `audit` all go through it (`load_target`: what they measure, a
+checkpoint or `--model`, with `--wrap` around it, and how results name it).
 """
 
 from __future__ import annotations
@@ -21,26 +22,34 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import torch
 from torch import nn
 
 from advcli.errors import AdvcliError, UsageError
 from advcli.io import sha256_file
 
+if TYPE_CHECKING:
+    from advcli.checkpoint import LoadedCheckpoint
+
 MODEL_HELP = (
     "FILE.py:CALLABLE: evaluate the nn.Module that CALLABLE() returns instead of an advcli "
-    "architecture (images in [0, 1] NCHW in, logits out). RUNS THE CODE IN FILE.py. Its weights "
-    "come from the checkpoint argument (safetensors, keys must match) or from the code itself; "
-    "the file's sha256 is recorded."
+    "architecture (images in [0, 1] NCHW in, its normalisation inside, logits out). RUNS THE "
+    "CODE IN FILE.py. Its weights come from the checkpoint argument (safetensors, keys must "
+    "match) or from the code itself; the file's sha256 is recorded."
 )
 WRAP_HELP = (
     "FILE.py:CALLABLE: evaluate CALLABLE(model), an nn.Module around the loaded model (a "
     "preprocessing defence, an ensemble, a detector; [0, 1] NCHW in, logits out). RUNS THE CODE "
     "IN FILE.py. The file's sha256 is recorded."
 )
+
+
+DATASETS = "cifar10, cifar100, svhn, synthetic or folder:PATH"
 
 
 @dataclass(frozen=True)
@@ -57,7 +66,8 @@ class UserCode:
         return f"{self.path}:{self.callable}"
 
     def to_dict(self) -> dict[str, str]:
-        return {"file": self.path, "callable": self.callable, "sha256": self.sha256}
+        """The record results keep (`user_code:` of eval, attack and audit files)."""
+        return {"role": self.role, "file": self.path, "callable": self.callable, "sha256": self.sha256}
 
 
 def parse_spec(spec: str, *, option: str) -> tuple[Path, str]:
@@ -74,6 +84,21 @@ def parse_spec(spec: str, *, option: str) -> tuple[Path, str]:
     if not path.is_file():
         raise UsageError(f"{option} {text!r}: {path_text!r} does not exist; check the path")
     return path, name
+
+
+def check_user_options(opts: Mapping[str, Any]) -> None:
+    """The boundary checks of a command taking `checkpoint`, `--model`, `--wrap` and
+    `--dataset` (eval, attack): the specs' form, something to load, and the data for a
+    `--model` that has no checkpoint to say which dataset it was trained on."""
+    for option in ("model", "wrap"):
+        if opts.get(option):
+            parse_spec(opts[option], option=f"--{option}")
+    if opts.get("checkpoint") is None:
+        if not opts.get("model"):
+            raise UsageError("name the checkpoint (.safetensors), or pass --model FILE.py:CALLABLE")
+        if not opts.get("dataset"):
+            raise UsageError(f"--model without a checkpoint needs --dataset ({DATASETS}): no "
+                             "metadata says which data the module was trained on")
 
 
 def load_callable(spec: str, *, option: str) -> tuple[Any, UserCode]:
@@ -138,3 +163,102 @@ def wrap_model(model: nn.Module, spec: str) -> tuple[nn.Module, UserCode]:
     """`--wrap FILE.py:CALLABLE`: `CALLABLE(model)`, in eval mode."""
     fn, code = load_callable(spec, option="--wrap")
     return _call(fn, code, model).eval(), code
+
+
+@dataclass
+class Target:
+    """What `eval`, `attack` and `audit` measure: `model` (after `--wrap`), `base` (before it),
+    the checkpoint's metadata, path and sha256 (empty and None for `--model` without weights),
+    and the user code that built it, in order (`--model`, then `--wrap`)."""
+
+    model: nn.Module
+    base: nn.Module
+    meta: dict[str, Any]
+    checkpoint: Path | None
+    sha256: str | None
+    code: list[UserCode]
+
+    def _role(self, role: str) -> UserCode | None:
+        return next((c for c in self.code if c.role == role), None)
+
+    @property
+    def user_model(self) -> UserCode | None:
+        return self._role("model")
+
+    @property
+    def wrap(self) -> UserCode | None:
+        return self._role("wrap")
+
+    @property
+    def name(self) -> str:
+        """How messages name it: the checkpoint's path, else the `--model` spec."""
+        if self.checkpoint is not None:
+            return str(self.checkpoint)
+        return self.code[0].spec if self.code else "model"
+
+    @property
+    def arch(self) -> str | None:
+        """The checkpoint's arch, or `user:FILE.py:CALLABLE` for `--model`."""
+        user = self.user_model
+        return f"user:{user.spec}" if user is not None else self.meta.get("arch")
+
+    def base_label(self) -> str:
+        """The checkpoint's label (or file stem, or the `--model` callable), before `--wrap`."""
+        user = self.user_model
+        return str(self.meta.get("label") or (
+            self.checkpoint.name.removesuffix(".safetensors") if self.checkpoint is not None
+            else (user.callable if user is not None else "model")))
+
+    def label(self, override: str | None = None) -> str:
+        """`override`, else `base_label()` with " + DEFENCE" (the `--wrap` file's stem) when
+        wrapped, "Robust + quantize": the defence is part of what was measured."""
+        if override:
+            return str(override)
+        if self.wrap is not None:
+            return f"{self.base_label()} + {Path(self.wrap.path).stem}"
+        return self.base_label()
+
+    def user_code(self) -> list[dict[str, str]]:
+        return [c.to_dict() for c in self.code]
+
+    def require_dataset(self, dataset: str | None) -> None:
+        """A UsageError when neither `dataset` nor the checkpoint's metadata names the data
+        (a `--model` without weights, or weights saved outside advcli)."""
+        if not dataset and not self.meta.get("dataset"):
+            raise UsageError(f"{self.name} records no dataset; pass --dataset ({DATASETS})")
+
+
+def load_target(checkpoint: str | Path | LoadedCheckpoint | None, *, model: str | None = None,
+                wrap: str | None = None, device: torch.device | str = "cpu") -> Target:
+    """The checkpoint's model, or `model`'s module (weights from `checkpoint` when given, and
+    the metadata it holds), wrapped by `wrap`; on `device`, in eval mode."""
+    from advcli.checkpoint import LoadedCheckpoint, load_checkpoint, read_metadata
+
+    if model:
+        path = None if checkpoint is None else Path(str(getattr(checkpoint, "path", checkpoint)))
+        base, code = load_user_model(model, weights=path)
+        target = Target(model=base, base=base, meta=read_metadata(path) if path is not None else {},
+                        checkpoint=path, sha256=sha256_file(path) if path is not None else None,
+                        code=[code])
+    else:
+        if checkpoint is None:
+            raise UsageError("name a checkpoint (.safetensors), or pass --model FILE.py:CALLABLE")
+        ckpt = checkpoint if isinstance(checkpoint, LoadedCheckpoint) else load_checkpoint(checkpoint, device)
+        target = Target(model=ckpt.model, base=ckpt.model, meta=ckpt.meta, checkpoint=Path(ckpt.path),
+                        sha256=ckpt.sha256, code=[])
+    target.base.to(device).eval()
+    if wrap:
+        target.model, code = wrap_model(target.base, wrap)
+        target.code.append(code)
+        target.model.to(device).eval()
+    return target
+
+
+def check_logits(model: nn.Module, x: torch.Tensor, num_classes: int, name: str) -> None:
+    """One forward pass on `x`: user code must return logits [len(x), num_classes]."""
+    with torch.no_grad():
+        out = model(x)
+    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape != (len(x), num_classes):
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise AdvcliError(f"{name} returned {shape} for {len(x)} images; it must return logits of shape "
+                          f"[N, {num_classes}] (one row per image, one column per class)")

@@ -1,10 +1,14 @@
 """The attack stage: adversarial examples for a split (or its first n examples), their summary
 numbers, and the two files `advcli attack` writes.
 
-- `attack_checkpoint(checkpoint, opts, device=, reporter=)`: loads the checkpoint and its
+- `attack_checkpoint(checkpoint, opts, device=, reporter=)`: loads the checkpoint (or
+  `opts.model`, `--model FILE.py:CALLABLE`, with the checkpoint's weights when given) wrapped
+  in `opts.wrap` (`--wrap FILE.py:CALLABLE`) through `advcli.models.user.load_target`, and its
   dataset, chooses the examples, attacks them and returns an `AttackResult`: the outcome, the
   summary document and what the adversarial set and the grid need. Writing them is the
-  caller's job (`advcli attack` writes all or nothing).
+  caller's job (`advcli attack` writes all or nothing). User code is recorded (file,
+  callable, sha256, role) under the summary's and the set's `user_code`, and the label names
+  the defence ("Robust + quantize").
 - `run_attack` (pure): attacks the images batch by batch with a Reporter and returns an
   `AttackOutcome` (the adversarial images, predictions, per-example robust flags,
   perturbation norms and 1−SSIM, and `AttackMetrics`).
@@ -42,7 +46,7 @@ from torch import nn
 
 from advcli.attacks import ROBUST_RULES, AttackSpec, attack_record, build_attack
 from advcli.attacks.base import attack_mode, full_precision, lp_norms
-from advcli.checkpoint import LoadedCheckpoint, load_checkpoint
+from advcli.checkpoint import LoadedCheckpoint
 from advcli.data import to_float
 from advcli.errors import UsageError
 from advcli.io import plain
@@ -223,6 +227,8 @@ class AttackOptions:
     dataset: str | None = None
     data_dir: str | None = None
     label: str | None = None
+    model: str | None = None  # --model FILE.py:CALLABLE (the checkpoint, if any, holds its weights)
+    wrap: str | None = None  # --wrap FILE.py:CALLABLE around the loaded model
     out: Path = Path("adv.safetensors")
     grid: Path | None = None
     config: dict[str, Any] = field(default_factory=dict)
@@ -251,48 +257,56 @@ def attack_title(record: dict[str, Any]) -> str:
 
 
 def attack_checkpoint(
-    checkpoint: str | Path | LoadedCheckpoint,
+    checkpoint: str | Path | LoadedCheckpoint | None,
     opts: AttackOptions,
     *,
     device: torch.device,
     reporter: Reporter | None = None,
     data: Any = None,
 ) -> AttackResult:
-    """Load the checkpoint and its data, attack the chosen examples, describe it all.
+    """Load the checkpoint (or `opts.model`, wrapped in `opts.wrap`) and its data, attack the
+    chosen examples, describe it all.
 
     `data` (an `advcli.data.ImageData`) skips loading the dataset (tests, notebooks).
     """
     from advcli.data import test_subset
     from advcli.data.for_checkpoint import dataset_for_checkpoint
+    from advcli.models.user import check_logits, load_target
     from advcli.provenance import provenance
     from advcli.results import index_sha256, trained_with_text
 
-    ckpt = checkpoint if isinstance(checkpoint, LoadedCheckpoint) else load_checkpoint(checkpoint, device)
-    meta = ckpt.meta
-    ckpt_label = str(meta.get("label") or Path(ckpt.path).name.removesuffix(".safetensors"))
+    target = load_target(checkpoint, model=opts.model, wrap=opts.wrap, device=device)
+    meta = target.meta
+    ckpt_label = target.base_label()
     trained_with = trained_with_text(meta.get("threat_model"))
     if data is None:
-        data = dataset_for_checkpoint(meta, name=str(ckpt.path), dataset=opts.dataset, data_dir=opts.data_dir)
+        target.require_dataset(opts.dataset)
+        data = dataset_for_checkpoint(meta, name=target.name, dataset=opts.dataset, data_dir=opts.data_dir)
     xs, ys = data.split(opts.split)
     index = test_subset(ys, opts.n, opts.seed)
     x, y = xs[index], ys[index]
+    if target.code and len(y):
+        check_logits(target.model, to_float(x[:2]).to(device), data.num_classes, target.code[-1].spec)
 
-    outcome = run_attack(ckpt.model, x, y, opts.spec, index=index, batch_size=opts.batch_size,
+    outcome = run_attack(target.model, x, y, opts.spec, index=index, batch_size=opts.batch_size,
                          seed=opts.seed, device=device, reporter=reporter)
-    label = opts.label or ckpt_label
+    label = target.label(opts.label)
+    ckpt_path = None if target.checkpoint is None else str(target.checkpoint)
+    user_code = target.user_code()
     summary = build_summary(
         outcome,
         label=label,
-        checkpoint={"path": str(ckpt.path), "sha256": ckpt.sha256, "label": ckpt_label,
-                    "trained_with": trained_with},
+        checkpoint={"path": ckpt_path, "sha256": target.sha256, "label": ckpt_label,
+                    "trained_with": trained_with, "arch": target.arch},
+        user_code=user_code,
         data={"dataset": data.name, "split": opts.split, "n": int(y.shape[0]), "seed": int(opts.seed),
               "index_sha256": index_sha256(index)},
         provenance=provenance(opts.seed, {"device": str(device)}),
         outputs={"adv": str(opts.out), "grid": str(opts.grid) if opts.grid else None},
     )
-    adv_meta = {
-        "checkpoint": str(ckpt.path),
-        "checkpoint_sha256": ckpt.sha256,
+    adv_meta: dict[str, Any] = {
+        "checkpoint": ckpt_path,
+        "checkpoint_sha256": target.sha256,
         "label": label,
         "trained_with": trained_with,
         "dataset": data.name,
@@ -300,6 +314,8 @@ def attack_checkpoint(
         "seed": int(opts.seed),
         "classes": list(data.classes),
     }
+    if user_code:
+        adv_meta["user_code"] = user_code
     return AttackResult(outcome=outcome, summary=summary, adv_meta=adv_meta,
                         classes=list(data.classes), preview=to_float(x[:8]),
                         title=f"{label}: {attack_title(outcome.attack)}")
@@ -316,12 +332,18 @@ def build_summary(
     data: dict[str, Any],
     provenance: dict[str, Any],
     outputs: dict[str, str | None],
+    user_code: list[dict[str, str]] | None = None,
 ) -> dict[str, Any]:
-    """The `advcli.attack/1` summary mapping (numbers as numbers, never strings)."""
-    summary = {
+    """The `advcli.attack/1` summary mapping (numbers as numbers, never strings); `user_code`
+    (the `--model`/`--wrap` files, `UserCode.to_dict()`) only when there is some."""
+    summary: dict[str, Any] = {
         "schema": ATTACK_SCHEMA,
         "label": label,
         "checkpoint": checkpoint,
+    }
+    if user_code:
+        summary["user_code"] = user_code
+    summary |= {
         "attack": outcome.attack,
         "data": data,
         "robust_rule": ROBUST_RULES.get(str(outcome.attack.get("keep")), None),

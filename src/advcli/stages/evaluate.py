@@ -22,6 +22,12 @@ set, and the per-example worst case. Returns an `EvalResult`; writing it is the 
 - Worst case per (norm, eps): an example counts as robust only if it is correct clean and
   under every attack run at that eps (the AND of the flags, clean included).
 - The threat model defaults to the checkpoint's `threat_model` (norm and eps), else Linf 8/255.
+- Any model, any defence: `EvalOptions.model` (`--model FILE.py:CALLABLE`, weights from the
+  checkpoint when given) and `.wrap` (`--wrap FILE.py:CALLABLE` around the loaded model) go
+  through `advcli.models.user.load_target`; the result records their files' sha256 under
+  `user_code`, the label names the defence ("Robust + quantize"), and a resume is refused when
+  the code's sha256 differs. PGD, AutoAttack and transfer attack the wrapped model, and the
+  clean flags they are ANDed with are the wrapped model's.
 - Chunks, kills and resume: PGD and AutoAttack run chunk by chunk (a chunk = --batch-size
   examples, seeded by its number alone), and every finished chunk is recorded in the progress
   file beside `-o` (`advcli.eval_progress`). `--resume` skips the recorded chunks, and since no
@@ -53,11 +59,12 @@ from torch import nn
 from advcli import distributed
 from advcli.advset import AdvSet, AdvSetError, load_adv_set
 from advcli.attacks.base import Keep, attack_mode, full_precision
-from advcli.checkpoint import LoadedCheckpoint, load_checkpoint
+from advcli.checkpoint import LoadedCheckpoint
 from advcli.config import DEFAULT_EPS, Eps, Norm, parse_choice, parse_eps
 from advcli.data.for_checkpoint import dataset_for_checkpoint
 from advcli.errors import AdvcliError, UsageError
 from advcli.eval_progress import ChunkRecord, EvalProgress, start_progress
+from advcli.models.user import Target, check_logits, load_target
 from advcli.progress import NullReporter, Reporter
 from advcli.provenance import provenance
 from advcli.results import (
@@ -95,6 +102,8 @@ class EvalOptions:
     dataset: str | None = None
     data_dir: str | None = None
     label: str | None = None
+    model: str | None = None  # --model FILE.py:CALLABLE (the checkpoint, if any, holds its weights)
+    wrap: str | None = None  # --wrap FILE.py:CALLABLE around the loaded model
     config: dict[str, Any] = field(default_factory=dict)
     progress_file: Path | None = None  # where finished chunks are recorded (beside -o)
     resume: bool = False  # continue from `progress_file` instead of refusing to overwrite it
@@ -461,7 +470,7 @@ class _Setup:
     """What both `run_eval` and `plan_eval` load: the model, the examples, the threat model,
     and the fingerprint a progress file is checked against."""
 
-    ckpt: LoadedCheckpoint
+    target: Target
     norm: Norm
     eps_list: list[Eps]
     eps_source: str
@@ -504,32 +513,45 @@ def _result_options(opts: EvalOptions, norm: Norm, eps_list: Sequence[Eps],
     }
 
 
-def _setup(checkpoint: str | Path | LoadedCheckpoint, opts: EvalOptions, device: torch.device,
-           reporter: Reporter, data: Any) -> _Setup:
+def _user_code_identity(target: Target) -> dict[str, str]:
+    """What a resume checks of the user code: per role, the callable and the file's sha256
+    (not its path: the same file reached another way is the same code)."""
+    out: dict[str, str] = {}
+    for c in target.code:
+        out[f"{c.role}_callable"], out[f"{c.role}_sha256"] = c.callable, c.sha256
+    return out
+
+
+def _setup(checkpoint: str | Path | LoadedCheckpoint | None, opts: EvalOptions,
+           device: torch.device, reporter: Reporter, data: Any) -> _Setup:
     from advcli.data import test_subset, to_float
 
-    ckpt = checkpoint if isinstance(checkpoint, LoadedCheckpoint) else load_checkpoint(
-        checkpoint, device)
-    meta = ckpt.meta
+    target = load_target(checkpoint, model=opts.model, wrap=opts.wrap, device=device)
+    meta = target.meta
     norm, eps_list, eps_source = resolve_threat(meta, opts.norm, opts.eps)
     if opts.pgd or opts.autoattack:
         reporter.log(f"threat model {norm.value} eps {', '.join(e.text for e in eps_list)} "
                      f"({eps_source})")
     if data is None:
-        data = dataset_for_checkpoint(meta, name=str(ckpt.path), dataset=opts.dataset, data_dir=opts.data_dir)
+        target.require_dataset(opts.dataset)
+        data = dataset_for_checkpoint(meta, name=target.name, dataset=opts.dataset, data_dir=opts.data_dir)
     split_x, split_y = data.split(opts.split)
     idx = test_subset(split_y, opts.n, seed=opts.seed)
     x, y = to_float(split_x[idx]), split_y[idx].long()
+    if target.code and len(y):
+        check_logits(target.model, x[:2].to(device), data.num_classes, target.code[-1].spec)
     ihash = index_sha256(idx.numpy())
     esha = examples_sha256(split_x[idx], y)
-    fingerprint = {
-        "checkpoint": {"sha256": ckpt.sha256},
+    fingerprint: dict[str, Any] = {
+        "checkpoint": {"sha256": target.sha256},
         "data": {"dataset": data.name, "split": opts.split, "index_sha256": ihash,
                  "examples_sha256": esha},
         "options": _result_options(opts, norm, eps_list, device),
         "versions": _versions(opts.autoattack),
     }
-    return _Setup(ckpt, norm, eps_list, eps_source, data, x, y, ihash, esha, fingerprint)
+    if target.code:  # absent otherwise, so progress files of plain checkpoints stay valid
+        fingerprint["user_code"] = _user_code_identity(target)
+    return _Setup(target, norm, eps_list, eps_source, data, x, y, ihash, esha, fingerprint)
 
 
 def _progress_on_every_rank(opts: EvalOptions, fingerprint: dict[str, Any]) -> EvalProgress:
@@ -554,14 +576,15 @@ def _progress_on_every_rank(opts: EvalOptions, fingerprint: dict[str, Any]) -> E
 
 
 def run_eval(
-    checkpoint: str | Path | LoadedCheckpoint,
+    checkpoint: str | Path | LoadedCheckpoint | None,
     opts: EvalOptions,
     *,
     device: torch.device,
     reporter: Reporter | None = None,
     data: Any = None,
 ) -> EvalResult:
-    """Load the checkpoint and its data, evaluate, and describe everything in an EvalResult.
+    """Load the checkpoint (or `opts.model`, wrapped in `opts.wrap`) and its data, evaluate,
+    and describe everything in an EvalResult.
 
     `data` (an `advcli.data.ImageData`) skips loading the dataset (tests, notebooks). With
     `opts.progress_file`, finished chunks are recorded there (rank 0 writes) and, with
@@ -571,13 +594,13 @@ def run_eval(
     reporter = reporter or NullReporter()
     t0 = time.perf_counter()
     st = _setup(checkpoint, opts, device, reporter, data)
-    ckpt, meta, data, y, ihash = st.ckpt, st.ckpt.meta, st.data, st.y, st.ihash
+    target, meta, data, y, ihash = st.target, st.target.meta, st.data, st.y, st.ihash
     adv = None if opts.adv_data is None else load_adv_set(opts.adv_data, dataset=data.name)
     progress = _progress_on_every_rank(opts, st.fingerprint)
-    entries = evaluate(ckpt.model, st.x, y, norm=st.norm, eps_list=st.eps_list, opts=opts,
+    entries = evaluate(target.model, st.x, y, norm=st.norm, eps_list=st.eps_list, opts=opts,
                        device=device, reporter=reporter, progress=progress)
     if adv is not None:
-        entry = transfer_entry(ckpt.model, adv, clean_images_of(adv, data, opts.split),
+        entry = transfer_entry(target.model, adv, clean_images_of(adv, data, opts.split),
                                batch_size=opts.batch_size, device=device)
         if entry.index_sha256 == ihash:
             entry.index_sha256 = None  # the same examples as the rest of the file
@@ -586,19 +609,18 @@ def run_eval(
         entries.append(entry)
     entries += worst_entries(entries, ihash)
     threat = meta.get("threat_model") if isinstance(meta.get("threat_model"), dict) else None
-    label = opts.label or meta.get("label") or ckpt.path.name.removesuffix(".safetensors")
-    extra: dict[str, Any] = {"checkpoint_sha256": ckpt.sha256, "device": str(device),
+    extra: dict[str, Any] = {"checkpoint_sha256": target.sha256, "device": str(device),
                              "options": opts.config,
                              "varies_between_runs": list(VARIES_BETWEEN_RUNS)}
     if progress.reused:
         extra["resumed"] = {"progress_file": str(progress.path),
                             "chunks_reused": progress.reused}
     return EvalResult(
-        label=str(label),
+        label=target.label(opts.label),
         model=ModelInfo(
-            checkpoint=str(ckpt.path),
-            sha256=ckpt.sha256,
-            arch=meta.get("arch"),
+            checkpoint=None if target.checkpoint is None else str(target.checkpoint),
+            sha256=target.sha256,
+            arch=target.arch,
             trained_with=trained_with_text(threat),
             seed=meta.get("seed") if isinstance(meta.get("seed"), int) else None,
             threat_model=threat,
@@ -609,6 +631,7 @@ def run_eval(
         seed=opts.seed,
         time_s=time.perf_counter() - t0,
         provenance=provenance(opts.seed, extra),
+        user_code=target.user_code(),
     )
 
 
@@ -624,7 +647,7 @@ class EvalPlan:
     unless a progress file holds the clean flags."""
 
     label: str
-    checkpoint: str
+    checkpoint: str | None
     dataset: str
     split: str
     n: int
@@ -680,7 +703,7 @@ def _time_passes(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
 
 
 def plan_eval(
-    checkpoint: str | Path | LoadedCheckpoint,
+    checkpoint: str | Path | LoadedCheckpoint | None,
     opts: EvalOptions,
     *,
     device: torch.device,
@@ -709,7 +732,7 @@ def plan_eval(
     clean_chunks = 0 if clean_known else math.ceil(n / opts.batch_size)
     clean_seconds: float | None = 0.0 if clean_known else None
     if n and (clean_chunks or (opts.pgd and "pgd" not in estimator.rates)):
-        model = st.ckpt.model.to(device).eval()
+        model = st.target.model.to(device).eval()
         batch = min(opts.batch_size, n)
         t_fwd, t_grad = _time_passes(model, st.x[:batch], st.y[:batch], device)
         clean_seconds = clean_chunks * t_fwd
@@ -726,10 +749,10 @@ def plan_eval(
     if unknown:
         how.append(f"{', '.join(unknown)} not estimated: its cost depends on how many examples "
                    "survive each attack; eval logs an estimate after its first chunk")
-    meta = st.ckpt.meta
-    label = opts.label or meta.get("label") or st.ckpt.path.name.removesuffix(".safetensors")
     return EvalPlan(
-        label=str(label), checkpoint=str(st.ckpt.path), dataset=st.data.name, split=opts.split,
+        label=st.target.label(opts.label),
+        checkpoint=None if st.target.checkpoint is None else str(st.target.checkpoint),
+        dataset=st.data.name, split=opts.split,
         n=n, norm=st.norm.value, eps_source=st.eps_source, batch_size=opts.batch_size,
         steps=steps, seconds=seconds, clean_seconds=clean_seconds,
         estimate_s=left + (clean_seconds or 0.0), unknown=unknown, how="; ".join(how),
