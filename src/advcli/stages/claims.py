@@ -22,10 +22,19 @@ Checks (`check:`):
 
 Noise: a strict comparison (`>`, `<`) passes only when the difference is significant at the
 table's alpha (Welch's t across seeds, McNemar's exact test for one run a side on the same
-examples); a non-strict one (`>=`, `<=`) fails only on a significant violation. Where no test
-applies (single numbers without per-example flags, flatness numbers) the numbers themselves
-decide and the detail says "untested". A missing row or column makes the claim inconclusive
-(never a pass).
+examples); a non-strict one (`>=`, `<=`) fails only on a significant violation; otherwise the
+claim is inconclusive. Where no test applies (single numbers without per-example flags) the
+numbers themselves decide and the detail says "untested". A missing row or column makes the
+claim inconclusive (never a pass).
+
+Flatness cells (every check on the flatness table) are compared direction seed by direction
+seed: the two models' per-seed values (each the mean over the row's checkpoints) over the
+seeds both were measured along, as a paired t-test with its (1 − alpha) interval of the mean
+difference (`stats.paired_difference`). The direction draw is the noise here, and pairing
+removes what the models share along one draw. Fewer than `MIN_DIRECTION_SEEDS` shared seeds
+is inconclusive, never decided by the numbers alone (one draw says little about a landscape:
+`advcli landscape --flatness-seeds 5`). A sign test would need 6 seeds to reach p < 0.05 at
+all, so the t interval is used.
 
 Column selectors: `clean`, or a mapping with `kind` (clean, fgsm, fgsm-rs, pgd, autoattack,
 stadv, worst, transfer, ssim, flatness) and optionally `norm`, `eps` ("8/255"), `steps`,
@@ -43,7 +52,15 @@ from typing import Any
 
 from advcli.config import parse_choice, parse_eps
 from advcli.errors import ConfigError, UsageError
-from advcli.stages.compare import Cell, Column, ColumnKey, CompareTable, TableKind, significance
+from advcli.stages.compare import (
+    Cell,
+    Column,
+    ColumnKey,
+    CompareTable,
+    TableKind,
+    direction_pairs,
+    significance,
+)
 from advcli.stages.compare_render import format_p, number_text
 from advcli.stats import paired_difference
 
@@ -81,6 +98,9 @@ _OPS: dict[Op, Callable[[float, float], bool]] = {
 }
 _KINDS = ("clean", "fgsm", "fgsm-rs", "pgd", "autoattack", "stadv", "worst", "transfer", "ssim",
           "flatness")
+# Flatness claims need this many direction seeds shared by the two models (the issue's rule;
+# with fewer the t interval is so wide that only a huge difference could ever pass).
+MIN_DIRECTION_SEEDS = 5
 
 
 @dataclass(frozen=True)
@@ -284,17 +304,49 @@ class _Outcome:
     text: str
 
 
+def _verdict(holds: bool, significant: bool, op: Op) -> Verdict:
+    """Strict ops pass only when significant; every op fails only on a significant violation."""
+    if holds:
+        strict = op in (Op.gt, Op.lt)
+        return Verdict.inconclusive if strict and not significant else Verdict.passed
+    return Verdict.failed if significant else Verdict.inconclusive
+
+
+def _compare_flatness(a: Cell, b: Cell, op: Op, table: CompareTable,
+                      names: tuple[str, str]) -> _Outcome:
+    """`a` op `b` on flatness cells, paired by direction seed (see the module docstring)."""
+    seeds, av, bv = direction_pairs(a, b)
+    head = (f"{names[0]} {number_text(a.mean, table)} {op.value} {names[1]} "
+            f"{number_text(b.mean, table)}")
+    if len(seeds) < MIN_DIRECTION_SEEDS:
+        return _Outcome(Verdict.inconclusive, (
+            f"{head}: {len(seeds)} shared direction seed(s), a flatness claim needs "
+            f"{MIN_DIRECTION_SEEDS} or more (advcli landscape --flatness-seeds "
+            f"{MIN_DIRECTION_SEEDS})"))
+    d = paired_difference(av, bv, confidence=1.0 - table.alpha)
+    assert d.low is not None and d.high is not None  # two or more pairs
+    holds = _OPS[op](d.mean, 0.0)
+    # Identical differences on every seed (p undefined) are as consistent as it gets.
+    significant = d.mean != 0.0 if d.p_value is None else d.p_value < table.alpha
+    p = "every seed the same difference" if d.p_value is None else format_p(d.p_value)
+
+    def signed(v: float) -> str:
+        return f"{v:+.4f}".replace("-", "−")
+
+    return _Outcome(_verdict(holds, significant, op), (
+        f"{head}: {'holds' if holds else 'does not hold'} (paired over {len(seeds)} direction "
+        f"seeds: Δ = {signed(d.mean)}, {100 * d.confidence:g}% CI [{signed(d.low)}, "
+        f"{signed(d.high)}], {p})"))
+
+
 def _compare_cells(a: Cell, b: Cell, op: Op, table: CompareTable, names: tuple[str, str]) -> _Outcome:
+    if table.kind is TableKind.flatness:
+        return _compare_flatness(a, b, op, table, names)
     holds = _OPS[op](a.mean, b.mean)
     sig = significance(b.observations, a.observations)
     p = None if sig is None else sig.p_value
-    significant = p is not None and p < table.alpha
-    strict = op in (Op.gt, Op.lt)
-    if holds:
-        verdict = Verdict.inconclusive if strict and p is not None and not significant \
-            else Verdict.passed
-    else:
-        verdict = Verdict.failed if p is None or significant else Verdict.inconclusive
+    # Untested (no p): the numbers themselves decide, as if every difference were significant.
+    verdict = _verdict(holds, p is None or p < table.alpha, op)
     evidence = "untested" if p is None else format_p(p)
     return _Outcome(verdict, f"{names[0]} {number_text(a.mean, table)} {op.value} {names[1]} "
                              f"{number_text(b.mean, table)}: {'holds' if holds else 'does not hold'} "

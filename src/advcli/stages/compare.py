@@ -33,8 +33,11 @@ text (markdown, csv, latex, json data; the CLI draws the rich version from the s
   attack); summaries and published entries with `ssim_dissimilarity_mean` give the mean 1−SSIM
   table (Table 2).
 - Landscape files (`advcli landscape`) give a flatness table: per checkpoint label, the mean
-  loss increase at radius r along the filter-normalised directions, one column per dimension,
-  mean ± std over checkpoints × direction draws.
+  loss increase at radius r along the filter-normalised directions, one column per dimension.
+  Each direction seed of each checkpoint is one sample (`DirectionSample`; a file written
+  before `--flatness-seeds` is one seed): mean ± sample std over checkpoints × direction
+  seeds, and a note with the seeds and each row's per-seed min..max. `direction_pairs` pairs
+  two cells seed by seed, for the claims' paired test.
 """
 
 from __future__ import annotations
@@ -810,6 +813,16 @@ def build_ssim_table(
 # --------------------------------------------------------------------------- flatness
 
 @dataclass
+class FlatnessModel:
+    """One checkpoint's flatness in one landscape file."""
+
+    sha256: str | None
+    radius: float
+    # direction seed -> mean loss increase at the radius along that seed's direction(s)
+    samples: dict[Any, float]
+
+
+@dataclass
 class FlatnessSet:
     """The parts of one `advcli.landscape/1` file a flatness table needs."""
 
@@ -817,48 +830,119 @@ class FlatnessSet:
     dim: int
     directions_seed: Any
     examples: tuple[Any, Any, Any, Any, None]
-    # label -> (checkpoint sha256 or None, radius, mean loss increase at the radius)
-    models: dict[str, tuple[str | None, float, float]]
+    models: dict[str, FlatnessModel]
+
+
+@dataclass
+class DirectionSample(Observation):
+    """A flatness observation: one checkpoint along one direction seed's directions."""
+
+    direction_seed: Any = None
 
 
 def flatness_set(doc: dict[str, Any], path: Path) -> FlatnessSet:
-    """Read the flatness numbers of a landscape document (`stages.landscape.read_document`)."""
+    """Read the flatness numbers of a landscape document (`stages.landscape.read_document`).
+    A file written before flatness seeds holds one sample, along `directions.seed`."""
     try:
         shas = {str(c["label"]): c.get("sha256") for c in doc.get("checkpoints") or []}
+        seed = (doc.get("directions") or {}).get("seed")
         models = {}
         for label, f in (doc.get("flatness") or {}).items():
-            models[str(label)] = (shas.get(str(label)), float(f["radius"]),
-                                  float(f["increase_mean"]))
+            seeds, means = f.get("seeds"), f.get("seed_means")
+            if seeds is None or means is None:
+                seeds, means = [seed], [f["increase_mean"]]
+            if len(seeds) != len(means) or len(set(seeds)) != len(seeds):
+                raise ValueError(f"{label}: {len(seeds)} seeds, {len(means)} seed_means")
+            models[str(label)] = FlatnessModel(
+                shas.get(str(label)), float(f["radius"]),
+                {s: float(v) for s, v in zip(seeds, means, strict=True)})
         data = doc.get("data") or {}
         examples = (data.get("dataset"), data.get("split"), data.get("index_sha256"),
                     data.get("n"), None)
-        return FlatnessSet(path, int(doc["dim"]), (doc.get("directions") or {}).get("seed"),
-                           examples, models)
+        return FlatnessSet(path, int(doc["dim"]), seed, examples, models)
     except (KeyError, TypeError, ValueError) as exc:
         raise ResultsError(f"landscape file {str(path)!r} lacks its flatness numbers ({exc}); "
                            "re-create it with `advcli landscape`") from exc
 
 
+def direction_pairs(a: Cell, b: Cell) -> tuple[list[Any], list[float], list[float]]:
+    """Two flatness cells paired by direction seed: (shared seeds, a's values, b's values),
+    each value the mean over the cell's checkpoints along that seed's directions."""
+
+    def by_seed(cell: Cell) -> dict[Any, float]:
+        groups: dict[Any, list[float]] = {}
+        for o in cell.observations:
+            if isinstance(o, DirectionSample):
+                groups.setdefault(o.direction_seed, []).append(o.value)
+        return {s: float(np.mean(v)) for s, v in groups.items()}
+
+    sa, sb = by_seed(a), by_seed(b)
+    seeds = sorted((s for s in sa if s in sb), key=_seed_order)
+    return seeds, [sa[s] for s in seeds], [sb[s] for s in seeds]
+
+
+def _seed_order(seed: Any) -> tuple[bool, int, str]:
+    # Seeds are integers; a very old file may record none (None), and sorts last.
+    return (not isinstance(seed, int), seed if isinstance(seed, int) else 0, str(seed))
+
+
+def _seed_range_text(seeds: Sequence[Any]) -> str:
+    ints = sorted(s for s in seeds if isinstance(s, int))
+    if len(ints) == len(seeds) and ints and ints == list(range(ints[0], ints[-1] + 1)):
+        return f"{ints[0]}–{ints[-1]}" if len(ints) > 1 else str(ints[0])
+    return ", ".join(str(s) for s in seeds)
+
+
+def _flatness_notes(rows: list[Row], columns: list[Column]) -> list[str]:
+    """What the ± is, and per column the seeds and each row's per-seed range."""
+    notes = []
+    if any(c.n > 1 for r in rows for c in r.cells.values()):
+        notes.append("± is the spread over direction seeds: the sample sd of the per-seed values "
+                     "(each the mean loss increase at ±r along one seed's filter-normalised "
+                     "direction(s)); every model is measured along the same seeds, so claims "
+                     "compare models seed by seed (paired t)")
+    for col in columns:
+        seeds: set[Any] = set()
+        ranges = []
+        for r in rows:
+            cell = r.cells.get(col.key)
+            if cell is None:
+                continue
+            seeds |= {o.direction_seed for o in cell.observations
+                      if isinstance(o, DirectionSample)}
+            if cell.n > 1:
+                ranges.append(f"{r.label} {min(cell.values):.4f}..{max(cell.values):.4f}")
+        if ranges:
+            ordered = sorted(seeds, key=_seed_order)
+            notes.append(f"{col.short}, direction seeds {_seed_range_text(ordered)}; "
+                         f"per-seed min..max: {'; '.join(ranges)}")
+    return notes
+
+
 def build_flatness_table(sets: Sequence[FlatnessSet]) -> CompareTable | None:
-    """Rows = checkpoint labels, columns = mean loss increase at radius r per dimension."""
+    """Rows = checkpoint labels, columns = mean loss increase at radius r per dimension; each
+    (checkpoint, direction seed) is one sample of the cell."""
     groups: dict[tuple[str, bool], _Group] = {}
     for fs in sets:
-        for label, (sha, radius, increase) in fs.models.items():
-            key = ColumnKey("flatness", f"{fs.dim}-D", strength=(("radius", _hashable(radius)),))
+        for label, m in fs.models.items():
+            key = ColumnKey("flatness", f"{fs.dim}-D", strength=(("radius", _hashable(m.radius)),))
             g = groups.setdefault((label, False), _Group(label, False))
-            # Each direction draw is one more sample of the same checkpoint's flatness.
-            g.add(f"{sha or label}|{fs.directions_seed}", key,
-                  Observation(increase, str(fs.path), examples=fs.examples))
+            for seed, increase in m.samples.items():
+                g.add(f"{m.sha256 or label}|{seed}", key,
+                      DirectionSample(increase, str(fs.path), examples=fs.examples,
+                                      direction_seed=seed))
     if not groups:
         return None
     ordered = _ordered_groups(groups)
     keys = sorted(_keys(ordered), key=lambda k: (k.variant, repr(k.strength)))
     columns = [Column(k, f"Loss increase at r = {k.param('radius'):g}, {k.variant}",
                       f"loss increase at r = {k.param('radius'):g}, {k.variant}") for k in keys]
+    rows = _rows_from_groups(ordered, keys, intervals=False)
     return CompareTable(
         title="Flatness: mean loss increase at radius r along filter-normalised directions",
-        row_header="Model", columns=columns, rows=_rows_from_groups(ordered, keys, intervals=False),
+        row_header="Model", columns=columns, rows=rows,
         kind=TableKind.flatness, percent=False, n_means="checkpoints × direction draws",
+        notes=_flatness_notes(rows, columns),
     )
 
 
