@@ -8,6 +8,7 @@ the full Hessian matrix.
 from __future__ import annotations
 
 import copy
+import statistics
 from pathlib import Path
 
 import numpy as np
@@ -30,8 +31,10 @@ from advcli.landscape import (
     hessian_top_eigenvalue,
     load_directions,
     loss_increase,
+    pool_seeds,
     save_directions,
 )
+from advcli.landscape.flatness import Flatness
 from advcli.landscape.fold import conv_bn_pairs
 from advcli.landscape.grid import make_batches
 from advcli.models import Classifier, build_model
@@ -369,6 +372,51 @@ def test_flatness_orders_a_sharp_and_a_flat_minimum() -> None:
     assert eig_sharp > 3 * eig_flat > 0
 
 
+def test_pool_seeds_gives_per_seed_means_and_their_spread() -> None:
+    parts = [Flatness(0.1, 1.0, inc, sum(inc) / 2, max(inc))
+             for inc in ([0.1, 0.3], [0.0, 0.1], [0.4, 0.5])]
+    f = pool_seeds(parts, [3, 4, 5])
+    assert f.seeds == [3, 4, 5] and f.increases == [0.1, 0.3, 0.0, 0.1, 0.4, 0.5]
+    assert f.seed_means == pytest.approx([0.2, 0.05, 0.45])
+    assert f.increase_mean == pytest.approx(1.4 / 6) and f.increase_max == 0.5
+    assert f.seed_sd == pytest.approx(statistics.stdev([0.2, 0.05, 0.45]))
+    assert (f.seed_min, f.seed_max) == (pytest.approx(0.05), pytest.approx(0.45))
+    one = pool_seeds(parts[:1], [3])
+    assert one.seed_sd is None and one.increase_mean == parts[0].increase_mean
+    with pytest.raises(ValueError, match="one radius"):
+        pool_seeds([parts[0], Flatness(0.2, 1.0, [0.1, 0.2], 0.15, 0.2)])
+
+
+def test_flatness_seeds_follow_each_seeds_direction_and_leave_the_grid_alone() -> None:
+    """Seeds 4, 5, 6: the first draws the grid, each gives the loss increase at ±r along its own
+    filter-normalised direction (checked by moving a copy of the model by hand)."""
+    model = _tiny()
+    x, y = _images(n=40)
+    before = _state(model)
+    settings = LandscapeSettings(dim=1, points=3, batch_size=40, radius=0.3)
+    raws = [gaussian_directions(model, 1, s) for s in (4, 5, 6)]
+    single = compute_landscape(model, x, y, raws[0], settings, device=CPU)
+    out = compute_landscape(model, x, y, raws[0], settings, device=CPU,
+                            more_directions=raws[1:], seeds=[4, 5, 6])
+    np.testing.assert_array_equal(out.loss, single.loss)
+    f = out.flatness
+    assert f.seeds == [4, 5, 6] and len(f.increases) == 6
+    assert f.increases[:2] == single.flatness.increases
+    centre = F.cross_entropy(model(x), y).item()
+    for k, raw in enumerate(raws):
+        ref = [_loss_at(model, [_ref_direction(raw[0], model)], (c,), x, y) - centre
+               for c in (0.3, -0.3)]
+        assert f.increases[2 * k : 2 * k + 2] == pytest.approx(ref, rel=2e-3, abs=1e-5), k
+        assert f.seed_means[k] == pytest.approx(sum(ref) / 2, rel=2e-3, abs=1e-5)
+    assert len(set(f.seed_means)) == 3  # three different draws
+    assert f.seed_sd == pytest.approx(statistics.stdev(f.seed_means))
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    with pytest.raises(ValueError, match="2 seeds for 3"):
+        compute_landscape(model, x, y, raws[0], settings, device=CPU,
+                          more_directions=raws[1:], seeds=[4, 5])
+
+
 def test_hessian_power_iteration_matches_the_full_hessian() -> None:
     model = _two_unit_groups(1, hidden=3, dim=12)
     x, y = _two_class_data(model.u, n=64)
@@ -531,6 +579,58 @@ def test_cli_2d_directions_file_is_written_then_reused(folder_ckpts) -> None:
     assert isinstance(runs[0]["flatness"]["alpha"]["hessian_top_eigenvalue"], float)
 
 
+def test_cli_flatness_seeds_are_the_same_for_every_checkpoint_and_every_call(folder_ckpts) -> None:
+    root, _, (a, b) = folder_ckpts
+    common = ["--points", "3", "--n", "20", "--device", "cpu", "--radius", "0.3"]
+
+    def run(*args: str) -> dict:
+        out = root / f"fs-{len(list(root.glob('fs-*.yaml')))}.yaml"
+        res = runner.invoke(app, ["landscape", str(a), str(b), *common, *args, "--out", str(out)])
+        assert res.exit_code == 0, res.output
+        return {"doc": read_document(out), "stdout": res.stdout, "path": out}
+
+    five = run("--directions-seed", "2", "--flatness-seeds", "5")
+    doc = five["doc"]
+    assert doc["directions"]["flatness_seeds"] == [2, 3, 4, 5, 6]
+    for label in ("alpha", "beta"):
+        f = doc["flatness"][label]
+        assert f["seeds"] == [2, 3, 4, 5, 6] and len(f["increases"]) == 10
+        assert f["seed_sd"] == pytest.approx(statistics.stdev(f["seed_means"]))
+        assert f["increase_mean"] == pytest.approx(statistics.mean(f["seed_means"]))
+        assert (f["seed_min"], f["seed_max"]) == (min(f["seed_means"]), max(f["seed_means"]))
+    assert "direction seeds (2–6)" in five["stdout"] and "±" in five["stdout"]
+    # compare reads the five samples per model and tests a claim on them seed by seed.
+    from advcli.stages import compare as cmp
+    from advcli.stages.claims import check_claims, parse_claim
+
+    [table] = cmp.compare([cmp.load_input(five["path"])])
+    assert [r.n for r in table.rows] == [5, 5]
+    claim = parse_claim({"claim": "c", "table": "flatness", "check": "min", "row": "alpha"},
+                        where="c")
+    [verdict] = check_claims([claim], [table])
+    assert "paired over 5 direction seeds" in verdict.detail
+    # Seed 4 alone, in another call, measures exactly what the third seed above measured: files
+    # made in separate calls pair up by seed. The grid keeps the first seed.
+    alone = run("--directions-seed", "4")["doc"]
+    first = run("--directions-seed", "2")["doc"]
+    for label in ("alpha", "beta"):
+        assert alone["flatness"][label]["seeds"] == [4] and alone["flatness"][label]["seed_sd"] is None
+        assert alone["flatness"][label]["increases"] == doc["flatness"][label]["increases"][4:6]
+    assert first["checkpoints"][0]["loss"] == doc["checkpoints"][0]["loss"]
+
+    # A directions file read back: the further seeds follow the file's seed, not --directions-seed.
+    dirs = root / "fs-dirs.safetensors"
+    run("--directions-seed", "7", "--directions", str(dirs))
+    read = run("--directions-seed", "0", "--directions", str(dirs), "--flatness-seeds", "2")["doc"]
+    assert read["flatness"]["alpha"]["seeds"] == [7, 8]
+    assert read["directions"]["flatness_seeds"] == [7, 8]
+    unseeded = save_directions(root / "fs-unseeded.safetensors",
+                               gaussian_directions(load_checkpoint(a).model, 1, 0), {})
+    res = runner.invoke(app, ["landscape", str(a), *common, "--directions", str(unseeded),
+                              "--flatness-seeds", "2", "--out", str(root / "fs-never.yaml")])
+    assert res.exit_code == 2 and "records no direction seed" in res.output
+
+
 def test_cli_adversarial_data_recomputed_and_fixed(folder_ckpts) -> None:
     from advcli.attacks import AttackSpec, build_attack
     from advcli.config import Norm
@@ -592,6 +692,7 @@ def test_cli_adversarial_data_recomputed_and_fixed(folder_ckpts) -> None:
         (["--bn", "train"], "valid values: eval, recompute"),
         (["--data", "fgsm", "--steps", "5"], "fgsm is one step"),
         (["--radius", "0"], "--radius must be"),
+        (["--flatness-seeds", "0"], "--flatness-seeds must be a count >= 1"),
     ],
 )
 def test_cli_usage_errors(folder_ckpts, args: list[str], message: str) -> None:

@@ -38,6 +38,12 @@ RADIUS_HELP = (
     "Flatness radius r: loss increase at ±r along each direction (mean and max); r=0.1 moves "
     "every filter by 10% of its norm."
 )
+FLATNESS_SEEDS_HELP = (
+    "Measure the flatness along K direction seeds (a count): the grid's seed s and s+1 … "
+    "s+K-1, at the centre and ±r only (2·dim points per extra seed, no grid). Gives the "
+    "per-seed numbers and their spread; `advcli compare` tests flatness claims on them and "
+    "needs K >= 5."
+)
 
 
 @handle_errors
@@ -54,6 +60,8 @@ def landscape(
         "--directions-seed",
         help="Seed of the Gaussian directions (same seed = same directions).")] = 0,
     directions: Annotated[Path | None, typer.Option("--directions", help=DIRECTIONS_HELP)] = None,
+    flatness_seeds: Annotated[int, typer.Option(
+        "--flatness-seeds", help=FLATNESS_SEEDS_HELP)] = 1,
     include_bias_bn: Annotated[bool, typer.Option(
         "--include-bias-bn/--no-include-bias-bn",
         help="Also move biases and BatchNorm scale/shift (default: their direction is zero).")] = False,
@@ -153,6 +161,8 @@ def landscape_options(opts: dict[str, Any]) -> tuple[Any, str]:
         raise UsageError(f"--n must be a positive number of examples, got {opts['n']}")
     if not opts["checkpoints"]:
         raise UsageError("give at least one checkpoint")
+    if int(opts["flatness_seeds"]) < 1:
+        raise UsageError(f"--flatness-seeds must be a count >= 1, got {opts['flatness_seeds']}")
     lo, hi = _parse_range(opts["range_"])
     settings = LandscapeSettings(
         dim=int(opts["dim"]),
@@ -199,6 +209,7 @@ def landscape_options(opts: dict[str, Any]) -> tuple[Any, str]:
         seed=int(opts["seed"]),
         directions_seed=int(opts["directions_seed"]),
         directions=Path(opts["directions"]) if opts["directions"] else None,
+        flatness_seeds=int(opts["flatness_seeds"]),
         dataset=opts["dataset"] or None,
         data_dir=opts["data_dir"],
     )
@@ -213,22 +224,29 @@ def _render(doc: dict[str, Any], fmt: str) -> None:
     for entry in doc["checkpoints"]:
         f = doc["flatness"][entry["label"]]
         eig = f.get("hessian_top_eigenvalue")
+        mean = f"{f['increase_mean']:.4f}"
+        if f.get("seed_sd") is not None:
+            mean += f" ± {f['seed_sd']:.4f}"
         rows.append(
             (
                 entry["label"],
                 entry["trained_with"],
                 f"{entry['center']['loss']:.4f}",
                 f"{100 * entry['center']['accuracy']:.2f}%",
-                f"{f['increase_mean']:.4f}",
+                mean,
                 f"{f['increase_max']:.4f}",
                 "-" if eig is None else f"{eig:.4g}",
                 f"{entry['time_s']:.1f} s",
             )
         )
-    r = doc["flatness"][doc["checkpoints"][0]["label"]]["radius"]
+    first = doc["flatness"][doc["checkpoints"][0]["label"]]
+    r, seeds = first["radius"], first.get("seeds") or []
     grid = doc["grid"]
     shape = f"{grid['points']}" if doc["dim"] == 1 else f"{grid['points']}x{grid['points']}"
     title = f"loss landscape ({shape} points, {doc['data']['kind']} data, n={doc['data']['n']})"
     columns = ["model", "trained with", "centre loss", "centre acc",
                f"Δloss@{r:g} mean", f"Δloss@{r:g} max", "λmax(H)", "time"]
     render.out.print(render.table(title, columns, rows))
+    if len(seeds) > 1:
+        render.out.print(f"Δloss over {len(seeds)} direction seeds ({seeds[0]}–{seeds[-1]}): mean "
+                         "± sample sd of the per-seed means; max over all their directions")

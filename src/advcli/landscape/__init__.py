@@ -6,8 +6,8 @@ Neural Nets"): random directions, grid evaluation and flatness numbers.
 - `grid`: `PointEvaluator` moves a model's weights to θ₀ + Σ cₖ·dₖ in place and measures loss
   and accuracy on a fixed subset (clean, fixed adversarial, or attacked at every point);
   `evaluate_grid` sweeps a 1-D or 2-D grid;
-- `flatness`: loss increase at radius r along directions, and the top Hessian eigenvalue by
-  power iteration.
+- `flatness`: loss increase at radius r along directions (pooled over direction seeds by
+  `pool_seeds`), and the top Hessian eigenvalue by power iteration.
 """
 
 from advcli.landscape.directions import (
@@ -16,7 +16,12 @@ from advcli.landscape.directions import (
     load_directions,
     save_directions,
 )
-from advcli.landscape.flatness import Flatness, hessian_top_eigenvalue, loss_increase
+from advcli.landscape.flatness import (
+    Flatness,
+    hessian_top_eigenvalue,
+    loss_increase,
+    pool_seeds,
+)
 from advcli.landscape.grid import BNMode, DataKind, PointEvaluator, evaluate_grid
 
 __all__ = [
@@ -30,5 +35,6 @@ __all__ = [
     "hessian_top_eigenvalue",
     "load_directions",
     "loss_increase",
+    "pool_seeds",
     "save_directions",
 ]

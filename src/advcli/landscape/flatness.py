@@ -4,6 +4,12 @@
   both signs; reported as the mean and the max over those 2·K values. Because the directions
   are filter-normalised, r is relative: r = 0.1 moves every filter by 10% of its own norm, so the
   number is comparable between networks whose weights have different scales.
+- Direction seeds: one random direction (or two, for a 2-D landscape) is one draw; its number
+  varies from draw to draw. `pool_seeds` combines the numbers of several seeds' directions
+  (each measured by `loss_increase`): every increase, the mean and max over all of them, and per
+  seed the mean increase (`seed_means`, the samples a claim is tested on) with their spread
+  (sample sd, min and max). Equal directions per seed, so the pooled mean is the mean of the
+  seed means.
 - Top Hessian eigenvalue: power iteration on Hessian-vector products (double back-propagation)
   of the mean cross-entropy over the subset, with respect to every parameter, BatchNorm in eval
   mode. Power iteration finds the eigenvalue of largest magnitude; at a minimum that is the
@@ -12,8 +18,9 @@
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import torch
@@ -27,9 +34,15 @@ from advcli.landscape.grid import Batch, PointEvaluator
 class Flatness:
     radius: float
     center_loss: float
-    increases: list[float]  # +r·d₁, −r·d₁, +r·d₂, −r·d₂, ...
+    increases: list[float]  # +r·d₁, −r·d₁, +r·d₂, −r·d₂, ... (seed after seed)
     increase_mean: float
     increase_max: float
+    # Per direction seed (`pool_seeds`): the seeds, each seed's mean increase, their spread.
+    seeds: list[int] | None = None
+    seed_means: list[float] | None = None
+    seed_sd: float | None = None  # sample sd (ddof 1); None for one seed
+    seed_min: float | None = None
+    seed_max: float | None = None
     hessian_top_eigenvalue: float | None = None
     hessian_iterations: int | None = None
     hessian_converged: bool | None = None
@@ -62,6 +75,30 @@ def loss_increase(
         increases=increases,
         increase_mean=sum(increases) / len(increases),
         increase_max=max(increases),
+    )
+
+
+def pool_seeds(parts: Sequence[Flatness], seeds: Sequence[int] | None = None) -> Flatness:
+    """One `Flatness` from the numbers along several seeds' directions (`parts[k]` measured
+    along seed `seeds[k]`'s directions, same radius and centre)."""
+    if not parts:
+        raise ValueError("pool_seeds needs the numbers of at least one seed")
+    if seeds is not None and len(seeds) != len(parts):
+        raise ValueError(f"{len(parts)} seeds' numbers but {len(seeds)} seeds")
+    if len({p.radius for p in parts}) > 1 or len({len(p.increases) for p in parts}) > 1:
+        raise ValueError("every seed must be measured at one radius along as many directions")
+    increases = [v for p in parts for v in p.increases]
+    means = [p.increase_mean for p in parts]
+    return replace(
+        parts[0],
+        increases=increases,
+        increase_mean=sum(increases) / len(increases),
+        increase_max=max(increases),
+        seeds=None if seeds is None else [int(s) for s in seeds],
+        seed_means=means,
+        seed_sd=statistics.stdev(means) if len(means) > 1 else None,
+        seed_min=min(means),
+        seed_max=max(means),
     )
 
 

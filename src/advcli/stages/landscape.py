@@ -13,10 +13,19 @@
   point, flatness numbers). The model's parameters, buffers, modes and memory layout are
   restored exactly afterwards, even when it raises.
 - `compute_landscapes` (pure): several labelled models on the same grid, data and directions.
+- Flatness seeds (`--flatness-seeds K`): one direction draw gives a noisy flatness number, so
+  the flatness is also measured along the directions of seeds s+1 … s+K−1 (s: the grid's seed,
+  the directions file's when one is read), at the centre and at ±r only: 2·dim more points per
+  seed, no grid. The grid and the picture keep the first seed. Every checkpoint gets the same
+  seeds (filter-normalised against its own weights), so models can be compared seed by seed.
 - `build_document` / `write_document` / `read_document`: the YAML file, schema
   `advcli.landscape/1`. Grid arrays: `loss`/`accuracy` are lists over `grid.x` (dim 1) or lists
   of rows (dim 2: row j is y = grid.y[j], column i is x = grid.x[i]). `flatness:` maps each
-  checkpoint label to its numbers (read by `advcli compare`).
+  checkpoint label to its numbers (read by `advcli compare`): radius, center_loss, increases
+  (seed after seed), increase_mean and increase_max over all seeds, and per seed `seeds`,
+  `seed_means` with their spread `seed_sd` (null for one seed), `seed_min`, `seed_max`. Files
+  written before flatness seeds lack the per-seed keys: they hold one seed,
+  `directions.seed`; `directions.flatness_seeds` lists the seeds of newer files.
 """
 
 from __future__ import annotations
@@ -48,7 +57,7 @@ from advcli.landscape.directions import (
     load_directions,
     save_directions,
 )
-from advcli.landscape.flatness import Flatness, hessian_top_eigenvalue, loss_increase
+from advcli.landscape.flatness import Flatness, hessian_top_eigenvalue, loss_increase, pool_seeds
 from advcli.landscape.fold import fold_batchnorm, fold_direction
 from advcli.landscape.grid import (
     BNMode,
@@ -136,17 +145,24 @@ def compute_landscape(
     bn_x: torch.Tensor | None = None,
     label: str = "model",
     reporter: Reporter | None = None,
+    more_directions: Sequence[Sequence[Direction]] = (),
+    seeds: Sequence[int] | None = None,
 ) -> ModelLandscape:
     """The landscape of one model (already on `device`).
 
     `x`, `y`: the subset (clean images, or fixed adversarial examples); `attack`: recompute this
     attack at every point; `bn_x`: clean images for `BNMode.recompute` (default: `x`).
+    `more_directions`: raw directions of further seeds, measured for flatness only (centre and
+    ±r); `seeds`: the seed of `raw_directions` and of each of those, recorded in the flatness.
     """
     settings.check()
-    if len(raw_directions) < settings.dim:
-        raise UsageError(
-            f"{settings.dim} directions are needed but only {len(raw_directions)} were given"
-        )
+    for raw in (raw_directions, *more_directions):
+        if len(raw) < settings.dim:
+            raise UsageError(
+                f"{settings.dim} directions are needed but only {len(raw)} were given"
+            )
+    if seeds is not None and len(seeds) != 1 + len(more_directions):
+        raise ValueError(f"{len(seeds)} seeds for {1 + len(more_directions)} direction sets")
     rep = reporter or NullReporter()
     start = time.perf_counter()
     coords = settings.coords()
@@ -157,29 +173,31 @@ def compute_landscape(
         no_labels = torch.zeros(len(bn_x), dtype=torch.int64)
         bn_batches = make_batches(bn_x, no_labels, settings.batch_size, device)
     with fast_layout(model, device):
-        directions = [
-            filter_normalize(d, model, include_bias_bn=settings.include_bias_bn)
-            for d in raw_directions[: settings.dim]
-        ]
         # Same function, fewer passes: evaluate a BatchNorm-folded copy when only conv/linear
         # weights move and the statistics are frozen (see advcli.landscape.fold).
         folded = None
         if settings.fold_bn and settings.bn is BNMode.eval and not settings.include_bias_bn:
             folded = fold_batchnorm(model)
-        if folded is not None:
-            eval_model = folded.model
-            directions = [fold_direction(d, folded) for d in directions]
-        else:
-            eval_model = model
-        with PointEvaluator(
-            eval_model,
-            directions,
-            batches,
-            bn=settings.bn,
-            bn_batches=bn_batches,
-            attack=attack,
-            attack_seed=settings.attack_seed,
-        ) as ev:
+        eval_model = model if folded is None else folded.model
+
+        def evaluator(raw: Sequence[Direction]) -> PointEvaluator:
+            directions = [
+                filter_normalize(d, model, include_bias_bn=settings.include_bias_bn)
+                for d in raw[: settings.dim]
+            ]
+            if folded is not None:
+                directions = [fold_direction(d, folded) for d in directions]
+            return PointEvaluator(
+                eval_model,
+                directions,
+                batches,
+                bn=settings.bn,
+                bn_batches=bn_batches,
+                attack=attack,
+                attack_seed=settings.attack_seed,
+            )
+
+        with evaluator(raw_directions) as ev:
             ev.set_point([0.0] * settings.dim)
             center = ev.evaluate()
             grid = evaluate_grid(
@@ -211,6 +229,18 @@ def compute_landscape(
                         f"{label}: power iteration did not converge in {est.iterations} "
                         "iterations; raise --hessian-iters for a firmer number"
                     )
+        # The centre does not depend on the directions: each further seed costs 2·dim points.
+        parts = [flat]
+        if more_directions:
+            rep.start(f"flatness {label}, {len(more_directions)} more seeds", len(more_directions))
+            try:
+                for raw in more_directions:
+                    with evaluator(raw) as ev:
+                        parts.append(loss_increase(ev, settings.radius, center_loss=center.loss))
+                    rep.advance(1)
+            finally:
+                rep.finish()
+        flat = pool_seeds(parts, seeds)
     return ModelLandscape(
         label=label,
         loss=grid.loss,
@@ -225,16 +255,19 @@ def compute_landscapes(
     models: Sequence[tuple[str, nn.Module]],
     x: torch.Tensor,
     y: torch.Tensor,
-    directions_for: Callable[[nn.Module], Sequence[Direction]],
+    directions_for: Callable[[nn.Module], Sequence[Sequence[Direction]]],
     settings: LandscapeSettings,
     *,
     device: torch.device,
     attack: Any = None,
     bn_x: torch.Tensor | None = None,
     reporter: Reporter | None = None,
+    seeds: Sequence[int] | None = None,
 ) -> LandscapeResult:
     """Landscapes of several labelled models on the same grid and data; `directions_for(model)`
-    gives each model its raw directions (same seed or file -> same directions)."""
+    gives each model its raw directions, one set per direction seed `seeds[k]` (the first draws
+    the grid, the others are measured for flatness only; same seed or file -> same
+    directions)."""
     settings.check()
     start = time.perf_counter()
     coords = settings.coords()
@@ -242,10 +275,11 @@ def compute_landscapes(
         dim=settings.dim, x=coords, y=list(coords) if settings.dim == 2 else None
     )
     for label, model in models:
+        first, *more = directions_for(model)
         result.models.append(
             compute_landscape(
-                model, x, y, directions_for(model), settings, device=device, attack=attack,
-                bn_x=bn_x, label=label, reporter=reporter,
+                model, x, y, first, settings, device=device, attack=attack,
+                bn_x=bn_x, label=label, reporter=reporter, more_directions=more, seeds=seeds,
             )
         )
     result.time_s = time.perf_counter() - start
@@ -267,6 +301,7 @@ class LandscapeOptions:
     seed: int = 0  # the subset's order (the attack's starts: settings.attack_seed)
     directions_seed: int = 0
     directions: Path | None = None  # raw directions file: read when it exists, else written
+    flatness_seeds: int = 1  # flatness along the seeds s, s+1, ..., s+K-1 (K = this count)
     dataset: str | None = None
     data_dir: str | None = None
 
@@ -375,11 +410,17 @@ def _subset(
 
 def _directions(
     loaded: Sequence[LoadedCheckpoint], opts: LandscapeOptions, warnings: list[str]
-) -> tuple[Callable[[nn.Module], Sequence[Direction]], dict[str, Any], list[Direction] | None]:
-    """(each model's raw directions, the record, directions still to be written to the file):
-    one raw set per architecture, read from `opts.directions` when it exists, else drawn from
-    the seed (each checkpoint filter-normalises them against its own weights)."""
+) -> tuple[
+    Callable[[nn.Module], list[Sequence[Direction]]], dict[str, Any], list[Direction] | None,
+    list[int] | None,
+]:
+    """(each model's raw directions per flatness seed, the record, directions still to be
+    written to the file, the flatness seeds): one raw set per architecture and seed; the
+    grid's is read from `opts.directions` when it exists, else drawn from the seed, and the
+    further flatness seeds follow it (each checkpoint filter-normalises them against its own
+    weights)."""
     dim, seed, path = opts.settings.dim, opts.directions_seed, opts.directions
+    count = opts.flatness_seeds
     if path is not None and path.exists():
         raw, meta = load_directions(path)
         if len(raw) < dim:
@@ -394,8 +435,20 @@ def _directions(
                 f"using the directions stored in {path} (seed {meta.get('seed')}); "
                 "--directions-seed applies only when the file is created"
             )
-        record = {"seed": meta.get("seed"), "file": str(path), "file_sha256": sha256_file(path)}
-        return (lambda model: raw), record, None
+        file_seed = meta.get("seed")
+        has_seed = isinstance(file_seed, int) and not isinstance(file_seed, bool)
+        if count > 1 and not has_seed:
+            raise UsageError(
+                f"{str(path)!r} records no direction seed, so the further --flatness-seeds "
+                "cannot follow it; pass --flatness-seeds 1 or a missing path to create a file"
+            )
+        file_seeds = [int(file_seed) + k for k in range(count)] if has_seed else None
+        record = {"seed": file_seed, "file": str(path), "file_sha256": sha256_file(path),
+                  "flatness_seeds": file_seeds}
+        further = [] if file_seeds is None else file_seeds[1:]
+        return (
+            lambda model: [raw] + [gaussian_directions(model, dim, s) for s in further]
+        ), record, None, file_seeds
 
     new = None
     if path is not None:
@@ -406,8 +459,12 @@ def _directions(
                 f"checkpoints mix {sorted(arches)}; drop --directions (the seed is enough)"
             )
         new = gaussian_directions(loaded[0].model, dim, seed)
-    record = {"seed": seed, "file": str(path) if path else None, "file_sha256": None}
-    return (lambda model: gaussian_directions(model, dim, seed)), record, new
+    seeds = [seed + k for k in range(count)]
+    record = {"seed": seed, "file": str(path) if path else None, "file_sha256": None,
+              "flatness_seeds": seeds}
+    return (
+        lambda model: [gaussian_directions(model, dim, s) for s in seeds]
+    ), record, new, seeds
 
 
 def run_landscape(
@@ -427,13 +484,15 @@ def run_landscape(
         raise UsageError("give at least one checkpoint")
     if opts.n < 1:
         raise UsageError(f"--n must be a positive number of examples, got {opts.n}")
+    if opts.flatness_seeds < 1:
+        raise UsageError(f"--flatness-seeds must be a count >= 1, got {opts.flatness_seeds}")
     opts.settings.check()
     loaded = [
         c if isinstance(c, LoadedCheckpoint) else load_checkpoint(c, device) for c in checkpoints
     ]
     warnings: list[str] = []
     subset = _subset(loaded, opts, data, warnings)
-    directions_for, directions_record, new = _directions(loaded, opts, warnings)
+    directions_for, directions_record, new, seeds = _directions(loaded, opts, warnings)
     result = compute_landscapes(
         list(zip(checkpoint_labels(loaded), [c.model for c in loaded], strict=True)),
         subset.x,
@@ -444,6 +503,7 @@ def run_landscape(
         attack=subset.attack,
         bn_x=subset.bn_x,
         reporter=reporter,
+        seeds=seeds,
     )
     return LandscapeRun(
         result=result,
