@@ -348,6 +348,7 @@ def test_pgd_at_full_configs_state_the_articles_setup() -> None:
     src = _shared("stutz-2021-pgd-at.yaml")
     ev = _config("pgd-at", "eval.yaml")
     assert ev["n"] == src["n_test"]
+    assert ev["subset"] == "first"  # "the first 1000 clean test examples": the dataset's own order
     assert ev["norm"] == src["threat_model"]["norm"]
     assert ev["pgd"] and ev["pgd_steps"] == src["evaluation"]["pgd_steps"]
     assert ev["autoattack"]
@@ -364,6 +365,10 @@ def test_pgd_at_full_configs_state_the_articles_setup() -> None:
     for row in src["rows"]:  # the numbers to expect
         assert f"{row['model']} {row['clean']} / {row['pgd10']} / {row['autoattack']}" in \
             " ".join(ln.lstrip("# ") for ln in header.splitlines())
+    # `subset: first` needs the dataset's own order: the full scale trains (and so evaluates) on
+    # torchvision's CIFAR-10, not on the JPEG zip, where eval refuses it.
+    trains = [w for w in _advcli_lines(_dry_run("pgd-at", "full")) if w[1] in ("train", "adv-train")]
+    assert trains and {w[w.index("--dataset") + 1] for w in trains} == {"cifar10"}
 
 
 def test_landscape_full_configs_state_the_papers_setup() -> None:

@@ -9,8 +9,8 @@ it, skips the finished chunks and, because every chunk is seeded by its own numb
 
 What is in the file:
 - `fingerprint`: what the numbers depend on (checkpoint sha256, the `--model`/`--wrap` code's
-  callables and sha256s when there is user code, the examples, the options that change
-  results, the advcli / torch / pyautoattack versions). A resume with any of them
+  callables and sha256s when there is user code, the examples and the `--subset` that chose
+  them, the options that change results, the advcli / torch / pyautoattack versions). A resume with any of them
   different is refused with one line naming the first difference: mixing chunks of two setups
   would give a result file that no single run could have produced.
 - `clean`: the clean flags, reused on resume (PGD's chunks are cut from the clean-correct
@@ -129,6 +129,10 @@ def start_progress(path: Path | None, fingerprint: dict[str, Any], *, resume: bo
         raise UsageError(f"{str(path)!r} holds the progress of an interrupted evaluation; add "
                          f"--resume to continue it, or {_HINT}")
     progress = load_progress(path)
+    saved_data, data = progress.fingerprint.get("data"), fingerprint.get("data")
+    if isinstance(saved_data, dict) and isinstance(data, dict) and "subset" in data:
+        # Files written before --subset existed all took the stratified order.
+        saved_data.setdefault("subset", "stratified")
     check_same_run(progress.fingerprint, fingerprint, path)
     progress.writer = writer
     progress.reused = progress.n_done()
@@ -181,7 +185,9 @@ def check_same_run(saved: dict[str, Any], current: dict[str, Any], path: Path) -
 def _first_difference(a: Any, b: Any, section: str) -> str:
     if not (isinstance(a, dict) and isinstance(b, dict)):
         return f"{_show(a)} there, {_show(b)} here"
-    for key in sorted(set(a) | set(b), key=str):
+    # In the fingerprint's own order (what chose the examples before their hashes), then any
+    # key only the file has.
+    for key in [*b, *(k for k in a if k not in b)]:
         if a.get(key) != b.get(key):
             name = f"--{str(key).replace('_', '-')}" if section == "options" else str(key)
             return f"{name}: {_show(a.get(key))} there, {_show(b.get(key))} here"

@@ -165,6 +165,7 @@ class DataInfo:
     seed: int | None = None
     index_sha256: str | None = None
     examples_sha256: str | None = None  # pixels + labels: synthetic data depends on a seed
+    subset: str | None = None  # how --n chose them (first | stratified); None in older files
 
 
 @dataclass
@@ -219,6 +220,7 @@ class EvalResult:
                 "split": self.data.split,
                 "n": self.data.n,
                 "seed": self.data.seed,
+                **({} if self.data.subset is None else {"subset": self.data.subset}),
                 "index_sha256": self.data.index_sha256,
                 "examples_sha256": self.data.examples_sha256,
             }
@@ -414,6 +416,7 @@ def parse_results(data: dict[str, Any], *, source: str = "<memory>") -> EvalResu
         seed=d.get("seed", int, required=False),
         index_sha256=d.get("index_sha256", str, required=not published),
         examples_sha256=d.get("examples_sha256", str, required=False),
+        subset=d.get("subset", str, required=False),
     )
     raw_entries = top.get("results", list)
     if not raw_entries:

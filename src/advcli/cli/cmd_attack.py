@@ -15,6 +15,7 @@ from advcli.attacks import AttackName, AttackSpec, Keep, build_attack
 from advcli.cli import render
 from advcli.cli.common import CONFIG_HELP, DEVICE_HELP, FORMAT_HELP, FORMATS, handle_errors, resolve_options
 from advcli.config import DEFAULT_EPS, Eps, Norm, parse_choice, parse_eps
+from advcli.data.datasets import SUBSET_HELP, Subset
 from advcli.errors import UsageError
 from advcli.io import all_or_nothing
 from advcli.models.user import MODEL_HELP, WRAP_HELP, check_user_options
@@ -71,8 +72,9 @@ def attack_cmd(
     split: Annotated[str, typer.Option(help="Which split to attack: test | train.")] = "test",
     n: Annotated[
         int | None,
-        typer.Option("--n", "--n-test", help="Attack the first N examples of the split (advcli's fixed stratified order; --n-test is the same) (default: all)."),
+        typer.Option("--n", "--n-test", help="Attack the first N examples of the split, a count, in the order --subset names (--n-test is the same) (default: all)."),
     ] = None,
+    subset: Annotated[str, typer.Option("--subset", help=SUBSET_HELP)] = Subset.stratified.value,
     batch_size: Annotated[int, typer.Option(help="Examples per attack batch.")] = 256,
     seed: Annotated[int, typer.Option(help="Seed of the subset order and of the attack's random starts.")] = 0,
     device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
@@ -193,6 +195,7 @@ def _check_options(opts: dict[str, Any]) -> tuple[AttackOptions, str, Path]:
         spec=spec,
         split=split,
         n=opts["n"],
+        subset=parse_choice(Subset, opts["subset"], name="--subset"),
         batch_size=int(opts["batch_size"]),
         seed=int(opts["seed"]),
         dataset=opts["dataset"],

@@ -15,6 +15,7 @@ import typer
 from advcli.cli import render
 from advcli.cli.common import CONFIG_HELP, DEVICE_HELP, FORMAT_HELP, FORMATS, handle_errors, resolve_options
 from advcli.config import Norm, parse_choice, parse_eps
+from advcli.data.datasets import SUBSET_HELP, Subset
 from advcli.errors import UsageError
 from advcli.models.user import MODEL_HELP, WRAP_HELP
 from advcli.stages.audit.limits import ALL_CHECKS, QUICK_CHECKS, CheckName, parse_checks, thresholds_table
@@ -48,6 +49,7 @@ def audit_options(opts: dict[str, Any]) -> Any:
         raise UsageError("name the checkpoint to audit, or pass --model FILE.py:CALLABLE")
     return AuditOptions(
         n=None if opts["n"] is None else int(opts["n"]),
+        subset=parse_choice(Subset, opts["subset"], name="--subset"),
         eps=parse_eps(opts["eps"], name="--eps", allow_zero=False) if opts["eps"] else None,
         norm=parse_choice(Norm, opts["norm"], name="norm") if opts["norm"] else None,
         checks=checks,
@@ -121,8 +123,9 @@ def audit_cmd(
         help="Checkpoint (.safetensors) to audit; with --model, the weights for its module "
         "(optional).", show_default=False)] = None,
     n: Annotated[int | None, typer.Option(
-        "--n", "--n-test", help="Audit the first N examples of the split (advcli's fixed, seeded, "
-        "class-interleaved order; advcli.data.test_subset), a count.")] = 500,
+        "--n", "--n-test", help="Audit the first N examples of the split, a count, in the order "
+        "--subset names (advcli.data.test_subset).")] = 500,
+    subset: Annotated[str, typer.Option("--subset", help=SUBSET_HELP)] = Subset.stratified.value,
     eps: Annotated[str | None, typer.Option(
         "--eps", help="Radius of the threat model in [0,1] pixel units, e.g. 8/255 or 0.5 (default: "
         "the checkpoint's threat model, else 8/255 for linf and 0.5 for l2).")] = None,

@@ -11,6 +11,7 @@ import typer
 from advcli.cli import render
 from advcli.cli.common import CONFIG_HELP, DEVICE_HELP, FORMAT_HELP, FORMATS, handle_errors, resolve_options
 from advcli.config import Norm, parse_choice, parse_eps, parse_eps_list
+from advcli.data.datasets import SUBSET_HELP, Subset
 from advcli.errors import UsageError
 from advcli.models.user import MODEL_HELP, WRAP_HELP, check_user_options
 from advcli.results import EvalResult
@@ -58,6 +59,7 @@ def eval_options(opts: dict[str, Any]) -> Any:
         raise UsageError("--eps values must be > 0 (clean accuracy is always reported)")
     return EvalOptions(
         n=None if opts["n"] is None else int(opts["n"]),
+        subset=parse_choice(Subset, opts["subset"], name="--subset"),
         eps=eps,
         norm=parse_choice(Norm, opts["norm"], name="norm") if opts["norm"] else None,
         pgd=bool(opts["pgd"]),
@@ -132,8 +134,9 @@ def eval_cmd(
         help="Checkpoint (.safetensors) to evaluate; with --model, the weights for its module "
         "(optional).", show_default=False)] = None,
     n: Annotated[int | None, typer.Option(
-        "--n", "--n-test", "--num-examples", help="(--n-test is the same; --num-examples under torchrun, whose parser takes --n as its own.) Evaluate the first N examples of the split in advcli's fixed, seeded, "
-        "class-interleaved order (advcli.data.test_subset); omit for all.")] = 1000,
+        "--n", "--n-test", "--num-examples", help="(--n-test is the same; --num-examples under torchrun, whose parser takes --n as its own.) Evaluate the first N examples of the split in the order --subset "
+        "names (advcli.data.test_subset), a count; omit for all.")] = 1000,
+    subset: Annotated[str, typer.Option("--subset", help=SUBSET_HELP)] = Subset.stratified.value,
     eps: Annotated[str | None, typer.Option(
         "--eps", help="Comma-separated radii, e.g. 8/255,16/255 (default: the checkpoint's "
         "threat model, else 8/255 for linf or 0.5 for l2).")] = None,

@@ -13,6 +13,7 @@ import typer
 from advcli.cli import render
 from advcli.cli.common import CONFIG_HELP, DEVICE_HELP, FORMAT_HELP, FORMATS, handle_errors, resolve_options
 from advcli.config import DEFAULT_EPS, Norm, parse_choice, parse_eps
+from advcli.data.datasets import SUBSET_HELP, Subset
 from advcli.errors import UsageError
 
 DATA_KINDS = ("clean", "pgd", "fgsm", "fgsm-rs", "stadv")
@@ -66,8 +67,9 @@ def landscape(
         "--include-bias-bn/--no-include-bias-bn",
         help="Also move biases and BatchNorm scale/shift (default: their direction is zero).")] = False,
     n: Annotated[int, typer.Option(
-        "--n", "--n-test", help="Evaluate on the first N test examples (a count; advcli's fixed "
-        "stratified order; --n-test is the same). With --adv-data, its first N examples.")] = 1000,
+        "--n", "--n-test", help="Evaluate on the first N test examples (a count, in the order "
+        "--subset names; --n-test is the same). With --adv-data, its first N examples.")] = 1000,
+    subset: Annotated[str, typer.Option("--subset", help=SUBSET_HELP)] = Subset.stratified.value,
     data: Annotated[str, typer.Option("--data", help=DATA_HELP)] = "clean",
     norm: Annotated[str, typer.Option(
         "--norm", help="Ball of fgsm/fgsm-rs/pgd: linf | l2.")] = "linf",
@@ -159,6 +161,10 @@ def landscape_options(opts: dict[str, Any]) -> tuple[Any, str]:
         raise UsageError(f"unknown --data {opts['data']!r}; valid values: {', '.join(DATA_KINDS)}")
     if int(opts["n"]) < 1:
         raise UsageError(f"--n must be a positive number of examples, got {opts['n']}")
+    subset = parse_choice(Subset, opts["subset"], name="--subset")
+    if subset is Subset.first and opts["adv_data"]:
+        raise UsageError("--subset first picks clean test examples; --adv-data uses the set's own "
+                         "first N: drop --subset")
     if not opts["checkpoints"]:
         raise UsageError("give at least one checkpoint")
     if int(opts["flatness_seeds"]) < 1:
@@ -206,6 +212,7 @@ def landscape_options(opts: dict[str, Any]) -> tuple[Any, str]:
         attack=spec,
         adv_data=Path(opts["adv_data"]) if opts["adv_data"] else None,
         n=int(opts["n"]),
+        subset=subset,
         seed=int(opts["seed"]),
         directions_seed=int(opts["directions_seed"]),
         directions=Path(opts["directions"]) if opts["directions"] else None,

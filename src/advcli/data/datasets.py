@@ -6,6 +6,12 @@ Sources (`--dataset`):
   of one (class order = sorted folder names);
 - `cifar10`, `cifar100`, `svhn`: torchvision, under `--data-dir`, fetched only with `--download`.
 
+Which n examples `--n` takes (`--subset`, `Subset`): `stratified`, the default, the first n of a
+seeded, class-interleaved order (`stratified_order`), on any dataset; or `first`, indices
+0..n-1, the split in the dataset's own order, where that order means something (torchvision
+datasets and `synthetic`; papers' "first 1,000 CIFAR-10 test examples" are torchvision's
+order). `test_subset` is the one function that chooses them.
+
 Decoded tensors are cached under `$ADVCLI_CACHE` (default `~/.cache/advcli`), keyed by the
 source's absolute path, size and mtime, so a second run starts in well under a second. The
 cache files are written and read by `advcli.tensorfile` (data/ never imports checkpoint.py).
@@ -13,6 +19,7 @@ cache files are written and read by `advcli.tensorfile` (data/ never imports che
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import io
 import os
@@ -30,6 +37,21 @@ from advcli.tensorfile import load_tensors, save_tensors
 
 TORCHVISION = ("cifar10", "cifar100", "svhn")
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+class Subset(str, enum.Enum):
+    """`--subset`: how `--n` picks the examples of a split (see `test_subset`)."""
+
+    first = "first"  # indices 0..n-1: the dataset's own order
+    stratified = "stratified"  # the first n of stratified_order(labels, seed)
+
+
+SUBSET_HELP = (
+    "Which N examples --n takes: stratified (the first N of advcli's fixed, seeded, "
+    "class-interleaved order, so any N is class-balanced) or first (indices 0..N-1, the split in "
+    "the dataset's own order, as papers' 'first 1,000 test examples'; torchvision cifar10, "
+    "cifar100, svhn and synthetic only). Recorded in the result's data block."
+)
 
 
 @dataclass
@@ -295,17 +317,36 @@ def stratified_order(labels: torch.Tensor, seed: int) -> torch.Tensor:
     return torch.tensor(order, dtype=torch.int64)
 
 
-def test_subset(labels: torch.Tensor, n: int | None, seed: int = 0) -> torch.Tensor:
-    """THE "first n test examples": the first n of `stratified_order(labels, seed)`.
+def test_subset(labels: torch.Tensor, n: int | None, seed: int = 0,
+                subset: Subset | str = Subset.stratified, *, dataset: str | None = None) -> torch.Tensor:
+    """THE "first n test examples" (the indices into the split), as `subset` says:
 
-    n=None or n >= len(labels) takes every example (still in that fixed order).
+    - `stratified`: the first n of `stratified_order(labels, seed)`;
+    - `first`: 0..n-1, the dataset's own order; refused (UsageError) for `dataset` names
+      without one (`folder:PATH`: see `check_subset`). `seed` plays no part.
+
+    n=None or n >= len(labels) takes every example (still in that order).
     """
-    order = stratified_order(labels, seed)
-    if n is None or n >= len(order):
-        return order
-    if n <= 0:
+    subset = Subset(subset)
+    if n is not None and n <= 0:
         raise UsageError(f"--n must be a positive number of examples, got {n}")
-    return order[:n]
+    if subset is Subset.first:
+        check_subset(subset, dataset)
+        return torch.arange(len(labels) if n is None else min(n, len(labels)), dtype=torch.int64)
+    order = stratified_order(labels, seed)
+    return order if n is None else order[:n]
+
+
+def check_subset(subset: Subset | str, dataset: str | None) -> None:
+    """`--subset first` only where the split's order is the dataset's own; a UsageError for an
+    image folder or zip (`folder:PATH`), whose order is the folders'."""
+    if Subset(subset) is Subset.first and dataset is not None and str(dataset).lower().startswith("folder:"):
+        raise UsageError(
+            f"--subset first takes a split in its dataset's own order, and {dataset} has none (an "
+            "image folder lists class by class, so its first N hold one class; the CIFAR-10 JPEG "
+            "zip does not keep CIFAR-10's order): use --subset stratified, or --dataset cifar10 "
+            "--data-dir DIR"
+        )
 
 
 def train_subset(labels: torch.Tensor, n: int) -> torch.Tensor:

@@ -48,6 +48,7 @@ from advcli.attacks import ROBUST_RULES, AttackSpec, attack_record, build_attack
 from advcli.attacks.base import attack_mode, full_precision, lp_norms
 from advcli.checkpoint import LoadedCheckpoint
 from advcli.data import to_float
+from advcli.data.datasets import Subset, check_subset
 from advcli.errors import UsageError
 from advcli.io import plain
 from advcli.progress import NullReporter, Reporter
@@ -222,6 +223,7 @@ class AttackOptions:
     spec: AttackSpec
     split: str = "test"
     n: int | None = None
+    subset: Subset = Subset.stratified  # how --n picks the examples
     batch_size: int = 256
     seed: int = 0
     dataset: str | None = None
@@ -281,9 +283,10 @@ def attack_checkpoint(
     trained_with = trained_with_text(meta.get("threat_model"))
     if data is None:
         target.require_dataset(opts.dataset)
+        check_subset(opts.subset, opts.dataset or meta.get("dataset"))  # before loading it
         data = dataset_for_checkpoint(meta, name=target.name, dataset=opts.dataset, data_dir=opts.data_dir)
     xs, ys = data.split(opts.split)
-    index = test_subset(ys, opts.n, opts.seed)
+    index = test_subset(ys, opts.n, opts.seed, opts.subset, dataset=data.name)
     x, y = xs[index], ys[index]
     if target.code and len(y):
         check_logits(target.model, to_float(x[:2]).to(device), data.num_classes, target.code[-1].spec)
@@ -300,7 +303,7 @@ def attack_checkpoint(
                     "trained_with": trained_with, "arch": target.arch},
         user_code=user_code,
         data={"dataset": data.name, "split": opts.split, "n": int(y.shape[0]), "seed": int(opts.seed),
-              "index_sha256": index_sha256(index)},
+              "subset": Subset(opts.subset).value, "index_sha256": index_sha256(index)},
         provenance=provenance(opts.seed, {"device": str(device)}),
         outputs={"adv": str(opts.out), "grid": str(opts.grid) if opts.grid else None},
     )

@@ -1,9 +1,10 @@
 """`advcli eval`: clean accuracy, PGD at several eps, AutoAttack, transfer from an adversarial
 set, and the per-example worst case. Returns an `EvalResult`; writing it is the caller's job.
 
-- Examples: `advcli.data.test_subset(labels, n, seed)` (the documented "first n": a seeded,
-  class-interleaved order), identified in the result by the hash of their indices and of their
-  pixels, so compare can tell when two files saw the same examples.
+- Examples: `advcli.data.test_subset(labels, n, seed, subset)` (the documented "first n": by
+  default a seeded, class-interleaved order; `subset=first` the dataset's own order), identified
+  in the result by `subset` and by the hash of their indices and of their pixels, so compare
+  can tell when two files saw the same examples.
 - Every robust flag implies clean-correct, on every path (PGD, AutoAttack, transfer, worst).
 - PGD attacks only the examples the model classifies correctly: a misclassified example is
   already non-robust and needs no attack steps. It runs with `keep=first-success` (the
@@ -61,6 +62,7 @@ from advcli.advset import AdvSet, AdvSetError, load_adv_set
 from advcli.attacks.base import Keep, attack_mode, full_precision
 from advcli.checkpoint import LoadedCheckpoint
 from advcli.config import DEFAULT_EPS, Eps, Norm, parse_choice, parse_eps
+from advcli.data.datasets import Subset, check_subset
 from advcli.data.for_checkpoint import dataset_for_checkpoint
 from advcli.errors import AdvcliError, UsageError
 from advcli.eval_progress import ChunkRecord, EvalProgress, start_progress
@@ -84,6 +86,7 @@ class EvalOptions:
     """Resolved options of `advcli eval` (eps/norm None = from the checkpoint)."""
 
     n: int | None = 1000
+    subset: Subset = Subset.stratified  # how --n picks the examples
     eps: list[Eps] | None = None
     norm: Norm | None = None
     pgd: bool = True
@@ -528,6 +531,8 @@ def _setup(checkpoint: str | Path | LoadedCheckpoint | None, opts: EvalOptions,
 
     target = load_target(checkpoint, model=opts.model, wrap=opts.wrap, device=device)
     meta = target.meta
+    if data is None:
+        check_subset(opts.subset, opts.dataset or meta.get("dataset"))  # before loading the data
     norm, eps_list, eps_source = resolve_threat(meta, opts.norm, opts.eps)
     if opts.pgd or opts.autoattack:
         reporter.log(f"threat model {norm.value} eps {', '.join(e.text for e in eps_list)} "
@@ -536,7 +541,7 @@ def _setup(checkpoint: str | Path | LoadedCheckpoint | None, opts: EvalOptions,
         target.require_dataset(opts.dataset)
         data = dataset_for_checkpoint(meta, name=target.name, dataset=opts.dataset, data_dir=opts.data_dir)
     split_x, split_y = data.split(opts.split)
-    idx = test_subset(split_y, opts.n, seed=opts.seed)
+    idx = test_subset(split_y, opts.n, seed=opts.seed, subset=opts.subset, dataset=data.name)
     x, y = to_float(split_x[idx]), split_y[idx].long()
     if target.code and len(y):
         check_logits(target.model, x[:2].to(device), data.num_classes, target.code[-1].spec)
@@ -544,8 +549,8 @@ def _setup(checkpoint: str | Path | LoadedCheckpoint | None, opts: EvalOptions,
     esha = examples_sha256(split_x[idx], y)
     fingerprint: dict[str, Any] = {
         "checkpoint": {"sha256": target.sha256},
-        "data": {"dataset": data.name, "split": opts.split, "index_sha256": ihash,
-                 "examples_sha256": esha},
+        "data": {"dataset": data.name, "split": opts.split, "subset": Subset(opts.subset).value,
+                 "index_sha256": ihash, "examples_sha256": esha},
         "options": _result_options(opts, norm, eps_list, device),
         "versions": _versions(opts.autoattack),
     }
@@ -626,7 +631,8 @@ def run_eval(
             threat_model=threat,
         ),
         data=DataInfo(dataset=data.name, split=opts.split, n=len(y), seed=opts.seed,
-                      index_sha256=ihash, examples_sha256=st.esha),
+                      index_sha256=ihash, examples_sha256=st.esha,
+                      subset=Subset(opts.subset).value),
         entries=entries,
         seed=opts.seed,
         time_s=time.perf_counter() - t0,

@@ -46,6 +46,7 @@ from advcli.advset import load_adv_set
 from advcli.attacks import AttackSpec, attack_record, build_attack
 from advcli.checkpoint import LoadedCheckpoint, load_checkpoint
 from advcli.data import ImageData, test_subset, to_float
+from advcli.data.datasets import Subset
 from advcli.data.for_checkpoint import dataset_for_checkpoints
 from advcli.errors import UsageError
 from advcli.io import all_or_nothing, atomic_write_text, plain, read_yaml_document, sha256_file
@@ -298,6 +299,7 @@ class LandscapeOptions:
     attack: AttackSpec | None = None  # recompute this attack at every point
     adv_data: Path | None = None  # fixed adversarial examples instead of clean test images
     n: int = 1000
+    subset: Subset = Subset.stratified  # how --n picks the clean test examples
     seed: int = 0  # the subset's order (the attack's starts: settings.attack_seed)
     directions_seed: int = 0
     directions: Path | None = None  # raw directions file: read when it exists, else written
@@ -363,7 +365,7 @@ def _subset(
     every point when `opts.attack` is set), or the first n of a fixed adversarial set."""
     if opts.adv_data is None:
         images = _images(loaded, opts, opts.dataset or None, data)
-        index = test_subset(images.test_y, opts.n, opts.seed)
+        index = test_subset(images.test_y, opts.n, opts.seed, opts.subset, dataset=images.name)
         attack = attack_info = None
         if opts.attack is not None:
             attack = build_attack(opts.attack)
@@ -372,7 +374,8 @@ def _subset(
         record = {
             "kind": (DataKind.clean if attack is None else DataKind.attack).value,
             "dataset": images.name, "split": "test", "n": int(y.shape[0]), "seed": opts.seed,
-            "index_sha256": index_sha256(index), "attack": attack_info, "adv_data": None,
+            "subset": Subset(opts.subset).value, "index_sha256": index_sha256(index),
+            "attack": attack_info, "adv_data": None,
         }
         return _Subset(to_float(images.test_x[index]), y, None, attack, record)
 

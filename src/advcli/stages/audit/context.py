@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from advcli.config import Eps, Norm
+from advcli.data.datasets import Subset
 from advcli.progress import Reporter
 from advcli.stages.audit.limits import ALL_CHECKS, CheckName
 
@@ -34,6 +35,7 @@ class AuditOptions:
     """Resolved options of `advcli audit` (eps/norm None = the checkpoint's threat model)."""
 
     n: int | None = 500
+    subset: Subset = Subset.stratified  # how --n picks the examples
     eps: Eps | None = None
     norm: Norm | None = None
     checks: tuple[CheckName, ...] = ALL_CHECKS

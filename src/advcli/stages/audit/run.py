@@ -1,5 +1,5 @@
 """`run_audit`: load what is audited (a checkpoint, `--model` user code, `--wrap` around it),
-take the first n test examples, run the selected checks, and describe it all in an
+take the first n test examples (in `--subset`'s order), run the selected checks, and describe it all in an
 `AuditResult` (writing it is the caller's job).
 
 Checks run in the order that lets later ones reuse earlier attacks: gradients (with the probe
@@ -54,6 +54,7 @@ def run_audit(
 def _audit(checkpoint: str | Path | LoadedCheckpoint | None, opts: AuditOptions, device: torch.device,
            reporter: Reporter, data: Any) -> AuditResult:
     from advcli.data import test_subset, to_float
+    from advcli.data.datasets import Subset, check_subset
     from advcli.data.for_checkpoint import dataset_for_checkpoint
     from advcli.provenance import provenance
     from advcli.results import DataInfo, ModelInfo, index_sha256, trained_with_text
@@ -74,9 +75,10 @@ def _audit(checkpoint: str | Path | LoadedCheckpoint | None, opts: AuditOptions,
     if eps.value <= 0:
         raise UsageError("--eps must be > 0")
     if data is None:
+        check_subset(opts.subset, opts.dataset or meta.get("dataset"))  # before loading it
         data = dataset_for_checkpoint(meta, name=target.name, dataset=opts.dataset, data_dir=opts.data_dir)
     split_x, split_y = data.split(opts.split)
-    idx = test_subset(split_y, opts.n, seed=opts.seed)
+    idx = test_subset(split_y, opts.n, seed=opts.seed, subset=opts.subset, dataset=data.name)
     x, y = to_float(split_x[idx]), split_y[idx].long()
     check_logits(model, x[:2].to(device), data.num_classes, target.code[-1].spec if target.code else target.name)
     reporter.log(f"audit: {norm.value} eps {eps.text} ({eps_source}), {len(y)} examples of "
@@ -119,6 +121,7 @@ def _audit(checkpoint: str | Path | LoadedCheckpoint | None, opts: AuditOptions,
                         seed=meta.get("seed") if isinstance(meta.get("seed"), int) else None,
                         threat_model=threat),
         data=DataInfo(dataset=data.name, split=opts.split, n=len(y), seed=opts.seed,
+                      subset=Subset(opts.subset).value,
                       index_sha256=index_sha256(idx.numpy()), examples_sha256=examples_sha256(split_x[idx], y)),
         threat_model={"norm": norm.value, "eps": eps.value, "eps_text": eps.text, "source": eps_source},
         clean_accuracy=accuracy(ctx.clean),
