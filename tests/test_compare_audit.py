@@ -151,3 +151,33 @@ def test_result_user_code_round_trips(tmp_path):
     assert doc["user_code"] == [WRAP]
     from advcli.results import load_results
     assert load_results(path).user_code == [WRAP]
+
+
+def _summary_file(tmp: Path, name: str, sha: str, clean: float, robust: float, user_code=()) -> Path:
+    doc = {"schema": "advcli.attack/1", "label": name,
+           "checkpoint": {"path": f"{sha}.safetensors", "sha256": sha, "label": name,
+                          "trained_with": "static:fgsm"},
+           "attack": {"name": "fgsm", "norm": "linf", "eps": 8 / 255, "eps_text": "8/255"},
+           "data": {"dataset": "synthetic", "split": "test", "n": N, "seed": 0,
+                    "index_sha256": index_sha256(range(N))},
+           "metrics": {"clean_accuracy": clean, "adv_accuracy": robust,
+                       "robust_accuracy": robust, "success_rate": 0.5}}
+    if user_code:
+        doc["user_code"] = [dict(c) for c in user_code]
+    path = tmp / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def test_matrix_keeps_a_defended_checkpoint_apart_from_the_bare_one(tmp_path):
+    """One checkpoint attacked bare and behind a --wrap defence: two rows, never one row with
+    clashing numbers (or pooled as two seeds)."""
+    bare = _summary_file(tmp_path, "ft-fgsm", "a" * 64, 0.8, 0.1)
+    wrapped = _summary_file(tmp_path, "ft-fgsm + defence", "a" * 64, 0.78, 0.6, user_code=[WRAP])
+    table = cmp.run_compare(cmp.CompareOptions(files=[bare, wrapped], matrix=True)).tables[0]
+    rows = {r.label: r for r in table.rows}
+    assert set(rows) == {"static:fgsm", "static:fgsm + defence"}
+    assert all(r.n == 1 for r in rows.values())
+    robust = [c for c in table.columns if c.key.kind == "fgsm"][0].key
+    assert rows["static:fgsm + defence"].cells[robust].mean == pytest.approx(0.6)
+    assert rows["static:fgsm"].cells[robust].mean == pytest.approx(0.1)

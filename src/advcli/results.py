@@ -242,6 +242,7 @@ class AttackSummary:
     data: dict[str, Any]
     metrics: dict[str, float]
     path: Path | None = None
+    user_code: list[dict[str, str]] = field(default_factory=list)  # --model / --wrap files
 
     @property
     def robust_accuracy(self) -> float | None:
@@ -394,9 +395,7 @@ def parse_results(data: dict[str, Any], *, source: str = "<memory>") -> EvalResu
     published = bool(top.get("published", bool, required=False) or False)
     citation = top.get("citation", str, required=published)
 
-    user_code = top.get("user_code", list, required=False) or []
-    if not all(isinstance(c, dict) and c.get("sha256") for c in user_code):
-        raise top.fail("user_code", "must be a list of mappings with file, callable and sha256")
+    user_code = _user_code(top)
     # A --model without weights has no checkpoint: its code's sha256 identifies it instead.
     needs_ckpt = not published and not user_code
     m = top.section("model", required=not published) or _Reader({}, source, "model")
@@ -435,8 +434,16 @@ def parse_results(data: dict[str, Any], *, source: str = "<memory>") -> EvalResu
         provenance=top.get("provenance", dict, required=False) or {},
         published=published,
         citation=citation,
-        user_code=[{str(k): str(v) for k, v in c.items()} for c in user_code],
+        user_code=user_code,
     )
+
+
+def _user_code(top: _Reader) -> list[dict[str, str]]:
+    """The `user_code` list of a result or summary (empty when absent)."""
+    user_code = top.get("user_code", list, required=False) or []
+    if not all(isinstance(c, dict) and c.get("sha256") for c in user_code):
+        raise top.fail("user_code", "must be a list of mappings with file, callable and sha256")
+    return [{str(k): str(v) for k, v in c.items()} for c in user_code]
 
 
 # Attacks whose entries only make sense with a threat model; transfer sets and published
@@ -529,4 +536,5 @@ def parse_attack_summary(data: dict[str, Any], *, source: str = "<memory>") -> A
         attack=attack,
         data=top.get("data", dict, required=False) or {},
         metrics=metrics,
+        user_code=_user_code(top),
     )

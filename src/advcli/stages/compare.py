@@ -471,8 +471,17 @@ class _Group:
 
 def _seed_id(result: EvalResult) -> str:
     if result.model.sha256 and not result.published:
-        return result.model.sha256
+        return "|".join((result.model.sha256, *code_shas(result.user_code)))
     return str(result.path or id(result))
+
+
+def _defended(name: str, user_code: Sequence[dict[str, str]]) -> str:
+    """A matrix row name: how the model was trained, plus any --model/--wrap code around it
+    ("static:fgsm + quantize"), so a defended model never pools with the bare one."""
+    for c in user_code:
+        stem = Path(str(c.get("file", "code"))).stem
+        name += f" + {stem}" if c.get("role") != "model" else f" (model {stem})"
+    return name
 
 
 def _matches(stated: ColumnKey, column: ColumnKey) -> bool:
@@ -733,15 +742,17 @@ def build_matrix(
     metric = _metric(metric)
     groups: dict[tuple[str, bool], _Group] = {}
     for res in results:
-        g = groups.setdefault((res.model.trained_with, res.published),
-                              _Group(res.model.trained_with, res.published, res.citation))
+        name = _defended(res.model.trained_with, res.user_code)
+        g = groups.setdefault((name, res.published), _Group(name, res.published, res.citation))
         for entry in res.entries:
             if entry.attack != "worst":
                 g.add(_seed_id(res), entry_key(entry, published=res.published),
                       _entry_obs(res, entry, metric))
     for s in summaries:
-        g = groups.setdefault((s.trained_with, False), _Group(s.trained_with, False))
-        seed = str(s.checkpoint.get("sha256") or s.checkpoint.get("path") or s.label)
+        name = _defended(s.trained_with, s.user_code)
+        g = groups.setdefault((name, False), _Group(name, False))
+        seed = "|".join((str(s.checkpoint.get("sha256") or s.checkpoint.get("path") or s.label),
+                         *code_shas(s.user_code)))
         src, examples = str(s.path or s.label), _summary_examples(s)
         n = examples[3]
         g.add(seed, ColumnKey("clean", "Clean"),
