@@ -81,7 +81,8 @@ def test_table_shows_the_mean_and_spread_over_direction_seeds(tmp_path: Path) ->
         ["sharp", f"{SHARP.mean():.4f} ± {statistics.stdev(SHARP):.4f}", "5"],
     ]
     notes = txt.footnotes(table)
-    assert any(n.startswith("± is the spread over direction seeds") for n in notes)
+    assert any(n.startswith("each sample is one checkpoint along one direction seed")
+               and "every model was measured along the same seeds" in n for n in notes)
     assert (f"loss increase at r = 0.1, 1-D, direction seeds 0–4; per-seed min..max: "
             f"flat 0.0120..0.0410; sharp {SHARP.min():.4f}..{SHARP.max():.4f}") in notes
 
@@ -158,3 +159,19 @@ def test_one_file_per_model_pairs_by_seed(tmp_path: Path) -> None:
     [res] = check_claims([_claim(check="max", row="sharp", columns={"kind": "flatness",
                                                                     "dim": 2})], [table])
     assert res.verdict is Verdict.passed and "paired over 5 direction seeds" in res.detail
+
+
+def test_clean_and_adversarial_landscapes_are_separate_columns(tmp_path: Path) -> None:
+    """One checkpoint's flatness on clean data and on PGD data (same examples, same seeds) are
+    two measurements: two columns, never one cell with one of them dropped."""
+    clean = _file(tmp_path, "clean", {"flat": FLAT}, SEEDS)
+    adv = _file(tmp_path, "adv", {"flat": SHARP}, SEEDS)
+    doc = yaml.safe_load(adv.read_text())
+    doc["data"].update(kind="pgd", attack={"name": "pgd", "eps": 8 / 255, "steps": 5})
+    adv.write_text(yaml.safe_dump(doc))
+    [table] = _tables(clean, adv)
+    assert txt.header(table) == ["Model", "Loss increase at r = 0.1, 1-D",
+                                 "Loss increase at r = 0.1, 1-D, pgd data", "n"]
+    [row] = table.rows
+    means = sorted(c.mean for c in row.cells.values())
+    assert means == pytest.approx(sorted([FLAT.mean(), SHARP.mean()]))

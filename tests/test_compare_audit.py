@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from advcli.audit_file import AuditResult, CheckResult, save_audit
 from advcli.cli.app import app
-from advcli.errors import UsageError
+from advcli.errors import ResultsError, UsageError
 from advcli.results import DataInfo, Entry, EvalResult, ModelInfo, index_sha256, save_results
 from advcli.stages import compare as cmp
 from advcli.stages import compare_render as txt
@@ -31,7 +31,7 @@ def _result(tmp: Path, label: str, sha: str, seed: int = 0, user_code=()) -> Pat
                      data=DataInfo("synthetic", "test", N, 0, index_sha256(range(N)), "content"),
                      entries=[Entry("clean", float(flags.mean()), N, flags=flags)], seed=0,
                      user_code=[dict(c) for c in user_code])
-    path = tmp / f"{label}-{sha}-{len(user_code)}.yaml"
+    path = tmp / f"{label}-{sha}-{seed}-{len(user_code)}.yaml"
     save_results(path, res)
     return path
 
@@ -181,3 +181,54 @@ def test_matrix_keeps_a_defended_checkpoint_apart_from_the_bare_one(tmp_path):
     robust = [c for c in table.columns if c.key.kind == "fgsm"][0].key
     assert rows["static:fgsm + defence"].cells[robust].mean == pytest.approx(0.6)
     assert rows["static:fgsm"].cells[robust].mean == pytest.approx(0.1)
+
+
+SHIFT = {**WRAP, "callable": "shift"}
+
+
+def test_two_wrappers_of_one_file_are_different_things(tmp_path):
+    """constant.py:wrap and constant.py:shift share the file's sha256: the audit of one must not
+    speak for the other, and one checkpoint behind both under one label is not two seeds."""
+    sha = "b" * 64
+    wrap_res = _result(tmp_path, "Robust + constant", sha, user_code=[WRAP])
+    shift_res = _result(tmp_path, "Robust + constant:shift", sha, user_code=[SHIFT])
+    audit = _audit(tmp_path, "Robust + constant", sha, "fail", failed=("gradients",),
+                   user_code=[WRAP])
+    cells = _audit_cells(_table([wrap_res, shift_res, audit]))
+    assert cells == {"Robust + constant": "fail: gradients", "Robust + constant:shift": "—"}
+    same_label = _result(tmp_path, "Robust + constant", sha, seed=1, user_code=[SHIFT])
+    with pytest.raises(ResultsError, match="not seeds"):
+        _table([wrap_res, same_label])
+
+
+def test_same_examples_different_numbers_are_never_dropped(tmp_path):
+    """Two files measuring one checkpoint's PGD column on the same examples with different
+    numbers: an error naming both, not a silent pick of the first."""
+    paths = []
+    for k in (10, 15):
+        flags = np.zeros(N, dtype=bool)
+        flags[:k] = True
+        clean = np.ones(N, dtype=bool)
+        res = EvalResult(label="Robust", model=ModelInfo("a.safetensors", "a" * 64, "tiny-cnn"),
+                         data=DataInfo("synthetic", "test", N, 0, index_sha256(range(N)), "c"),
+                         entries=[Entry("clean", 1.0, N, flags=clean),
+                                  Entry("pgd", float(flags.mean()), N, norm="linf", eps=8 / 255,
+                                        eps_text="8/255", flags=flags, params={"steps": 10})])
+        paths.append(tmp_path / f"r{k}.yaml")
+        save_results(paths[-1], res)
+    with pytest.raises(ResultsError, match="same examples with different numbers"):
+        _table(paths)
+
+
+def test_clean_accuracy_that_disagrees_between_summaries_is_noted(tmp_path):
+    """One checkpoint's clean accuracy from two attack runs (a GPU near-tie flipped): the first
+    is shown and the table says so."""
+    a = _summary_file(tmp_path, "ft-fgsm", "a" * 64, 0.80, 0.1)
+    b = _summary_file(tmp_path, "ft-fgsm-16", "a" * 64, 0.82, 0.05)
+    doc = yaml.safe_load(b.read_text())
+    doc["attack"].update(eps=16 / 255, eps_text="16/255")
+    b.write_text(yaml.safe_dump(doc))
+    table = cmp.run_compare(cmp.CompareOptions(files=[a, b], matrix=True)).tables[0]
+    clean = [c for c in table.columns if c.key.kind == "clean"][0].key
+    assert table.rows[0].cells[clean].mean == pytest.approx(0.80)
+    assert any("clean 0.8 in" in n and "0.82" in n for n in txt.footnotes(table))

@@ -15,8 +15,8 @@ Checks (`check:`):
   (default all), e.g. "the FGSM-augmented model is the sharpest".
 - `order`: `rows` are in `op` order (each one `op` the next) in the column(s).
 - `paired`: `left` row − `right` row over seed-matched pairs (equal training seeds), the mean
-  difference's 95 % Student-t interval against ±`margin`. `expect: greater` passes when the
-  interval lies above +margin, `less` below −margin, `equivalent` inside [−margin, +margin];
+  difference's (1 − alpha) Student-t interval (95 % at the default alpha) against ±`margin`.
+  `expect: greater` passes when the interval lies above +margin, `less` below −margin, `equivalent` inside [−margin, +margin];
   an interval lying entirely in one of the other two regions fails; one straddling a margin
   (or fewer than two pairs) is inconclusive.
 
@@ -361,7 +361,8 @@ def _paired(left: Cell, right: Cell, claim: Claim, table: CompareTable, column: 
         return _Outcome(Verdict.inconclusive,
                         f"{column}: {len(seeds)} seed-matched pair(s) (seeds {seeds or 'none'}); "
                         "a paired interval needs 2 or more")
-    d = paired_difference([a[s] for s in seeds], [b[s] for s in seeds])
+    d = paired_difference([a[s] for s in seeds], [b[s] for s in seeds],
+                          confidence=1.0 - table.alpha)
     assert d.low is not None and d.high is not None  # two or more pairs
     m = claim.margin
     above, below = d.low > m, d.high < -m
@@ -381,7 +382,8 @@ def _paired(left: Cell, right: Cell, claim: Claim, table: CompareTable, column: 
 
     p = "" if d.p_value is None else f", {format_p(d.p_value)}"
     return _Outcome(verdict, (
-        f"{column}: {claim.left} − {claim.right} = {signed(d.mean)}{unit}, 95% CI "
+        f"{column}: {claim.left} − {claim.right} = {signed(d.mean)}{unit}, "
+        f"{100 * (1 - table.alpha):g}% CI "
         f"[{signed(d.low)}, {signed(d.high)}] (paired t over seeds {seeds}{p}); margin "
         f"±{scale * m:.2f}{unit}"))
 

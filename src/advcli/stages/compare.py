@@ -53,7 +53,7 @@ import numpy as np
 from advcli.audit_file import SCHEMA as AUDIT_SCHEMA
 from advcli.errors import ResultsError, UsageError
 from advcli.results import AttackSummary, Entry, EvalResult, format_number, load_any
-from advcli.stages.compare_audit import AuditEntry, audit_column, code_shas, read_audit_entry
+from advcli.stages.compare_audit import AuditEntry, audit_column, code_identity, read_audit_entry
 from advcli.stats import (
     Significance,
     bootstrap_diff_ci,
@@ -447,6 +447,7 @@ class _Group:
     citation: str | None = None
     seeds: dict[str, dict[ColumnKey, Observation]] = field(default_factory=dict)
     unstated: set[str] = field(default_factory=set)  # published parameters placed by matching
+    notes: list[str] = field(default_factory=list)  # clean accuracies that disagreed
 
     def add(self, seed: str, key: ColumnKey, obs: Observation) -> None:
         cols = self.seeds.setdefault(seed, {})
@@ -455,8 +456,22 @@ class _Group:
             cols[key] = obs
             return
         same = _same_examples(prev, obs)
-        if same or (same is None and prev.value == obs.value):
+        if same is not False and abs(prev.value - obs.value) <= 1e-9:
             return  # the same measurement twice (e.g. clean accuracy in every summary)
+        if same and key.kind == "clean":
+            # One checkpoint's clean accuracy from two runs on the same examples: GPU kernels
+            # may flip a near-tie. Keep the first, and say so; never drop it silently.
+            self.notes.append(f"{self.label}: clean {_metric_text(prev.value)} in {prev.source} "
+                              f"but {_metric_text(obs.value)} in {obs.source} (same checkpoint "
+                              "and examples); the first is shown")
+            return
+        if same:
+            why = (f"on the same examples with different numbers ({_metric_text(prev.value)} vs "
+                   f"{_metric_text(obs.value)}): they measured different things under one "
+                   "label (other --model/--wrap code, other data or options); give them "
+                   "different labels (--label)")
+            raise ResultsError(f"{obs.source} and {prev.source} both measure {self.label!r} in "
+                               f"column '{_column_text(key)}' for one checkpoint {why}")
         why = (f"on different examples ({_examples_text(obs)} vs {_examples_text(prev)})"
                if same is False else "with different numbers and no record of their examples")
         raise ResultsError(
@@ -471,7 +486,7 @@ class _Group:
 
 def _seed_id(result: EvalResult) -> str:
     if result.model.sha256 and not result.published:
-        return "|".join((result.model.sha256, *code_shas(result.user_code)))
+        return "|".join((result.model.sha256, *code_identity(result.user_code), ""))
     return str(result.path or id(result))
 
 
@@ -479,8 +494,10 @@ def _defended(name: str, user_code: Sequence[dict[str, str]]) -> str:
     """A matrix row name: how the model was trained, plus any --model/--wrap code around it
     ("static:fgsm + quantize"), so a defended model never pools with the bare one."""
     for c in user_code:
-        stem = Path(str(c.get("file", "code"))).stem
-        name += f" + {stem}" if c.get("role") != "model" else f" (model {stem})"
+        code = Path(str(c.get("file", "code"))).stem
+        if c.get("callable") not in (None, "wrap"):
+            code += f":{c.get('callable')}"
+        name += f" + {code}" if c.get("role") != "model" else f" (model {code})"
     return name
 
 
@@ -527,7 +544,29 @@ def _place_published(groups: Sequence[_Group]) -> None:
                 g.unstated |= _unstated_names(key)
 
 
+def _metric_text(value: float) -> str:
+    return f"{value:.6g}"
+
+
+def _one_code_per_checkpoint(groups: Sequence[_Group]) -> None:
+    """A row's seeds are different checkpoints: one checkpoint behind two different pieces of
+    --model/--wrap code under one label would count one set of weights as two seeds."""
+    for g in groups:
+        shas = [sid.split("|")[0] for sid in g.seeds if "|" in sid]
+        twice = sorted({s for s in shas if shas.count(s) > 1})
+        if twice:
+            raise ResultsError(
+                f"row {g.label!r} holds checkpoint {twice[0][:12]} twice, behind different "
+                "--model/--wrap code: they are different models, not seeds; give them "
+                "different labels (eval --label)")
+
+
 def _unstated_notes(groups: Sequence[_Group]) -> list[str]:
+    conflicts = [n for g in groups for n in g.notes]
+    return conflicts + _published_notes(groups)
+
+
+def _published_notes(groups: Sequence[_Group]) -> list[str]:
     by_text: dict[str, list[str]] = {}
     order = list(_NOTE_NAMES)
     for g in groups:
@@ -688,6 +727,7 @@ def build_table(
             g.add(_seed_id(res), entry_key(entry, published=res.published),
                   _entry_obs(res, entry, metric))
     ordered = _ordered_groups(groups)
+    _one_code_per_checkpoint(ordered)
     _place_published(ordered)
     keys = sorted(_keys(ordered), key=_order_threat_first)
     robust = [k for k in keys if k.kind not in ("clean", "worst", "transfer")]
@@ -752,7 +792,7 @@ def build_matrix(
         name = _defended(s.trained_with, s.user_code)
         g = groups.setdefault((name, False), _Group(name, False))
         seed = "|".join((str(s.checkpoint.get("sha256") or s.checkpoint.get("path") or s.label),
-                         *code_shas(s.user_code)))
+                         *code_identity(s.user_code), ""))
         src, examples = str(s.path or s.label), _summary_examples(s)
         n = examples[3]
         g.add(seed, ColumnKey("clean", "Clean"),
@@ -762,6 +802,7 @@ def build_matrix(
               Observation(_metric_value(_robust_accuracy(s), metric), src, examples=examples,
                           n_examples=n))
     ordered = _ordered_groups(groups)
+    _one_code_per_checkpoint(ordered)
     _place_published(ordered)
     keys = sorted(_keys(ordered), key=_order_attack_first)
     with_norm = len({k.norm for k in keys if k.norm}) > 1
@@ -842,6 +883,9 @@ class FlatnessSet:
     directions_seed: Any
     examples: tuple[Any, Any, Any, Any, None]
     models: dict[str, FlatnessModel]
+    # What the loss was measured on: data kind (clean, an attack, --adv-data), its attack
+    # parameters and the BatchNorm mode; different measurements are different columns.
+    measure: tuple[tuple[str, Any], ...] = ()
 
 
 @dataclass
@@ -870,7 +914,10 @@ def flatness_set(doc: dict[str, Any], path: Path) -> FlatnessSet:
         data = doc.get("data") or {}
         examples = (data.get("dataset"), data.get("split"), data.get("index_sha256"),
                     data.get("n"), None)
-        return FlatnessSet(path, int(doc["dim"]), seed, examples, models)
+        measure = (("data", data.get("kind") or "clean"), ("attack", _hashable(
+            sorted((data.get("attack") or {}).items()))), ("adv_data", data.get("adv_data")),
+            ("bn", doc.get("bn") or "eval"))
+        return FlatnessSet(path, int(doc["dim"]), seed, examples, models, measure)
     except (KeyError, TypeError, ValueError) as exc:
         raise ResultsError(f"landscape file {str(path)!r} lacks its flatness numbers ({exc}); "
                            "re-create it with `advcli landscape`") from exc
@@ -908,10 +955,24 @@ def _flatness_notes(rows: list[Row], columns: list[Column]) -> list[str]:
     """What the ± is, and per column the seeds and each row's per-seed range."""
     notes = []
     if any(c.n > 1 for r in rows for c in r.cells.values()):
-        notes.append("± is the spread over direction seeds: the sample sd of the per-seed values "
-                     "(each the mean loss increase at ±r along one seed's filter-normalised "
-                     "direction(s)); every model is measured along the same seeds, so claims "
-                     "compare models seed by seed (paired t)")
+        note = ("each sample is one checkpoint along one direction seed: the mean loss increase "
+                "at ±r along that seed's filter-normalised direction(s)")
+        seed_sets = {col.key: {frozenset(o.direction_seed for o in cell.observations
+                                         if isinstance(o, DirectionSample))
+                               for r in rows if (cell := r.cells.get(col.key)) is not None}
+                     for col in columns}
+        # One checkpoint per row: as many samples in a cell as direction seeds.
+        one_ckpt = all(c.n == len({o.direction_seed for o in c.observations
+                                   if isinstance(o, DirectionSample)})
+                       for r in rows for c in r.cells.values())
+        if one_ckpt and all(len(sets) == 1 for sets in seed_sets.values()):
+            note += ("; every model was measured along the same seeds, so claims compare "
+                     "models seed by seed (paired t)")
+        else:
+            note += ("; models were not all measured along the same seeds (or a row holds "
+                     "several checkpoints): claims pair only the seeds two cells share, "
+                     "averaging a row's checkpoints per seed")
+        notes.append(note)
     for col in columns:
         seeds: set[Any] = set()
         ranges = []
@@ -930,13 +991,26 @@ def _flatness_notes(rows: list[Row], columns: list[Column]) -> list[str]:
     return notes
 
 
+def _flatness_variant(key: ColumnKey) -> str:
+    """"1-D", or "1-D, pgd data, BN recompute" when the loss was not measured on clean data
+    with the trained BatchNorm statistics."""
+    text = key.variant
+    data = key.param("data")
+    if data not in (None, "clean"):
+        text += f", {data} data"
+    if key.param("bn") not in (None, "eval"):
+        text += f", BN {key.param('bn')}"
+    return text
+
+
 def build_flatness_table(sets: Sequence[FlatnessSet]) -> CompareTable | None:
     """Rows = checkpoint labels, columns = mean loss increase at radius r per dimension; each
     (checkpoint, direction seed) is one sample of the cell."""
     groups: dict[tuple[str, bool], _Group] = {}
     for fs in sets:
         for label, m in fs.models.items():
-            key = ColumnKey("flatness", f"{fs.dim}-D", strength=(("radius", _hashable(m.radius)),))
+            key = ColumnKey("flatness", f"{fs.dim}-D",
+                            strength=(("radius", _hashable(m.radius)), *fs.measure))
             g = groups.setdefault((label, False), _Group(label, False))
             for seed, increase in m.samples.items():
                 g.add(f"{m.sha256 or label}|{seed}", key,
@@ -946,8 +1020,9 @@ def build_flatness_table(sets: Sequence[FlatnessSet]) -> CompareTable | None:
         return None
     ordered = _ordered_groups(groups)
     keys = sorted(_keys(ordered), key=lambda k: (k.variant, repr(k.strength)))
-    columns = [Column(k, f"Loss increase at r = {k.param('radius'):g}, {k.variant}",
-                      f"loss increase at r = {k.param('radius'):g}, {k.variant}") for k in keys]
+    columns = [Column(k, f"Loss increase at r = {k.param('radius'):g}, {_flatness_variant(k)}",
+                      f"loss increase at r = {k.param('radius'):g}, {_flatness_variant(k)}")
+               for k in keys]
     rows = _rows_from_groups(ordered, keys, intervals=False)
     return CompareTable(
         title="Flatness: mean loss increase at radius r along filter-normalised directions",
@@ -1027,7 +1102,7 @@ def _add_audit_column(table: CompareTable, results: Sequence[EvalResult],
     identities: dict[str, list[tuple[str | None, tuple[str, ...]]]] = {}
     for r in results:
         if not r.published:
-            ident = (r.model.sha256, code_shas(r.user_code))
+            ident = (r.model.sha256, code_identity(r.user_code))
             ids = identities.setdefault(r.label, [])
             if ident not in ids:
                 ids.append(ident)

@@ -2,7 +2,8 @@
 compare's inputs put each model's audit verdict beside its accuracies.
 
 An audit belongs to a row when it audited the same thing the row's results measured: the same
-checkpoint (sha256) behind the same user code (`--model` / `--wrap` files, by sha256). A
+checkpoint (sha256) behind the same user code (`--model` / `--wrap`: role, callable, file
+sha256 and built weights' sha256). A
 checkpoint audited with a wrapper is a different thing from the bare checkpoint, so their
 verdicts never mix. A row with several seeds shows the worst verdict and how many of its
 checkpoints it covers ("fail 1/3: curve"); an audit that matches no row is named in a table note,
@@ -30,17 +31,21 @@ class AuditEntry:
     label: str
     verdict: str
     checkpoint_sha256: str | None
-    code_sha256: tuple[str, ...]  # sorted sha256 of the --model / --wrap files
+    code: tuple[str, ...]  # `code_identity` of the --model / --wrap records
     failed: tuple[str, ...]  # checks that failed (or warned, for a warn verdict)
 
     @property
     def identity(self) -> tuple[str | None, tuple[str, ...]]:
-        return (self.checkpoint_sha256, self.code_sha256)
+        return (self.checkpoint_sha256, self.code)
 
 
-def code_shas(user_code: Sequence[dict[str, Any]] | None) -> tuple[str, ...]:
-    """The sorted sha256s of a result's user-code records (empty for a plain checkpoint)."""
-    return tuple(sorted(str(c.get("sha256")) for c in user_code or () if c.get("sha256")))
+def code_identity(user_code: Sequence[dict[str, Any]] | None) -> tuple[str, ...]:
+    """What a result's user code is, one string per record: role, callable, the file's sha256
+    and, when recorded, the built weights' sha256 (empty for a plain checkpoint). Two wrappers
+    in one file, or one file's module with other weights, are different things."""
+    return tuple(sorted(
+        ":".join(str(c.get(k) or "") for k in ("role", "callable", "sha256", "weights_sha256"))
+        for c in user_code or ()))
 
 
 def read_audit_entry(path: str | Path) -> AuditEntry:
@@ -52,7 +57,7 @@ def read_audit_entry(path: str | Path) -> AuditEntry:
     flagged = "fail" if verdict == "fail" else "warn"
     failed = tuple(str(c["check"]) for c in doc["checks"] if c.get("status") == flagged)
     return AuditEntry(p, str(doc.get("label") or p.stem), verdict, model.get("sha256"),
-                      code_shas(doc.get("user_code")), failed)
+                      code_identity(doc.get("user_code")), failed)
 
 
 def cell_text(audits: Sequence[AuditEntry], n_checkpoints: int) -> str:
@@ -96,7 +101,7 @@ def audit_column(
         found = []
         for i, a in enumerate(audits):
             if a.identity in ids or (a.checkpoint_sha256 is None and a.label == label
-                                     and any(c == a.code_sha256 for _, c in ids)):
+                                     and any(c == a.code for _, c in ids)):
                 found.append(a)
                 used.add(i)
         cells[label] = cell_text(_one_per_checkpoint(found), max(len(ids), 1))
