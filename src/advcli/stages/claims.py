@@ -17,8 +17,8 @@ Checks (`check:`):
 - `paired`: `left` row − `right` row over seed-matched pairs (equal training seeds), the mean
   difference's (1 − alpha) Student-t interval (95 % at the default alpha) against ±`margin`.
   `expect: greater` passes when the interval lies above +margin, `less` below −margin,
-  `equivalent` inside [−margin, +margin]; an interval lying entirely in one of the other two regions fails; one straddling a margin
-  (or fewer than two pairs) is inconclusive.
+  `equivalent` inside [−margin, +margin]; an interval lying entirely in one of the other two
+  regions fails; one straddling a margin (or fewer than two pairs) is inconclusive.
 
 Noise: a strict comparison (`>`, `<`) passes only when the difference is significant at the
 table's alpha (Welch's t across seeds, McNemar's exact test for one run a side on the same
