@@ -245,6 +245,18 @@ def test_probability_outputs_warn(tiny_ckpt: Path, synthetic_data) -> None:
     assert "logits" in g.advice
 
 
+def test_audit_labels_name_the_wrap_callable(tiny_ckpt: Path, synthetic_data) -> None:
+    opts = {"n": 16, "checks": (CheckName.gradients,)}
+    conventional = run_audit(tiny_ckpt, AuditOptions(**opts, wrap=f"{WRAPS}/constant.py:wrap"),
+                             device=CPU, data=synthetic_data)
+    other = run_audit(tiny_ckpt, AuditOptions(**opts, wrap=f"{WRAPS}/constant.py:shift"),
+                      device=CPU, data=synthetic_data)
+    assert (conventional.label, other.label) == ("tiny + constant", "tiny + constant:shift")
+    bare = run_audit(None, AuditOptions(**opts, model=f"{WRAPS}/user_model.py:tiny"), device=CPU,
+                     data=synthetic_data)
+    assert bare.label == "user_model:tiny"
+
+
 def test_a_randomised_model_is_audited_reproducibly(tiny_ckpt: Path, synthetic_data) -> None:
     opts = AuditOptions(n=32, checks=(CheckName.curve,), wrap=f"{WRAPS}/random_dither.py:wrap")
     a = run_audit(tiny_ckpt, opts, device=CPU, data=synthetic_data)
@@ -299,10 +311,13 @@ def test_cli_audit_user_model(tiny_ckpt: Path, tmp_path: Path) -> None:
     doc = yaml.safe_load(r.stdout)
     assert doc["model"]["arch"] == f"user:{WRAPS}/user_model.py:tiny"
     assert doc["user_code"][0]["role"] == "model" and doc["clean_accuracy"] > 0.9
-    # Without a checkpoint the dataset must be named.
+    assert doc["label"] == "tiny (model user_model:tiny)"  # the code is named, as eval does
+    assert len(doc["user_code"][0]["weights_sha256"]) == 64
+    # Without a checkpoint the dataset must be named: a usage error, as in eval and attack.
     r = runner.invoke(app, ["audit", "--model", f"{WRAPS}/user_model.py:tiny", "--checks", "gradients",
                             "--n", "16", "--device", "cpu"])
-    assert r.exit_code == 1 and "--dataset" in r.output
+    assert r.exit_code == 2 and "pass --dataset" in r.output, r.output
+    assert len(r.output.strip().splitlines()) == 1 and "Traceback" not in r.output
     r = runner.invoke(app, ["audit", "--model", f"{WRAPS}/user_model.py:wrong_shape", "--dataset", "synthetic",
                             "--checks", "gradients", "--n", "16", "--device", "cpu"])
     assert r.exit_code == 1 and "logits of shape [N, 10]" in r.output

@@ -8,8 +8,9 @@ it, skips the finished chunks and, because every chunk is seeded by its own numb
 `advcli.stages.evaluate`), ends with the result an uninterrupted run writes.
 
 What is in the file:
-- `fingerprint`: what the numbers depend on (checkpoint sha256, the `--model`/`--wrap` code's
-  callables and sha256s when there is user code, the examples and the `--subset` that chose
+- `fingerprint`: what the numbers depend on (checkpoint sha256; when there is user code, the
+  `--model`/`--wrap` callables, their files' sha256s and the sha256s of the weights they built,
+  `{role}_callable`, `{role}_sha256`, `{role}_weights_sha256`; the examples and the `--subset` that chose
   them, the options that change results, the advcli / torch / pyautoattack versions). A resume with any of them
   different is refused with one line naming the first difference: mixing chunks of two setups
   would give a result file that no single run could have produced.
@@ -177,7 +178,7 @@ def check_same_run(saved: dict[str, Any], current: dict[str, Any], path: Path) -
         if a == b:
             continue
         label = what.get(section, section)
-        diff = _first_difference(a, b, section)
+        diff = _user_code_difference(a, b) if section == "user_code" else _first_difference(a, b, section)
         raise UsageError(f"cannot resume from {str(path)!r}: it was made with {label} ({diff}); "
                          f"rerun with the original ones to continue, or {_HINT}")
 
@@ -192,6 +193,48 @@ def _first_difference(a: Any, b: Any, section: str) -> str:
             name = f"--{str(key).replace('_', '-')}" if section == "options" else str(key)
             return f"{name}: {_show(a.get(key))} there, {_show(b.get(key))} here"
     return "they differ"
+
+
+_CODE_FIELDS = (("callable", "callable"), ("sha256", "file sha256"), ("weights_sha256", "weights sha256"))
+
+
+def _user_code_difference(a: Any, b: Any) -> str:
+    """The first difference of two `user_code` identities, as text: "--wrap shift: weights
+    sha256 1a2b… there, 9f8e… here" or "--wrap shift with file sha256 …, weights sha256 …
+    there, none here" or "no --wrap there, --wrap shift with … here"."""
+    a, b = (v if isinstance(v, dict) else {} for v in (a, b))
+    roles = list(dict.fromkeys(str(k).split("_", 1)[0] for k in [*b, *a]))
+    for role in roles:
+        there, here = _code_text(a, role), _code_text(b, role)
+        if there == "none" or here == "none":
+            if there == here:
+                continue
+            if not a or not b:  # no user code at all on one side
+                return f"{_codes_text(a, roles)} there, {_codes_text(b, roles)} here"
+            there, here = (t if t != "none" else f"no --{role}" for t in (there, here))
+            return f"{there} there, {here} here"
+        for key, name in _CODE_FIELDS:
+            x, y = a.get(f"{role}_{key}"), b.get(f"{role}_{key}")
+            if x == y:
+                continue
+            if key == "weights_sha256" and x is None:
+                return (f"--{role} {b.get(f'{role}_callable')}: weights sha256 not recorded there "
+                        f"(an older advcli), {_show(y)} here")
+            why = "; the same code built other weights" if key == "weights_sha256" else ""
+            return f"--{role} {b.get(f'{role}_callable')}: {name} {_show(x)} there, {_show(y)} here{why}"
+    return "they differ"
+
+
+def _codes_text(ident: dict[str, Any], roles: list[str]) -> str:
+    return " + ".join(t for t in (_code_text(ident, r) for r in roles) if t != "none") or "none"
+
+
+def _code_text(ident: dict[str, Any], role: str) -> str:
+    if f"{role}_callable" not in ident and f"{role}_sha256" not in ident:
+        return "none"
+    shas = [f"{name} {_show(ident[f'{role}_{key}'])}" for key, name in _CODE_FIELDS[1:]
+            if f"{role}_{key}" in ident]
+    return f"--{role} {ident.get(f'{role}_callable')} with {', '.join(shas)}"
 
 
 def _show(value: Any) -> str:

@@ -108,8 +108,9 @@ def attack_cmd(
 
     --model FILE.py:CALLABLE attacks the nn.Module it returns and --wrap FILE.py:CALLABLE the
     module it builds around the loaded model (a defence). Both RUN THE PYTHON CODE in the file
-    they name; the summary records its sha256 under user_code. Weights are only ever read from
-    safetensors.
+    they name, with torch seeded to 0 (random initialisation is reproducible); the summary
+    records under user_code the file's sha256 (that file only, not modules it imports) and the
+    sha256 of the weights it built. Weights are only ever read from safetensors.
     """
     opts = resolve_options(ctx, locals())
     aopts, fmt, summary_path = _check_options(opts)

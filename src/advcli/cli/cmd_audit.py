@@ -110,8 +110,10 @@ def _help() -> str:
         "500 CIFAR images on 2 cores).\n\n"
         "Thresholds (counts of examples, as a share of N with a floor in examples):\n\n"
         f"\b\n{rows}\n\n"
-        "--model and --wrap RUN THE PYTHON CODE in the file they name; the result records its "
-        "sha256. Weights are only ever read from safetensors.\n\n"
+        "--model and --wrap RUN THE PYTHON CODE in the file they name, with torch seeded to 0 "
+        "(random initialisation is reproducible); the result records the file's sha256 (that "
+        "file only, not modules it imports) and the sha256 of the weights it built. Weights are "
+        "only ever read from safetensors.\n\n"
         "Example: advcli audit robust.safetensors --n 500 -o audit.yaml --plot audit.png"
     )
 

@@ -213,7 +213,9 @@ def eval_cmd(
 
     Any model, any defence: --model FILE.py:CALLABLE evaluates the nn.Module it returns and
     --wrap FILE.py:CALLABLE the module it builds around the loaded model. Both RUN THE PYTHON
-    CODE in the file they name; the result records its sha256 under user_code. Weights are
+    CODE in the file they name, with torch seeded to 0 (random initialisation is reproducible);
+    the result records under user_code the file's sha256 (that file only, not modules it
+    imports) and the sha256 of the weights it built, and --resume checks both. Weights are
     only ever read from safetensors.
 
     Example: advcli eval robust.safetensors --eps 8/255,16/255 --autoattack -o results/robust.yaml

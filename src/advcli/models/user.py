@@ -12,9 +12,22 @@ is not an advcli architecture. Two hooks let any such model be evaluated:
 
 Running user code is explicit: the file is imported as a module (with all the rights of the
 user running advcli), exactly as named. Every `UserCode` records the file's sha256 so a result
-says which version of the code it measured. This module is the one place that imports user
-files; `eval`, `attack` and `audit` all go through it (`load_target`: what they measure, a
-checkpoint or `--model`, with `--wrap` around it, and how results name it).
+says which version of the code it measured; it covers the named file only (modules it imports
+are not hashed). User code is imported and built with torch seeded to 0 (inside
+`torch.random.fork_rng`, on the CPU and the target CUDA device, so the caller's random streams
+are untouched), so random initialisation is reproducible: `--model` without weights, or a
+`--wrap` that adds freshly initialised layers, builds the same module every run. What was
+built is recorded too: every `UserCode` carries `weights_sha256`, the sha256 of the module
+its role produced (`--model`: the module after its weights are loaded; `--wrap`: the wrapped
+module, the model inside it included), over its state_dict's names, dtypes, shapes and bytes
+in order (`state_dict_sha256`). The last record's `weights_sha256` is therefore that of the
+module evaluated; it tells apart builds that the file's sha256 cannot (code that reads an
+environment variable, another file, or draws from an unseeded generator).
+
+This module is the one place that imports user files; `eval`, `attack` and `audit` all go
+through it (`load_target`: what they measure, a checkpoint or `--model`, with `--wrap` around
+it, and how results name it: "Robust + quantize", "Robust + quantize:coarse" for a callable
+other than `wrap`, "Robust (model net:build)", or "net:build" without a checkpoint).
 """
 
 from __future__ import annotations
@@ -22,8 +35,9 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import sys
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -40,12 +54,16 @@ MODEL_HELP = (
     "FILE.py:CALLABLE: evaluate the nn.Module that CALLABLE() returns instead of an advcli "
     "architecture (images in [0, 1] NCHW in, its normalisation inside, logits out). RUNS THE "
     "CODE IN FILE.py. Its weights come from the checkpoint argument (safetensors, keys must "
-    "match) or from the code itself; the file's sha256 is recorded."
+    "match) or from the code itself, which runs with torch seeded to 0 (random initialisation "
+    "is reproducible). Recorded: the file's sha256 (that file only, not modules it imports) "
+    "and the built module's weights_sha256."
 )
 WRAP_HELP = (
     "FILE.py:CALLABLE: evaluate CALLABLE(model), an nn.Module around the loaded model (a "
     "preprocessing defence, an ensemble, a detector; [0, 1] NCHW in, logits out). RUNS THE CODE "
-    "IN FILE.py. The file's sha256 is recorded."
+    "IN FILE.py, with torch seeded to 0 (random initialisation is reproducible). Recorded: the "
+    "file's sha256 (that file only, not modules it imports) and the wrapped module's "
+    "weights_sha256. The label gets ' + FILE' (' + FILE:CALLABLE' unless CALLABLE is 'wrap')."
 )
 
 
@@ -54,20 +72,61 @@ DATASETS = "cifar10, cifar100, svhn, synthetic or folder:PATH"
 
 @dataclass(frozen=True)
 class UserCode:
-    """Where a user callable came from: `path:callable` and the file's sha256."""
+    """Where a user callable came from: `path:callable` and the file's sha256, and what it
+    built: `weights_sha256` of the module its role produced (`state_dict_sha256`)."""
 
     path: str
     callable: str
     sha256: str
     role: str  # "model" or "wrap"
+    weights_sha256: str | None = None
 
     @property
     def spec(self) -> str:
         return f"{self.path}:{self.callable}"
 
+    @property
+    def short(self) -> str:
+        """How labels name the code: the file's stem and the callable, `net:build`."""
+        return f"{Path(self.path).stem}:{self.callable}"
+
     def to_dict(self) -> dict[str, str]:
         """The record results keep (`user_code:` of eval, attack and audit files)."""
-        return {"role": self.role, "file": self.path, "callable": self.callable, "sha256": self.sha256}
+        d = {"role": self.role, "file": self.path, "callable": self.callable, "sha256": self.sha256}
+        if self.weights_sha256 is not None:
+            d["weights_sha256"] = self.weights_sha256
+        return d
+
+
+def state_dict_sha256(module: nn.Module) -> str:
+    """sha256 over `module.state_dict()`: each entry's name, dtype, shape and bytes, in order.
+
+    Two modules with equal hashes hold the same parameters and buffers bit for bit, whatever
+    device they live on."""
+    h = hashlib.sha256()
+    for name, value in module.state_dict().items():
+        if not isinstance(value, torch.Tensor):  # `get_extra_state` may return anything
+            h.update(f"{name}\0extra\0{value!r}\0".encode())
+            continue
+        if isinstance(value, nn.parameter.UninitializedTensorMixin):  # lazy modules before use
+            h.update(f"{name}\0uninitialized\0".encode())
+            continue
+        t = value.detach()
+        h.update(f"{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
+        # Raw bytes of any dtype (bfloat16 and bool included) without going through numpy's types.
+        h.update(t.cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+@contextmanager
+def seeded_build(device: torch.device | str = "cpu") -> Iterator[None]:
+    """Run user code with torch seeded to 0, so random initialisation is reproducible, and
+    leave the caller's random state as it was (the CPU's and the target CUDA device's)."""
+    dev = torch.device(device)
+    cuda = [dev.index if dev.index is not None else torch.cuda.current_device()] if dev.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):
+        torch.manual_seed(0)
+        yield
 
 
 def parse_spec(spec: str, *, option: str) -> tuple[Path, str]:
@@ -139,11 +198,14 @@ def _call(fn: Any, code: UserCode, *args: Any) -> nn.Module:
     return out
 
 
-def load_user_model(spec: str, weights: str | Path | None = None) -> tuple[nn.Module, UserCode]:
-    """`--model FILE.py:CALLABLE`: the module `CALLABLE()` builds, in eval mode, with the
-    safetensors `weights` loaded into it when given (every key must match)."""
-    fn, code = load_callable(spec, option="--model")
-    model = _call(fn, code)
+def load_user_model(spec: str, weights: str | Path | None = None, *,
+                    device: torch.device | str = "cpu") -> tuple[nn.Module, UserCode]:
+    """`--model FILE.py:CALLABLE`: the module `CALLABLE()` builds (imported and built with torch
+    seeded to 0; `device` is where it will run, whose random state is kept too), in eval mode,
+    with the safetensors `weights` loaded into it when given (every key must match)."""
+    with seeded_build(device):
+        fn, code = load_callable(spec, option="--model")
+        model = _call(fn, code)
     if weights is not None:
         from advcli.checkpoint import load_tensors
 
@@ -156,13 +218,17 @@ def load_user_model(spec: str, weights: str | Path | None = None) -> tuple[nn.Mo
                 f"{sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}; save the module's "
                 "own state_dict with safetensors"
             )
-    return model.eval(), code
+    return model.eval(), replace(code, weights_sha256=state_dict_sha256(model))
 
 
-def wrap_model(model: nn.Module, spec: str) -> tuple[nn.Module, UserCode]:
-    """`--wrap FILE.py:CALLABLE`: `CALLABLE(model)`, in eval mode."""
-    fn, code = load_callable(spec, option="--wrap")
-    return _call(fn, code, model).eval(), code
+def wrap_model(model: nn.Module, spec: str, *,
+               device: torch.device | str = "cpu") -> tuple[nn.Module, UserCode]:
+    """`--wrap FILE.py:CALLABLE`: `CALLABLE(model)` (imported and built with torch seeded to 0,
+    as `load_user_model`), in eval mode."""
+    with seeded_build(device):
+        fn, code = load_callable(spec, option="--wrap")
+        wrapped = _call(fn, code, model)
+    return wrapped.eval(), replace(code, weights_sha256=state_dict_sha256(wrapped))
 
 
 @dataclass
@@ -203,19 +269,27 @@ class Target:
         return f"user:{user.spec}" if user is not None else self.meta.get("arch")
 
     def base_label(self) -> str:
-        """The checkpoint's label (or file stem, or the `--model` callable), before `--wrap`."""
+        """The label before `--wrap`: the checkpoint's (its metadata's label, else its file
+        stem), "Robust (model net:build)" when `--model` builds the module its weights go
+        into, and "net:build" for a `--model` without a checkpoint."""
         user = self.user_model
-        return str(self.meta.get("label") or (
-            self.checkpoint.name.removesuffix(".safetensors") if self.checkpoint is not None
-            else (user.callable if user is not None else "model")))
+        ckpt = self.meta.get("label") or (
+            self.checkpoint.name.removesuffix(".safetensors") if self.checkpoint is not None else None)
+        if user is None:
+            return str(ckpt or "model")
+        return f"{ckpt} (model {user.short})" if ckpt else user.short
 
     def label(self, override: str | None = None) -> str:
-        """`override`, else `base_label()` with " + DEFENCE" (the `--wrap` file's stem) when
-        wrapped, "Robust + quantize": the defence is part of what was measured."""
+        """`override`, else `base_label()` with " + DEFENCE" when wrapped: the defence is part of
+        what was measured. DEFENCE is the `--wrap` file's stem ("Robust + quantize") when the
+        callable has the conventional name `wrap`, else stem:callable ("Robust + quantize:coarse"),
+        so two defences of one file get two labels."""
         if override:
             return str(override)
-        if self.wrap is not None:
-            return f"{self.base_label()} + {Path(self.wrap.path).stem}"
+        wrap = self.wrap
+        if wrap is not None:
+            defence = Path(wrap.path).stem if wrap.callable == "wrap" else wrap.short
+            return f"{self.base_label()} + {defence}"
         return self.base_label()
 
     def user_code(self) -> list[dict[str, str]]:
@@ -236,7 +310,7 @@ def load_target(checkpoint: str | Path | LoadedCheckpoint | None, *, model: str 
 
     if model:
         path = None if checkpoint is None else Path(str(getattr(checkpoint, "path", checkpoint)))
-        base, code = load_user_model(model, weights=path)
+        base, code = load_user_model(model, weights=path, device=device)
         target = Target(model=base, base=base, meta=read_metadata(path) if path is not None else {},
                         checkpoint=path, sha256=sha256_file(path) if path is not None else None,
                         code=[code])
@@ -248,7 +322,7 @@ def load_target(checkpoint: str | Path | LoadedCheckpoint | None, *, model: str 
                         sha256=ckpt.sha256, code=[])
     target.base.to(device).eval()
     if wrap:
-        target.model, code = wrap_model(target.base, wrap)
+        target.model, code = wrap_model(target.base, wrap, device=device)
         target.code.append(code)
         target.model.to(device).eval()
     return target

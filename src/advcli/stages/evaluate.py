@@ -27,8 +27,10 @@ set, and the per-example worst case. Returns an `EvalResult`; writing it is the 
   checkpoint when given) and `.wrap` (`--wrap FILE.py:CALLABLE` around the loaded model) go
   through `advcli.models.user.load_target`; the result records their files' sha256 under
   `user_code`, the label names the defence ("Robust + quantize"), and a resume is refused when
-  the code's sha256 differs. PGD, AutoAttack and transfer attack the wrapped model, and the
-  clean flags they are ANDed with are the wrapped model's.
+  the code's sha256 or the sha256 of the weights it built differs (user code is built with
+  torch seeded to 0, so a module initialised at random is the same module every run). PGD,
+  AutoAttack and transfer attack the wrapped model, and the clean flags they are ANDed with
+  are the wrapped model's.
 - Chunks, kills and resume: PGD and AutoAttack run chunk by chunk (a chunk = --batch-size
   examples, seeded by its number alone), and every finished chunk is recorded in the progress
   file beside `-o` (`advcli.eval_progress`). `--resume` skips the recorded chunks, and since no
@@ -517,11 +519,15 @@ def _result_options(opts: EvalOptions, norm: Norm, eps_list: Sequence[Eps],
 
 
 def _user_code_identity(target: Target) -> dict[str, str]:
-    """What a resume checks of the user code: per role, the callable and the file's sha256
-    (not its path: the same file reached another way is the same code)."""
+    """What a resume checks of the user code: per role, the callable, the file's sha256 (not
+    its path: the same file reached another way is the same code) and the sha256 of the weights
+    it built (the file's sha256 cannot tell two builds apart when the code reads the
+    environment, another file or a module it imports)."""
     out: dict[str, str] = {}
     for c in target.code:
         out[f"{c.role}_callable"], out[f"{c.role}_sha256"] = c.callable, c.sha256
+        if c.weights_sha256 is not None:
+            out[f"{c.role}_weights_sha256"] = c.weights_sha256
     return out
 
 

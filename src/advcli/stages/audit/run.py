@@ -75,6 +75,7 @@ def _audit(checkpoint: str | Path | LoadedCheckpoint | None, opts: AuditOptions,
     if eps.value <= 0:
         raise UsageError("--eps must be > 0")
     if data is None:
+        target.require_dataset(opts.dataset)  # a usage error, as in eval and attack
         check_subset(opts.subset, opts.dataset or meta.get("dataset"))  # before loading it
         data = dataset_for_checkpoint(meta, name=target.name, dataset=opts.dataset, data_dir=opts.data_dir)
     split_x, split_y = data.split(opts.split)
