@@ -258,6 +258,45 @@ def test_aug_bug_full_runs_every_model_and_seed() -> None:
         assert len(published) == 6 and all((RECIPES / "aug-bug" / a).is_file() for a in published)
 
 
+def test_aug_bug_quick_trains_every_model_on_three_seeds() -> None:
+    trains = [w for w in _advcli_lines(_dry_run("aug-bug", "quick")) if w[1] in ("train", "adv-train")]
+    # Standard + L-inf robust, x 3 augment modes, x seeds 0, 1, 2 (issue: 3 seeds per model).
+    assert sorted((w[w.index("--label") + 1], w[w.index("--seed") + 1]) for w in trains) == sorted(
+        (label, str(seed)) for label in ("Standard", "Standard (augmentation)",
+                                         "Standard (fixed augmentation)", "Robust",
+                                         "Robust (augmentation)", "Robust (fixed augmentation)")
+        for seed in range(3))
+
+
+def test_aug_bug_builds_added_seeds_after_an_earlier_run(tmp_path: Path) -> None:
+    """A one-seed run's outputs, then `make quick` with 3 seeds: the missing models are built
+    (make treats a file only a pattern rule needs as intermediate and would skip it)."""
+    make = shutil.which("make")
+    if make is None:
+        pytest.skip("make is not installed")
+    out = tmp_path / "out"
+    first = subprocess.run([make, "-n", "--no-print-directory", "quick", "ADVCLI=advcli",
+                            f"OUT={out}", "SEEDS=0", "PAIR_SEEDS=0"],
+                           cwd=RECIPES / "aug-bug", capture_output=True, text=True, timeout=60)
+    assert first.returncode == 0, first.stderr
+    # Pretend the one-seed run happened: every output it names exists and is newer than the configs.
+    for words in _advcli_lines(first.stdout):
+        target = words[words.index("--out") + 1] if "--out" in words else None
+        if target:
+            Path(target).parent.mkdir(parents=True, exist_ok=True)
+            Path(target).write_text("x")
+    for name in ("check-loader.yaml", "table-linf.md"):
+        (out / name).write_text("x")
+    again = subprocess.run([make, "-n", "--no-print-directory", "quick", "ADVCLI=advcli",
+                            f"OUT={out}"],
+                           cwd=RECIPES / "aug-bug", capture_output=True, text=True, timeout=60)
+    assert again.returncode == 0, again.stderr
+    built = {w[w.index("--out") + 1] for w in _advcli_lines(again.stdout) if "--out" in w}
+    assert f"{out}/models/standard-none-s1.safetensors" in built
+    assert f"{out}/models/linf-none-s2.safetensors" in built
+    assert f"{out}/models/standard-none-s0.safetensors" not in built
+
+
 def test_landscape_dry_run_builds_static_sets_before_fine_tuning() -> None:
     cmds = _advcli_lines(_dry_run("landscape", "quick"))
     order = [(w[1], w[w.index("--out") + 1] if "--out" in w else "") for w in cmds]
