@@ -193,9 +193,9 @@ def _comparable(path: Path) -> dict:
 def decoded_once(synthetic_data, monkeypatch: pytest.MonkeyPatch) -> None:
     """The CLI runs in this process reuse the session's synthetic dataset (the checkpoint's
     own: synthetic, seed 0) instead of generating it again per run (seconds each)."""
-    from advcli.stages import evaluate
+    from advcli.data import for_checkpoint
 
-    monkeypatch.setattr(evaluate, "dataset_for_checkpoint", lambda *a, **k: synthetic_data)
+    monkeypatch.setattr(for_checkpoint, "dataset_for_checkpoint", lambda *a, **k: synthetic_data)
 
 
 @pytest.fixture

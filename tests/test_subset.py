@@ -31,10 +31,9 @@ def _run(*args: object, env: dict[str, str] | None = None):
 def decoded_once(synthetic_data, monkeypatch: pytest.MonkeyPatch) -> None:
     """CLI runs reuse the session's synthetic dataset (the tiny checkpoint's own)."""
     from advcli.data import for_checkpoint
-    from advcli.stages import evaluate, landscape
+    from advcli.stages import landscape
 
-    for module in (evaluate, for_checkpoint):
-        monkeypatch.setattr(module, "dataset_for_checkpoint", lambda *a, **k: synthetic_data)
+    monkeypatch.setattr(for_checkpoint, "dataset_for_checkpoint", lambda *a, **k: synthetic_data)
     monkeypatch.setattr(landscape, "dataset_for_checkpoints", lambda *a, **k: synthetic_data)
 
 

@@ -39,9 +39,7 @@ def decoded_once(synthetic_data, monkeypatch: pytest.MonkeyPatch) -> None:
     """The CLI runs reuse the session's synthetic dataset (the tiny checkpoint's own) instead of
     generating it again per run."""
     from advcli.data import for_checkpoint
-    from advcli.stages import evaluate
 
-    monkeypatch.setattr(evaluate, "dataset_for_checkpoint", lambda *a, **k: synthetic_data)
     monkeypatch.setattr(for_checkpoint, "dataset_for_checkpoint", lambda *a, **k: synthetic_data)
 
 

@@ -295,6 +295,29 @@ class Target:
     def user_code(self) -> list[dict[str, str]]:
         return [c.to_dict() for c in self.code]
 
+    def examples(self, *, dataset: str | None, data_dir: str | None, split: str, n: int | None,
+                 seed: int, subset: Any, device: torch.device | str, data: Any = None,
+                 check_output: bool = False) -> tuple[Any, torch.Tensor]:
+        """(data, index): what `eval`, `attack` and `audit` measure on. `data` (an ImageData)
+        when given, else the dataset `dataset` or the checkpoint names (a usage error when
+        neither does, or when `subset` cannot apply to it, before anything is loaded); `index`
+        = the examples of `split` that `n`, `seed` and `subset` choose. User code (and any
+        model, with `check_output`) must return logits for them: one forward pass on two."""
+        from advcli.data import test_subset, to_float
+        from advcli.data.datasets import check_subset
+        from advcli.data.for_checkpoint import dataset_for_checkpoint
+
+        if data is None:
+            self.require_dataset(dataset)
+            check_subset(subset, dataset or self.meta.get("dataset"))
+            data = dataset_for_checkpoint(self.meta, name=self.name, dataset=dataset, data_dir=data_dir)
+        xs, ys = data.split(split)
+        index = test_subset(ys, n, seed=seed, subset=subset, dataset=data.name)
+        if (self.code or check_output) and len(index):
+            name = self.code[-1].spec if self.code else self.name
+            check_logits(self.model, to_float(xs[index[:2]]).to(device), data.num_classes, name)
+        return data, index
+
     def require_dataset(self, dataset: str | None) -> None:
         """A UsageError when neither `dataset` nor the checkpoint's metadata names the data
         (a `--model` without weights, or weights saved outside advcli)."""

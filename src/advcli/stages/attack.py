@@ -48,7 +48,7 @@ from advcli.attacks import ROBUST_RULES, AttackSpec, attack_record, build_attack
 from advcli.attacks.base import attack_mode, full_precision, lp_norms
 from advcli.checkpoint import LoadedCheckpoint
 from advcli.data import to_float
-from advcli.data.datasets import Subset, check_subset
+from advcli.data.datasets import Subset
 from advcli.errors import UsageError
 from advcli.io import plain
 from advcli.progress import NullReporter, Reporter
@@ -271,9 +271,7 @@ def attack_checkpoint(
 
     `data` (an `advcli.data.ImageData`) skips loading the dataset (tests, notebooks).
     """
-    from advcli.data import test_subset
-    from advcli.data.for_checkpoint import dataset_for_checkpoint
-    from advcli.models.user import check_logits, load_target
+    from advcli.models.user import load_target
     from advcli.provenance import provenance
     from advcli.results import index_sha256, trained_with_text
 
@@ -281,15 +279,11 @@ def attack_checkpoint(
     meta = target.meta
     ckpt_label = target.base_label()
     trained_with = trained_with_text(meta.get("threat_model"))
-    if data is None:
-        target.require_dataset(opts.dataset)
-        check_subset(opts.subset, opts.dataset or meta.get("dataset"))  # before loading it
-        data = dataset_for_checkpoint(meta, name=target.name, dataset=opts.dataset, data_dir=opts.data_dir)
+    data, index = target.examples(dataset=opts.dataset, data_dir=opts.data_dir, split=opts.split,
+                                  n=opts.n, seed=opts.seed, subset=opts.subset, device=device,
+                                  data=data)
     xs, ys = data.split(opts.split)
-    index = test_subset(ys, opts.n, opts.seed, opts.subset, dataset=data.name)
     x, y = xs[index], ys[index]
-    if target.code and len(y):
-        check_logits(target.model, to_float(x[:2]).to(device), data.num_classes, target.code[-1].spec)
 
     outcome = run_attack(target.model, x, y, opts.spec, index=index, batch_size=opts.batch_size,
                          seed=opts.seed, device=device, reporter=reporter)

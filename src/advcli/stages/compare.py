@@ -561,7 +561,8 @@ def _one_code_per_checkpoint(groups: Sequence[_Group]) -> None:
                 "different labels (eval --label)")
 
 
-def _unstated_notes(groups: Sequence[_Group]) -> list[str]:
+def _group_notes(groups: Sequence[_Group]) -> list[str]:
+    """The rows' notes: clean accuracies that disagreed, then published rows' unstated values."""
     conflicts = [n for g in groups for n in g.notes]
     return conflicts + _published_notes(groups)
 
@@ -742,7 +743,7 @@ def build_table(
              else "Clean and robust test error")
     return CompareTable(title=title, row_header="Model", columns=columns, rows=rows,
                         metric=metric, alpha=alpha, show_ci=ci,
-                        notes=_unstated_notes(ordered) + _citation_notes(rows))
+                        notes=_group_notes(ordered) + _citation_notes(rows))
 
 
 def _summary_examples(s: AttackSummary) -> tuple[Any, Any, Any, Any, None]:
@@ -815,7 +816,7 @@ def build_matrix(
         title=f"{what} (%): trained with (rows) × attacked with (columns)",
         row_header="Trained with", columns=columns, rows=rows, kind=TableKind.matrix,
         metric=metric, alpha=alpha, show_ci=ci,
-        notes=_unstated_notes(ordered) + _citation_notes(rows),
+        notes=_group_notes(ordered) + _citation_notes(rows),
     )
 
 

@@ -64,11 +64,10 @@ from advcli.advset import AdvSet, AdvSetError, load_adv_set
 from advcli.attacks.base import Keep, attack_mode, full_precision
 from advcli.checkpoint import LoadedCheckpoint
 from advcli.config import DEFAULT_EPS, Eps, Norm, parse_choice, parse_eps
-from advcli.data.datasets import Subset, check_subset
-from advcli.data.for_checkpoint import dataset_for_checkpoint
+from advcli.data.datasets import Subset
 from advcli.errors import AdvcliError, UsageError
 from advcli.eval_progress import ChunkRecord, EvalProgress, start_progress
-from advcli.models.user import Target, check_logits, load_target
+from advcli.models.user import Target, load_target
 from advcli.progress import NullReporter, Reporter
 from advcli.provenance import provenance
 from advcli.results import (
@@ -533,24 +532,18 @@ def _user_code_identity(target: Target) -> dict[str, str]:
 
 def _setup(checkpoint: str | Path | LoadedCheckpoint | None, opts: EvalOptions,
            device: torch.device, reporter: Reporter, data: Any) -> _Setup:
-    from advcli.data import test_subset, to_float
+    from advcli.data import to_float
 
     target = load_target(checkpoint, model=opts.model, wrap=opts.wrap, device=device)
-    meta = target.meta
-    if data is None:
-        check_subset(opts.subset, opts.dataset or meta.get("dataset"))  # before loading the data
-    norm, eps_list, eps_source = resolve_threat(meta, opts.norm, opts.eps)
+    norm, eps_list, eps_source = resolve_threat(target.meta, opts.norm, opts.eps)
+    data, idx = target.examples(dataset=opts.dataset, data_dir=opts.data_dir, split=opts.split,
+                                n=opts.n, seed=opts.seed, subset=opts.subset, device=device,
+                                data=data)
     if opts.pgd or opts.autoattack:
         reporter.log(f"threat model {norm.value} eps {', '.join(e.text for e in eps_list)} "
                      f"({eps_source})")
-    if data is None:
-        target.require_dataset(opts.dataset)
-        data = dataset_for_checkpoint(meta, name=target.name, dataset=opts.dataset, data_dir=opts.data_dir)
     split_x, split_y = data.split(opts.split)
-    idx = test_subset(split_y, opts.n, seed=opts.seed, subset=opts.subset, dataset=data.name)
     x, y = to_float(split_x[idx]), split_y[idx].long()
-    if target.code and len(y):
-        check_logits(target.model, x[:2].to(device), data.num_classes, target.code[-1].spec)
     ihash = index_sha256(idx.numpy())
     esha = examples_sha256(split_x[idx], y)
     fingerprint: dict[str, Any] = {

@@ -53,9 +53,8 @@ def run_audit(
 
 def _audit(checkpoint: str | Path | LoadedCheckpoint | None, opts: AuditOptions, device: torch.device,
            reporter: Reporter, data: Any) -> AuditResult:
-    from advcli.data import test_subset, to_float
-    from advcli.data.datasets import Subset, check_subset
-    from advcli.data.for_checkpoint import dataset_for_checkpoint
+    from advcli.data import to_float
+    from advcli.data.datasets import Subset
     from advcli.provenance import provenance
     from advcli.results import DataInfo, ModelInfo, index_sha256, trained_with_text
     from advcli.stages.evaluate import examples_sha256, resolve_threat
@@ -74,14 +73,11 @@ def _audit(checkpoint: str | Path | LoadedCheckpoint | None, opts: AuditOptions,
     eps = eps_list[0]
     if eps.value <= 0:
         raise UsageError("--eps must be > 0")
-    if data is None:
-        target.require_dataset(opts.dataset)  # a usage error, as in eval and attack
-        check_subset(opts.subset, opts.dataset or meta.get("dataset"))  # before loading it
-        data = dataset_for_checkpoint(meta, name=target.name, dataset=opts.dataset, data_dir=opts.data_dir)
+    data, idx = target.examples(dataset=opts.dataset, data_dir=opts.data_dir, split=opts.split,
+                                n=opts.n, seed=opts.seed, subset=opts.subset, device=device,
+                                data=data, check_output=True)
     split_x, split_y = data.split(opts.split)
-    idx = test_subset(split_y, opts.n, seed=opts.seed, subset=opts.subset, dataset=data.name)
     x, y = to_float(split_x[idx]), split_y[idx].long()
-    check_logits(model, x[:2].to(device), data.num_classes, target.code[-1].spec if target.code else target.name)
     reporter.log(f"audit: {norm.value} eps {eps.text} ({eps_source}), {len(y)} examples of "
                  f"{data.name}/{opts.split}, checks {', '.join(c.value for c in opts.checks)}")
 
