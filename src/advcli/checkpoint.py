@@ -39,7 +39,7 @@ def model_metadata(
     input_shape: list[int] | tuple[int, ...] = (3, 32, 32),
     **extra: Any,
 ) -> dict[str, Any]:
-    from advcli.provenance import git_sha, versions
+    from advcli.provenance import git_sha, machine, versions
 
     meta: dict[str, Any] = {
         "schema": SCHEMA,
@@ -51,6 +51,7 @@ def model_metadata(
         "std": [float(v) for v in std],
         "versions": versions(),
         "git_sha": git_sha(),
+        "machine": machine(),
     }
     meta.update({k: v for k, v in extra.items() if v is not None})
     return meta
