@@ -505,3 +505,38 @@ def test_compare_prints_the_articles_errors_back(tmp_path: Path) -> None:
     for row in src["rows"]:
         assert got[f"{row['model']} PGD-AT (published)"] == [
             f"{row['clean']:.2f}", f"{row['pgd10']:.2f}", f"{row['autoattack']:.2f}"]
+
+
+# --------------------------------------------------------------------------- speedrun
+
+def test_speedrun_quick_trains_two_seeds_evaluates_audits_and_compares() -> None:
+    cmds = _advcli_lines(_dry_run("speedrun", "quick"))
+    assert cmds[-1][1] == "compare"
+    configs = set()
+    for words in cmds:
+        assert "--config" in words, words
+        cfg = words[words.index("--config") + 1]
+        assert _stage_of(RECIPES / "speedrun" / cfg) == words[1], words
+        configs.add(cfg)
+    assert configs == {f"quick/{p.name}" for p in (RECIPES / "speedrun" / "quick").glob("*.yaml")} | {"compare.yaml"}
+    trains = [w for w in cmds if w[1] == "adv-train"]
+    assert [w[w.index("--seed") + 1] for w in trains] == ["0", "1"]  # the headline is two seeds
+    audits = {w[2]: w[w.index("--surrogate") + 1] for w in cmds if w[1] == "audit"}
+    # Each seed's model is audited, with the other seed's model as the transfer surrogate.
+    assert audits == {"out/quick/models/s0.safetensors": "out/quick/models/s1.safetensors",
+                      "out/quick/models/s1.safetensors": "out/quick/models/s0.safetensors"}
+    evals = [w for w in cmds if w[1] == "eval"]
+    assert len(evals) == 3  # two seeds on 1,000 images, standard AutoAttack on 200 for seed 0
+    compared = cmds[-1][cmds[-1].index("markdown") + 1:]
+    assert sorted(compared) == sorted(w[w.index("--out") + 1] for w in evals + [a for a in cmds if a[1] == "audit"])
+
+
+def test_speedrun_method_stays_out_of_the_other_recipes() -> None:
+    # The other recipes reproduce their own studies: speed-only options may go in (threads, data
+    # path, compile), the speed run's method changes (N-FGSM, weight averaging, ResNet-9) may not.
+    for study in STUDIES:
+        for path in sorted((RECIPES / study).rglob("*.yaml")):
+            values = load_config_file(path)
+            assert values.get("attack") != "n-fgsm", path
+            assert "ema" not in values, path
+            assert not str(values.get("arch", "")).startswith("resnet9"), path
