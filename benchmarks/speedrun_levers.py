@@ -28,9 +28,11 @@ COMMON = ["--val-split", "5000", "--batch-size", "256", "--lr", "0.2", "--augmen
 # name -> (what it tests, options beyond COMMON). --val-every = --epochs: validation after the last epoch.
 LEVERS: dict[str, tuple[str, list[str]]] = {
     "w16-e10": ("resnet9-w16, FGSM-RS, 10 epochs", ["--arch", "resnet9-w16", "--epochs", "10", "--attack", "fgsm-rs"]),
-    "w24-e5": ("resnet9-w24, FGSM-RS, 5 epochs (same time)", ["--arch", "resnet9-w24", "--epochs", "5", "--attack", "fgsm-rs"]),
+    "w24-e5": ("resnet9-w24, FGSM-RS, 5 epochs (same time)",
+               ["--arch", "resnet9-w24", "--epochs", "5", "--attack", "fgsm-rs"]),
     "w24-e10": ("resnet9-w24, FGSM-RS, 10 epochs", ["--arch", "resnet9-w24", "--epochs", "10", "--attack", "fgsm-rs"]),
-    "w16-e20": ("resnet9-w16, FGSM-RS, 20 epochs (same time)", ["--arch", "resnet9-w16", "--epochs", "20", "--attack", "fgsm-rs"]),
+    "w16-e20": ("resnet9-w16, FGSM-RS, 20 epochs (same time)",
+                ["--arch", "resnet9-w16", "--epochs", "20", "--attack", "fgsm-rs"]),
     "w16-e10-nfgsm": ("resnet9-w16, N-FGSM (noise 2·eps, step eps), 10 epochs",
                       ["--arch", "resnet9-w16", "--epochs", "10", "--attack", "n-fgsm"]),
     "w16-e10-ema": ("resnet9-w16, FGSM-RS, --ema 0.99, 10 epochs",
@@ -53,7 +55,8 @@ def run(name: str, out: Path, advcli: list[str], data: str) -> None:
     if ckpt.exists():
         return
     options = LEVERS[name][1]
-    cmd = [*advcli, "adv-train", "--dataset", data, *COMMON, *options, "--val-every", _epochs(options), "--out", str(ckpt)]
+    cmd = [*advcli, "adv-train", "--dataset", data, *COMMON, *options,
+           "--val-every", _epochs(options), "--out", str(ckpt)]
     print("+", " ".join(cmd), flush=True)
     subprocess.run(cmd, check=True)
 

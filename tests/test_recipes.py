@@ -518,7 +518,8 @@ def test_speedrun_quick_trains_two_seeds_evaluates_audits_and_compares() -> None
         cfg = words[words.index("--config") + 1]
         assert _stage_of(RECIPES / "speedrun" / cfg) == words[1], words
         configs.add(cfg)
-    assert configs == {f"quick/{p.name}" for p in (RECIPES / "speedrun" / "quick").glob("*.yaml")} | {"compare.yaml"}
+    assert configs == ({f"quick/{p.name}" for p in (RECIPES / "speedrun" / "quick").glob("*.yaml")}
+                       | {"compare.yaml", "compare-aa.yaml"})
     trains = [w for w in cmds if w[1] == "adv-train"]
     assert [w[w.index("--seed") + 1] for w in trains] == ["0", "1"]  # the headline is two seeds
     audits = {w[2]: w[w.index("--surrogate") + 1] for w in cmds if w[1] == "audit"}
@@ -527,8 +528,11 @@ def test_speedrun_quick_trains_two_seeds_evaluates_audits_and_compares() -> None
                       "out/quick/models/s1.safetensors": "out/quick/models/s0.safetensors"}
     evals = [w for w in cmds if w[1] == "eval"]
     assert len(evals) == 3  # two seeds on 1,000 images, standard AutoAttack on 200 for seed 0
-    compared = cmds[-1][cmds[-1].index("markdown") + 1:]
+    # Every result and audit is compared; standard AutoAttack (200 images) in its own call.
+    compares = [w for w in cmds if w[1] == "compare"]
+    compared = [f for w in compares for f in w if f.endswith(".yaml") and not f.startswith("compare")]
     assert sorted(compared) == sorted(w[w.index("--out") + 1] for w in evals + [a for a in cmds if a[1] == "audit"])
+    assert [f for f in compared if f.endswith("-aa.yaml")] == [f for f in compares[0][4:] if f.endswith(".yaml")]
 
 
 def test_speedrun_method_stays_out_of_the_other_recipes() -> None:
