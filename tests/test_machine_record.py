@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 
 from advcli.checkpoint import read_metadata
 from advcli.cli.app import app
-from advcli.provenance import cpu_model, machine, provenance
+from advcli.provenance import cpu_model, cpu_model_from, machine, provenance
 
 runner = CliRunner()
 
@@ -20,6 +20,14 @@ def test_machine_names_the_cpu_and_the_thread_count(monkeypatch):
     assert isinstance(info["cpu"], str) and info["cpu"] and info["cpu"] == cpu_model()
     assert info["cpu_count"] is None or info["cpu_count"] >= 1
     assert provenance(0)["machine"]["torch_threads"] == 3
+
+
+def test_the_cpu_model_is_read_from_cpuinfo_on_x86_and_arm():
+    x86 = "processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel\t\t: 17\nmodel name\t: AMD EPYC 9R14\nflags\t: avx\n"
+    assert cpu_model_from(x86) == "AMD EPYC 9R14"  # not the numeric `model` line
+    assert cpu_model_from("processor\t: 0\nBogoMIPS\t: 50.00\n\nModel\t: Raspberry Pi 4 Model B\n") == (
+        "Raspberry Pi 4 Model B")
+    assert cpu_model_from("processor\t: 0\nmodel name\t:\n") is None  # empty: fall back to platform
 
 
 def test_a_training_checkpoint_records_its_machine_and_training_time(tmp_path):

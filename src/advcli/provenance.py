@@ -42,17 +42,23 @@ def versions() -> dict[str, str]:
     }
 
 
+def cpu_model_from(cpuinfo: str) -> str | None:
+    """The model name in a /proc/cpuinfo text (x86 `model name`, ARM `Model`/`Hardware`)."""
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("model name", "Model", "Hardware") and value.strip():
+            return value.strip()
+    return None
+
+
 @lru_cache(maxsize=1)
 def cpu_model() -> str:
     """The CPU's model name (Linux /proc/cpuinfo; else what the platform module reports)."""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() in ("model name", "Model", "Hardware") and value.strip():
-                return value.strip()
+        name = cpu_model_from(Path("/proc/cpuinfo").read_text())
     except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown"
+        name = None
+    return name or platform.processor() or platform.machine() or "unknown"
 
 
 def machine() -> dict[str, Any]:
