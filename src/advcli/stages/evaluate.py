@@ -348,6 +348,9 @@ def clean_images_of(adv: AdvSet, data: Any, split: str) -> torch.Tensor:
     if not torch.equal(ys[index].to(torch.int64), adv.y.to(torch.int64)):
         raise AdvSetError(f"the labels in {str(adv.path)!r} differ from {data.name}/{split} at its "
                           "indices; it was made from other data (re-create it with `advcli attack`)")
+    if list(adv.x_adv.shape[1:]) != list(xs.shape[1:]):
+        raise AdvSetError(f"{str(adv.path)!r} holds images of shape {list(adv.x_adv.shape[1:])} but "
+                          f"{data.name} has {list(xs.shape[1:])}; it was made from other data")
     return to_float(xs[index])
 
 
@@ -600,11 +603,13 @@ def run_eval(
     st = _setup(checkpoint, opts, device, reporter, data)
     target, meta, data, y, ihash = st.target, st.target.meta, st.data, st.y, st.ihash
     adv = None if opts.adv_data is None else load_adv_set(opts.adv_data, dataset=data.name)
+    # Checked against the data before the first attack, so a foreign set costs no run.
+    adv_clean = None if adv is None else clean_images_of(adv, data, opts.split)
     progress = _progress_on_every_rank(opts, st.fingerprint)
     entries = evaluate(target.model, st.x, y, norm=st.norm, eps_list=st.eps_list, opts=opts,
                        device=device, reporter=reporter, progress=progress)
-    if adv is not None:
-        entry = transfer_entry(target.model, adv, clean_images_of(adv, data, opts.split),
+    if adv is not None and adv_clean is not None:
+        entry = transfer_entry(target.model, adv, adv_clean,
                                batch_size=opts.batch_size, device=device)
         if entry.index_sha256 == ihash:
             entry.index_sha256 = None  # the same examples as the rest of the file

@@ -42,7 +42,7 @@ import torch
 import yaml
 from torch import nn
 
-from advcli.advset import load_adv_set
+from advcli.advset import AdvSet, AdvSetError, load_adv_set
 from advcli.attacks import AttackSpec, attack_record, build_attack
 from advcli.checkpoint import LoadedCheckpoint, load_checkpoint
 from advcli.data import ImageData, test_subset, to_float
@@ -380,6 +380,7 @@ def _subset(
         return _Subset(to_float(images.test_x[index]), y, None, attack, record)
 
     adv = load_adv_set(opts.adv_data)
+    _check_adv_fits(adv, loaded)
     made_by = adv.attack.get("name")
     if opts.data != "clean" and made_by and made_by != opts.data:
         raise UsageError(
@@ -409,6 +410,22 @@ def _subset(
         },
     }
     return _Subset(adv.x_adv[:k].float(), adv.y[:k], bn_x, None, record)
+
+
+def _check_adv_fits(adv: AdvSet, loaded: Sequence[LoadedCheckpoint]) -> None:
+    """The fixed set's images and labels must be what every checkpoint takes: checked from the
+    metadata, before the first point is computed."""
+    shape = list(adv.x_adv.shape[1:])
+    labels = int(adv.y.max()) + 1 if len(adv.y) else 0
+    for c in loaded:
+        want = c.meta.get("input_shape")
+        if want and list(want) != shape:
+            raise AdvSetError(f"--adv-data {str(adv.path)!r} holds images of shape {shape} but {str(c.path)!r} "
+                              f"expects {list(want)}; make the set from the checkpoints' data")
+        classes = int(c.meta.get("num_classes", labels))
+        if labels > classes:
+            raise AdvSetError(f"--adv-data {str(adv.path)!r} has labels up to {labels - 1} but {str(c.path)!r} "
+                              f"has {classes} classes; make the set from the checkpoints' data")
 
 
 def _directions(
@@ -494,8 +511,9 @@ def run_landscape(
         c if isinstance(c, LoadedCheckpoint) else load_checkpoint(c, device) for c in checkpoints
     ]
     warnings: list[str] = []
-    subset = _subset(loaded, opts, data, warnings)
+    # The directions file is read before the data is loaded: a bad file costs a second.
     directions_for, directions_record, new, seeds = _directions(loaded, opts, warnings)
+    subset = _subset(loaded, opts, data, warnings)
     result = compute_landscapes(
         list(zip(checkpoint_labels(loaded), [c.model for c in loaded], strict=True)),
         subset.x,

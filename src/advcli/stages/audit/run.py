@@ -22,7 +22,8 @@ from torch import nn
 
 from advcli.audit_file import AuditResult, CheckResult
 from advcli.checkpoint import LoadedCheckpoint, load_checkpoint
-from advcli.errors import UsageError
+from advcli.data.for_checkpoint import check_fits
+from advcli.errors import CheckpointError, UsageError
 from advcli.models.user import check_logits, load_target
 from advcli.progress import NullReporter, Reporter
 from advcli.stages.audit import black_box, convergence, curve, gradients, precision, single_step, transfer
@@ -68,6 +69,8 @@ def _audit(checkpoint: str | Path | LoadedCheckpoint | None, opts: AuditOptions,
     if opts.amp == "fp16" and device.type != "cuda" and CheckName.precision in opts.checks:
         raise UsageError("--amp fp16 needs a CUDA device (--device cuda); use --amp bf16 on the CPU")
     target = load_target(checkpoint, model=opts.model, wrap=opts.wrap, device=device)
+    # Every input is read before the first attack: a bad surrogate costs a second, not the audit.
+    surrogate = _load_surrogate(opts, device)
     base, model, meta = target.base, target.model, target.meta
     norm, eps_list, eps_source = resolve_threat(meta, opts.norm, [opts.eps] if opts.eps else None)
     eps = eps_list[0]
@@ -78,6 +81,8 @@ def _audit(checkpoint: str | Path | LoadedCheckpoint | None, opts: AuditOptions,
                                 data=data, check_output=True)
     split_x, split_y = data.split(opts.split)
     x, y = to_float(split_x[idx]), split_y[idx].long()
+    if surrogate is not None:
+        _check_surrogate(surrogate, data, x[:2].to(device))
     reporter.log(f"audit: {norm.value} eps {eps.text} ({eps_source}), {len(y)} examples of "
                  f"{data.name}/{opts.split}, checks {', '.join(c.value for c in opts.checks)}")
 
@@ -97,7 +102,7 @@ def _audit(checkpoint: str | Path | LoadedCheckpoint | None, opts: AuditOptions,
         if check not in opts.checks:
             continue
         if check is CheckName.transfer:
-            res = transfer.run(ctx, _surrogates(opts, ctx, data, device))
+            res = transfer.run(ctx, _surrogates(surrogate, ctx))
         else:
             res = {CheckName.gradients: gradients.run, CheckName.curve: curve.run,
                    CheckName.single_step: single_step.run, CheckName.convergence: convergence.run,
@@ -131,11 +136,25 @@ def _audit(checkpoint: str | Path | LoadedCheckpoint | None, opts: AuditOptions,
     )
 
 
-def _surrogates(opts: AuditOptions, ctx: AuditContext, data: Any, device: torch.device) -> dict[str, nn.Module]:
+def _load_surrogate(opts: AuditOptions, device: torch.device) -> LoadedCheckpoint | None:
+    if opts.surrogate is None or CheckName.transfer not in opts.checks:
+        return None
+    try:
+        return load_checkpoint(opts.surrogate, device)
+    except CheckpointError as exc:
+        raise CheckpointError(f"--surrogate: {exc}") from exc
+
+
+def _check_surrogate(sur: LoadedCheckpoint, data: Any, x: torch.Tensor) -> None:
+    """The surrogate must fit the audited data: from its metadata, then one forward pass."""
+    hint = "pass a --surrogate trained on the audited data"
+    check_fits(sur.meta, str(sur.path), data, hint=hint)
+    check_logits(sur.model, x, data.num_classes, f"--surrogate {str(sur.path)!r}")
+
+
+def _surrogates(sur: LoadedCheckpoint | None, ctx: AuditContext) -> dict[str, nn.Module]:
     out: dict[str, nn.Module] = {}
-    if opts.surrogate is not None:
-        sur = load_checkpoint(opts.surrogate, device)
-        check_logits(sur.model, ctx.x[:2].to(device), data.num_classes, str(opts.surrogate))
+    if sur is not None:
         out[f"surrogate {sur.path.name}"] = sur.model
     if ctx.base is not None:
         out["unwrapped model (BPDA)"] = ctx.base
