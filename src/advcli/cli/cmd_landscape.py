@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
-from advcli.cli import render
+from advcli.cli import common, render
 from advcli.cli.common import CONFIG_HELP, DEVICE_HELP, FORMAT_HELP, FORMATS, handle_errors, resolve_options
 from advcli.config import DEFAULT_EPS, Norm, parse_choice, parse_eps
 from advcli.data.datasets import SUBSET_HELP, Subset
@@ -105,6 +105,7 @@ def landscape(
     data_dir: Annotated[str | None, typer.Option(
         "--data-dir", help="Where torchvision datasets live.")] = None,
     device: Annotated[str, typer.Option("--device", help=DEVICE_HELP)] = "auto",
+    channels_last: Annotated[bool | None, common.channels_last_option("on on the CPU")] = None,
     out: Annotated[Path, typer.Option(
         "--out", help="YAML file of the grid and flatness numbers (read by `advcli compare`).")
     ] = Path("landscape.yaml"),
@@ -182,6 +183,7 @@ def landscape_options(opts: dict[str, Any]) -> tuple[Any, str]:
         hessian_iterations=int(opts["hessian_iters"]),
         batch_size=int(opts["batch_size"]),
         attack_seed=int(opts["seed"]),
+        channels_last=opts.get("channels_last"),
     )
     settings.check()
     spec = None

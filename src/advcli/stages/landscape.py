@@ -68,6 +68,7 @@ from advcli.landscape.grid import (
     evaluate_grid,
     fast_layout,
     make_batches,
+    use_fast_layout,
 )
 from advcli.progress import NullReporter, Reporter
 from advcli.provenance import provenance
@@ -93,6 +94,11 @@ class LandscapeSettings:
     attack_seed: int = 0
     # Evaluate a BatchNorm-folded copy where that computes the same function (faster).
     fold_bn: bool = True
+    channels_last: bool | None = None  # NHWC model and inputs; None = on the CPU only
+
+    def layout(self, device: torch.device) -> bool:
+        """Whether the landscape runs in channels_last on `device`."""
+        return use_fast_layout(device, self.channels_last)
 
     def check(self) -> None:
         if self.dim not in (1, 2):
@@ -167,13 +173,14 @@ def compute_landscape(
     rep = reporter or NullReporter()
     start = time.perf_counter()
     coords = settings.coords()
-    batches = make_batches(x, y, settings.batch_size, device)
+    cl = settings.layout(device)
+    batches = make_batches(x, y, settings.batch_size, device, cl)
     bn_batches = None
     if bn_x is not None:
         # Labels are not used to re-estimate statistics.
         no_labels = torch.zeros(len(bn_x), dtype=torch.int64)
-        bn_batches = make_batches(bn_x, no_labels, settings.batch_size, device)
-    with fast_layout(model, device):
+        bn_batches = make_batches(bn_x, no_labels, settings.batch_size, device, cl)
+    with fast_layout(model, device, cl):
         # Same function, fewer passes: evaluate a BatchNorm-folded copy when only conv/linear
         # weights move and the statistics are frozen (see advcli.landscape.fold).
         folded = None
@@ -522,7 +529,8 @@ def run_landscape(
         ],
         data=subset.record,
         directions=directions_record,
-        provenance=provenance(opts.seed, {"device": str(device)}),
+        provenance=provenance(opts.seed, {"device": str(device),
+                                          "channels_last": opts.settings.layout(device)}),
         warnings=warnings,
         new_directions=new,
         new_directions_meta={"seed": opts.directions_seed, "arch": loaded[0].meta.get("arch")},
