@@ -42,8 +42,10 @@ EVALUATES = ["view_flatten", "functional_inplace", "norm_first", "norm_in_forwar
 def decoded_once(synthetic_data, monkeypatch: pytest.MonkeyPatch) -> None:
     """`--dataset synthetic` reuses the session's synthetic data instead of generating it."""
     from advcli.data import for_checkpoint
+    from advcli.stages import landscape
 
     monkeypatch.setattr(for_checkpoint, "dataset_for_checkpoint", lambda *a, **k: synthetic_data)
+    monkeypatch.setattr(landscape, "dataset_for_checkpoints", lambda *a, **k: synthetic_data)
 
 
 def _run(*args: object):
@@ -133,7 +135,7 @@ def test_eval_flags_equal_the_authors_standard_autoattack(tmp_path, synthetic_da
     ("tuple_out", "returned tuple of 2 tensors"),
     ("dict_out", "returned dict with keys 'logits', 'features'"),
 ])
-@pytest.mark.parametrize("command", ["eval", "attack", "audit"])
+@pytest.mark.parametrize("command", ["eval", "attack", "audit", "landscape"])
 def test_outputs_other_than_logits_are_refused(tmp_path, decoded_once, command, name, what) -> None:
     out = tmp_path / ("adv.safetensors" if command == "attack" else "out.yaml")
     r = _run(command, "--model", f"{MODELS}:{name}", "--dataset", "synthetic", "--n", 8,
@@ -197,6 +199,7 @@ SPY_RUNS = {
              "--aa-attacks", "apgd-ce", "--aa-restarts", "1", "--batch-size", "8", "-q"],
     "attack": ["--steps", "2", "--batch-size", "8"],
     "audit": ["--checks", "gradients,curve", "--curve-steps", "2", "--batch-size", "8"],
+    "landscape": ["--points", "3", "--batch-size", "8", "--data", "pgd", "--steps", "2"],
 }
 
 

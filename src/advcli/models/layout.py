@@ -35,7 +35,8 @@ def use_channels_last(option: bool | None, *, outside: bool) -> bool:
 def model_layout(model: nn.Module, channels_last: bool) -> Iterator[nn.Module]:
     """`model` with its 4-D parameters and buffers in channels_last for the duration (when
     asked); afterwards each holds its original storage again, with any values written meanwhile
-    copied back into it. A RuntimeError inside becomes a one-line error naming the option."""
+    copied back into it. `.view` failing on an NHWC tensor becomes a one-line error naming
+    the option."""
     converted: list[tuple[torch.Tensor, torch.Tensor]] = []
     if channels_last:
         for t in chain(model.parameters(), model.buffers()):
@@ -45,12 +46,12 @@ def model_layout(model: nn.Module, channels_last: bool) -> Iterator[nn.Module]:
     try:
         yield model
     except RuntimeError as exc:
-        if not channels_last:
+        if not channels_last or "view size is not compatible" not in str(exc):
             raise
-        # Most often `.view` on an NHWC tensor in the model's own code: say which option did it.
-        raise AdvcliError(f"the model raised RuntimeError under --channels-last: {exc} "
+        # `.view` on an NHWC tensor in the model's own code: say which option did it.
+        raise AdvcliError(f"the model's forward failed in channels_last memory format: {exc} "
                           "(--channels-last changes the memory format of the model and its "
-                          "inputs; drop it for code that flattens with .view)") from exc
+                          "inputs; run with --no-channels-last)") from exc
     finally:
         for t, original in reversed(converted):
             original.copy_(t.data)

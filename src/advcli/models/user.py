@@ -361,16 +361,18 @@ def load_target(checkpoint: str | Path | LoadedCheckpoint | None, *, model: str 
     return target
 
 
-def check_logits(model: nn.Module, x: torch.Tensor, num_classes: int, name: str) -> None:
+def check_logits(model: nn.Module, x: torch.Tensor, num_classes: int | None, name: str) -> None:
     """One forward pass on `x` in eval mode (each module's flag restored after): user code must
-    return logits [len(x), num_classes]."""
+    return logits [len(x), num_classes] (None: any number of columns)."""
     from advcli.attacks.base import attack_mode
 
     with attack_mode(model), torch.no_grad():
         out = model(x)
-    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape != (len(x), num_classes):
+    classes = num_classes if num_classes is not None else "classes"
+    if (not isinstance(out, torch.Tensor) or out.dim() != 2 or len(out) != len(x)
+            or (num_classes is not None and out.shape[1] != num_classes)):
         raise AdvcliError(f"{name} returned {describe_output(out)} for {len(x)} images; it must "
-                          f"return logits [N, {num_classes}] (one row per image, one column per "
+                          f"return logits [N, {classes}] (one row per image, one column per "
                           "class), not a tuple or dict of outputs")
 
 
