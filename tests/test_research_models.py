@@ -264,3 +264,19 @@ def test_landscape_leaves_a_guest_as_built(synthetic_data, channels_last) -> Non
     assert _state(model) == _state(_fresh_spy())
     layouts = {s["input"] for s in spy.SEEN}
     assert layouts == ({"nchw"} if channels_last is False else {"nhwc"})  # None: on on the CPU
+
+
+def test_landscape_model_takes_its_weights_from_the_checkpoint(tmp_path, tiny_ckpt) -> None:
+    """`landscape CKPT --model FILE.py:CALLABLE`: the same network built by user code from the
+    checkpoint's weights has the checkpoint's landscape (NCHW instead of NHWC: rounding only)."""
+    args = ["--points", "3", "--n", "16", "--batch-size", "16", "--device", "cpu"]
+    docs = []
+    for extra, name in (([], "plain.yaml"), (["--model", f"{RESEARCH.parent}/wraps/user_model.py:tiny"], "user.yaml")):
+        r = _run("landscape", tiny_ckpt, *args, *extra, "--out", tmp_path / name)
+        assert r.exit_code == 0, r.output
+        docs.append(yaml.safe_load((tmp_path / name).read_text()))
+    plain, user = docs
+    assert user["checkpoints"][0]["user_code"][0]["callable"] == "tiny"
+    assert "user_code" not in plain["checkpoints"][0]
+    assert (plain["provenance"]["channels_last"], user["provenance"]["channels_last"]) == (True, False)
+    np.testing.assert_allclose(user["checkpoints"][0]["loss"], plain["checkpoints"][0]["loss"], rtol=1e-4)
