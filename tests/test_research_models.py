@@ -141,7 +141,7 @@ def test_outputs_other_than_logits_are_refused(tmp_path, decoded_once, command, 
     r = _run(command, "--model", f"{MODELS}:{name}", "--dataset", "synthetic", "--n", 8,
              "--device", "cpu", "--out", out)
     assert r.exit_code in (1, 2), r.output
-    assert what in r.output and "must return logits [N, 10]" in r.output, r.output
+    assert what in r.output and "must return logits of shape [N, 10]" in r.output, r.output
     assert "Traceback" not in r.output and len(r.output.strip().splitlines()) == 1, r.output
     assert not any(tmp_path.iterdir())
 

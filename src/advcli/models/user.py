@@ -372,7 +372,7 @@ def check_logits(model: nn.Module, x: torch.Tensor, num_classes: int | None, nam
     if (not isinstance(out, torch.Tensor) or out.dim() != 2 or len(out) != len(x)
             or (num_classes is not None and out.shape[1] != num_classes)):
         raise AdvcliError(f"{name} returned {describe_output(out)} for {len(x)} images; it must "
-                          f"return logits [N, {classes}] (one row per image, one column per "
+                          f"return logits of shape [N, {classes}] (one row per image, one column per "
                           "class), not a tuple or dict of outputs")
 
 
