@@ -20,11 +20,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from advcli.attacks.base import attack_mode
 from advcli.audit_file import AuditResult, CheckResult
 from advcli.checkpoint import LoadedCheckpoint, load_checkpoint
 from advcli.data.for_checkpoint import check_fits
 from advcli.errors import CheckpointError, UsageError
-from advcli.models.user import check_logits, load_target
+from advcli.models.layout import use_channels_last
+from advcli.models.user import Target, check_logits, load_target
 from advcli.progress import NullReporter, Reporter
 from advcli.stages.audit import black_box, convergence, curve, gradients, precision, single_step, transfer
 from advcli.stages.audit.context import AuditContext, AuditOptions, ZeroGradientPath, accuracy
@@ -54,12 +56,6 @@ def run_audit(
 
 def _audit(checkpoint: str | Path | LoadedCheckpoint | None, opts: AuditOptions, device: torch.device,
            reporter: Reporter, data: Any) -> AuditResult:
-    from advcli.data import to_float
-    from advcli.data.datasets import Subset
-    from advcli.provenance import provenance
-    from advcli.results import DataInfo, ModelInfo, index_sha256, trained_with_text
-    from advcli.stages.evaluate import examples_sha256, resolve_threat
-
     t0 = time.perf_counter()
     for name in ("n", "batch_size", "pgd_steps", "curve_steps", "strong_steps", "strong_restarts",
                  "square_n", "eot_samples"):
@@ -71,7 +67,20 @@ def _audit(checkpoint: str | Path | LoadedCheckpoint | None, opts: AuditOptions,
     target = load_target(checkpoint, model=opts.model, wrap=opts.wrap, device=device)
     # Every input is read before the first attack: a bad surrogate costs a second, not the audit.
     surrogate = _load_surrogate(opts, device)
+    with attack_mode(target.model):  # every module's own training flag comes back afterwards
+        return _audit_target(target, surrogate, opts, t0=t0, device=device, reporter=reporter, data=data)
+
+
+def _audit_target(target: Target, surrogate: LoadedCheckpoint | None, opts: AuditOptions, *, t0: float,
+                  device: torch.device, reporter: Reporter, data: Any) -> AuditResult:
+    from advcli.data import to_float
+    from advcli.data.datasets import Subset
+    from advcli.provenance import provenance
+    from advcli.results import DataInfo, ModelInfo, index_sha256, trained_with_text
+    from advcli.stages.evaluate import examples_sha256, resolve_threat
+
     base, model, meta = target.base, target.model, target.meta
+    channels_last = use_channels_last(opts.channels_last, outside=target.outside)
     norm, eps_list, eps_source = resolve_threat(meta, opts.norm, [opts.eps] if opts.eps else None)
     eps = eps_list[0]
     if eps.value <= 0:
@@ -95,7 +104,8 @@ def _audit(checkpoint: str | Path | LoadedCheckpoint | None, opts: AuditOptions,
     ctx = AuditContext(model=model, base=base if opts.wrap else None, x=x, y=y, clean=np.zeros(len(y), dtype=bool),
                        norm=norm, eps=eps, opts=opts, device=device, reporter=reporter,
                        num_classes=data.num_classes, meta=meta, graph_cut=graph_cut,
-                       randomised=randomised is not None, probe_notes=[randomised] if randomised else [])
+                       randomised=randomised is not None, probe_notes=[randomised] if randomised else [],
+                       channels_last=channels_last)
     ctx.clean = ctx.predict(model, x) == y.numpy()
     results: dict[CheckName, CheckResult] = {}
     for check in RUN_ORDER:
@@ -132,7 +142,8 @@ def _audit(checkpoint: str | Path | LoadedCheckpoint | None, opts: AuditOptions,
         seed=opts.seed,
         time_s=time.perf_counter() - t0,
         provenance=provenance(opts.seed, {"checkpoint_sha256": target.sha256, "device": str(device),
-                                          "user_code": codes, "options": opts.config}),
+                                          "user_code": codes, "options": opts.config,
+                                          "channels_last": channels_last}),
     )
 
 
