@@ -26,6 +26,7 @@ from advcli.stages.evaluate import (
     run_eval,
     worst_entries,
 )
+from tests.constructed import escaping_bump
 
 CPU = torch.device("cpu")
 
@@ -254,14 +255,39 @@ def test_worst_case_of_transfer_alone_never_exceeds_clean() -> None:
     assert worst.accuracy == pytest.approx(0.4) and worst.accuracy <= entries[0].accuracy
 
 
+def test_pgd_robust_only_if_no_iterate_is_fooled_by_construction() -> None:
+    # Clean means 0.5 (fooled only at the ball's upper corner, which PGD with a step of 2·eps
+    # visits at iterates 1 and 3 of 4, ending on the lower one), 0.3 (never fooled) and 0.59
+    # (misclassified clean), interleaved so that the chunks (batch size 4) mix them.
+    eps = 0.1
+    model = escaping_bump(clean=0.5, eps=eps)
+    kind = torch.tensor([0.5, 0.3, 0.59] * 4)
+    x, y = kind[:, None, None, None].expand(-1, 3, 8, 8).clone(), torch.zeros(12, dtype=torch.int64)
+    with torch.no_grad():  # the premise, from the weights alone
+        assert torch.equal(model(x).argmax(1) == 0, kind != 0.59)
+        assert torch.equal(model(x + eps).argmax(1) == 1, kind == 0.5)
+        assert not bool((model(x - eps).argmax(1) == 1)[kind != 0.59].any())
+    entries = {}
+    for keep in ("last", "first-success"):
+        opts = EvalOptions(pgd_steps=4, step_size=parse_eps(2 * eps), batch_size=4, seed=0, keep=keep)
+        entries[keep] = evaluate(model, x, y, norm=Norm.linf, eps_list=[parse_eps(eps)], opts=opts,
+                                 device=CPU)
+    clean = (kind != 0.59).numpy()
+    np.testing.assert_array_equal(entries["last"][0].flags, clean)
+    np.testing.assert_array_equal(entries["last"][1].flags, clean)  # the old rule: all robust
+    np.testing.assert_array_equal(entries["first-success"][1].flags, (kind == 0.3).numpy())
+    assert entries["first-success"][1].accuracy == pytest.approx(4 / 12)
+
+
 def test_pgd_robust_only_if_no_iterate_is_fooled(tiny_ckpt: Path, synthetic_data) -> None:
+    """The same on the trained model, where the rules' difference rests on the CPU's rounding."""
     model = load_checkpoint(tiny_ckpt).model
     idx = test_subset(synthetic_data.test_y, 96, seed=0)
     x, y = to_float(synthetic_data.test_x[idx]), synthetic_data.test_y[idx]
     eps = [parse_eps("2/255")]
     entries = {}
     for keep in ("last", "first-success"):
-        # a step as large as eps makes the iterates oscillate: some examples escape again
+        # a step as large as eps makes the iterates oscillate: some examples may escape again
         opts = EvalOptions(pgd_steps=5, step_size=parse_eps("2/255"), batch_size=48, seed=0,
                            keep=keep)
         entries[keep] = evaluate(model, x, y, norm=Norm.linf, eps_list=eps, opts=opts, device=CPU)
@@ -270,9 +296,12 @@ def test_pgd_robust_only_if_no_iterate_is_fooled(tiny_ckpt: Path, synthetic_data
     assert (last.params["keep"], first.params["keep"]) == ("last", "first-success")
     # Same random starts, same iterates: the new rule can only remove robust examples.
     assert not np.any(first.flags & ~last.flags)
-    assert first.accuracy < last.accuracy, "the old rule should overstate on this model"
     assert not np.any(first.flags & ~clean) and not np.any(last.flags & ~clean)
-
+    if first.accuracy == last.accuracy:
+        # It overstates on an AMD EPYC, not on an Intel Xeon with AMX: the constructed test above
+        # always tells the rules apart.
+        pytest.skip("no example escaped at a later iterate on this CPU's rounding of the trained "
+                    "model: both rules agree here")
 
 
 def test_cli_eval(tiny_ckpt: Path, tmp_path: Path) -> None:
