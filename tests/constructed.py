@@ -24,6 +24,20 @@ class Bump(nn.Module):
         return torch.stack([torch.zeros_like(wrong), wrong], dim=1)
 
 
+class Ramp(nn.Module):
+    """Two classes; class 1 (the wrong one for y = 0) wins once the mean pixel value exceeds
+    `threshold`. Every pixel's gradient has the sign of the mean's, so PGD walks straight up."""
+
+    def __init__(self, threshold: float) -> None:
+        super().__init__()
+        self.threshold = threshold
+        self.dummy = nn.Parameter(torch.zeros(1))  # attacks switch parameter gradients off
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        wrong = 100 * (x.mean(dim=(1, 2, 3)) - self.threshold) + 0 * self.dummy
+        return torch.stack([torch.zeros_like(wrong), wrong], dim=1)
+
+
 def escaping_bump(clean: float, eps: float) -> Bump:
     """A Bump fooled near `clean + eps` only (band clean + 0.6·eps .. clean + 1.2·eps), with its
     peak below that corner. Every pixel's gradient has the sign of the mean's, so a Linf step of

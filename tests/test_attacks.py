@@ -537,6 +537,21 @@ def test_first_success_is_the_or_over_every_iterate(model, batch, norm):
                     "differ from the last iterate here")
 
 
+def test_first_success_restarts_never_help_the_model_by_construction():
+    # Band 0.53..0.57 around a clean 0.5, eps 0.1: about a fifth of the uniform starts land in
+    # it, and about a fifth of the others step into it; each restart is a fresh draw, so three
+    # restarts fool examples that one leaves alone.
+    model = Bump(centre=0.55, height=0.1, width=250.0)
+    x, y = torch.full((200, 1, 1, 1), 0.5), torch.zeros(200, dtype=torch.int64)
+    with torch.no_grad():  # the premise, from the weights alone
+        assert int(model(x).argmax(1).sum()) == 0 and int(model(x + 0.05).argmax(1).sum()) == 200
+    fooled = {}
+    for restarts in (1, 3):
+        attack = PGD("linf", 0.1, steps=1, step_size=0.125, restarts=restarts, keep="first-success")
+        fooled[restarts] = attack.run(model, x, y, gen(7)).fooled
+    assert bool((fooled[1] <= fooled[3]).all()) and int(fooled[3].sum()) > int(fooled[1].sum())
+
+
 def test_first_success_restarts_never_help_the_model(model, batch):
     x, y = batch
     fooled = {}
@@ -544,7 +559,11 @@ def test_first_success_restarts_never_help_the_model(model, batch):
         attack = build_attack(AttackSpec("pgd", Norm.linf, 2 / 255, steps=2, restarts=restarts,
                                          keep="first-success"))
         fooled[restarts] = attack.run(model, x, y, gen(7)).fooled
-    assert bool((fooled[1] <= fooled[3]).all()) and int(fooled[3].sum()) > int(fooled[1].sum())
+    assert bool((fooled[1] <= fooled[3]).all())
+    if int(fooled[3].sum()) == int(fooled[1].sum()):
+        # Whether the extra starts find anyone rests on this CPU's rounding of a trained model;
+        # the constructed test above always has some.
+        pytest.skip("the extra restarts fooled no one on this CPU: nothing to tell apart here")
 
 
 def test_targeted_first_success_means_classified_as_the_target(model, batch):

@@ -26,7 +26,7 @@ from advcli.stages.evaluate import (
     run_eval,
     worst_entries,
 )
-from tests.constructed import escaping_bump
+from tests.constructed import Ramp, escaping_bump
 
 CPU = torch.device("cpu")
 
@@ -70,9 +70,12 @@ def test_aa_le_pgd_le_clean_and_worst_case_is_the_and(
         assert pgd.params["max_perturbation"] <= eps + 1e-6
         assert aa.params["max_perturbation"] <= eps + 1e-6
         assert aa.params["restarts"] == 1  # what the (shortened) package ran
-        # the model is not robust: AutoAttack finds at least what PGD-10 finds
-        assert aa.accuracy <= pgd.accuracy
-    assert res.entry("pgd", "linf", 4 / 255).accuracy < res.entry("pgd", "linf", 2 / 255).accuracy
+        # The model is not robust: AutoAttack finds about what PGD-10 finds. Two different attacks
+        # on a trained model: either may miss an example or two that the other fools, depending
+        # on the CPU's rounding.
+        assert aa.accuracy <= pgd.accuracy + 2 / 64
+    pgd2, pgd4 = (res.entry("pgd", "linf", e).accuracy for e in (2 / 255, 4 / 255))
+    assert pgd4 <= pgd2
 
     # what the result records about the model and the examples
     idx = test_subset(synthetic_data.test_y, 64, seed=0)
@@ -87,6 +90,26 @@ def test_aa_le_pgd_le_clean_and_worst_case_is_the_and(
     for a, b in zip(res.entries, back.entries, strict=True):
         np.testing.assert_array_equal(a.flags, b.flags)
         assert a.accuracy == pytest.approx(b.accuracy)
+    if pgd4 == pgd2:
+        # Some examples robust at 2/255 and not at 4/255: on an AMD EPYC, not where the trained
+        # model comes out weaker; test_pgd_accuracy_per_eps_by_construction always has them.
+        pytest.skip(f"PGD accuracy {pgd2:.2f} at both 2/255 and 4/255 on this CPU's trained model")
+
+
+def test_pgd_accuracy_per_eps_by_construction() -> None:
+    # Clean means 0.5 (fooled past 0.5 + 3/255: only the 4/255 ball reaches it) and 0.49 (out of
+    # reach of both); every pixel's gradient has the sign of the mean's, so PGD walks straight up.
+    model = Ramp(threshold=0.5 + 3 / 255)
+    kind = torch.tensor([0.5, 0.49] * 4)
+    x, y = kind[:, None, None, None].expand(-1, 3, 4, 4).clone(), torch.zeros(8, dtype=torch.int64)
+    with torch.no_grad():  # the premise, from the weights alone
+        assert not bool(model(x + 2 / 255).argmax(1).any())
+        assert torch.equal(model(x + 4 / 255).argmax(1) == 1, kind == 0.5)
+    eps = [parse_eps("2/255"), parse_eps("4/255")]
+    entries = evaluate(model, x, y, norm=Norm.linf, eps_list=eps, opts=EvalOptions(pgd_steps=5, batch_size=3),
+                       device=CPU)
+    assert [e.accuracy for e in entries] == [1.0, 1.0, 0.5]
+    np.testing.assert_array_equal(entries[2].flags, (kind == 0.49).numpy())
 
 
 def test_pgd_attacks_only_the_correctly_classified(
@@ -94,7 +117,7 @@ def test_pgd_attacks_only_the_correctly_classified(
 ) -> None:
     import advcli.attacks as attacks
 
-    seen: list[int] = []
+    seen: list[torch.Tensor] = []
     real_build = attacks.build_attack
 
     def spy_build(spec):
@@ -102,9 +125,9 @@ def test_pgd_attacks_only_the_correctly_classified(
         real_run = attack.run
 
         def run(model, x, y, generator=None):
-            with torch.no_grad():
-                assert bool((model(x).argmax(1) == y).all()), "attacked a misclassified example"
-            seen.append(len(y))
+            # The attacked images themselves, not a second forward pass: the attack sees NHWC
+            # batches of another size than the clean pass, whose rounding may differ.
+            seen.append(x.detach().clone())
             return real_run(model, x, y, generator=generator)
 
         attack.run = run
@@ -121,7 +144,7 @@ def test_pgd_attacks_only_the_correctly_classified(
                        device=CPU)
     clean = entries[0].flags
     assert 0 < clean.sum() < len(clean)
-    assert sum(seen) == int(clean.sum())
+    assert torch.equal(torch.cat(seen), x[torch.from_numpy(clean)])  # those, in order, and no other
 
 
 def test_each_eps_is_seeded_on_its_own(tiny_ckpt: Path, synthetic_data) -> None:
