@@ -387,11 +387,14 @@ class _EpochSums:
         for t in (*self.loss.values(), *self.correct.values(), counts):
             distributed.all_reduce_sum(t)
         n = {"clean": int(counts[0]), "adv": int(counts[1])}
-        mean = {f"{part}_{kind}": float(total[part]) / n[part] if n[part] else math.nan
+        # A part with no examples (the clean part under --fraction 1) was not measured: None,
+        # written as null, not NaN (which YAML and JSON readers handle each their own way).
+        mean = {f"{part}_{kind}": float(total[part]) / n[part] if n[part] else None
                 for part in n for kind, total in (("loss", self.loss), ("accuracy", self.correct))}
         main = "clean" if n["clean"] else "adv"  # every example attacked: report the adversarial part
-        stats = EpochStats(epoch=epoch, lr=lr, train_loss=mean[f"{main}_loss"],
-                           train_accuracy=mean[f"{main}_accuracy"])
+        loss, acc = mean[f"{main}_loss"], mean[f"{main}_accuracy"]
+        stats = EpochStats(epoch=epoch, lr=lr, train_loss=math.nan if loss is None else loss,
+                           train_accuracy=math.nan if acc is None else acc)
         if adversarial:
             stats.extra.update(mean)
         return stats
@@ -681,7 +684,7 @@ def model_arch(name: str) -> str:
 
 def _epoch_line(s: EpochStats) -> str:
     parts = [f"epoch {s.epoch}", f"loss {s.train_loss:.4f}", f"train {100 * s.train_accuracy:.2f}%"]
-    if "adv_accuracy" in s.extra:
+    if s.extra.get("adv_accuracy") is not None:
         parts.append(f"adv {100 * s.extra['adv_accuracy']:.2f}%")
     if s.val_accuracy is not None:
         parts.append(f"val {100 * s.val_accuracy:.2f}%")
