@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from advcli import distributed
+from advcli.attacks.base import full_precision
 from advcli.checkpoint import load_checkpoint, model_metadata, save_checkpoint
 from advcli.config import Augment, Schedule, parse_choice
 from advcli.data import ImageData, load_dataset
@@ -191,9 +192,9 @@ def evaluate_accuracy(
     y: torch.Tensor,
     device: torch.device,
     batch_size: int = 500,
-    amp: str = "none",
 ) -> float:
-    """Clean accuracy in eval mode (no augmentation)."""
+    """Clean accuracy in eval mode (no augmentation), in fp32 whatever --amp trains in: the
+    history's accuracies are measurements, comparable with `advcli eval`'s."""
     was_training = model.training
     model.eval()
     info = distributed.current()
@@ -203,7 +204,7 @@ def evaluate_accuracy(
         for start in range(info.rank * batch_size, len(y), batch_size * info.world_size):
             xb = x_uint8[start : start + batch_size].to(device)
             xb = xb.float().div_(255) if xb.dtype == torch.uint8 else xb.float()
-            with autocast(device, amp):
+            with full_precision(device):
                 logits = model(xb)
             correct += (logits.argmax(1) == y[start : start + batch_size].to(device)).sum()
     distributed.all_reduce_sum(correct)
@@ -467,14 +468,14 @@ def _by_rank(t: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 
 def measure_epoch(
-    model: nn.Module, stats: EpochStats, data: ImageData, device: torch.device, amp: str,
+    model: nn.Module, stats: EpochStats, data: ImageData, device: torch.device,
     epoch_hooks: Sequence[EpochHook] = (), *, history: Sequence[EpochStats] = (), raw: nn.Module | None = None,
 ) -> str | None:
     """Fill in the epoch's test/validation accuracy (of `model`) and the hooks' metrics; returns
     the reason to stop when a hook raised StopTraining."""
-    stats.test_accuracy = evaluate_accuracy(model, data.test_x, data.test_y, device, amp=amp)
+    stats.test_accuracy = evaluate_accuracy(model, data.test_x, data.test_y, device)
     if data.val_x is not None and data.val_y is not None:
-        stats.val_accuracy = evaluate_accuracy(model, data.val_x, data.val_y, device, amp=amp)
+        stats.val_accuracy = evaluate_accuracy(model, data.val_x, data.val_y, device)
     stop = None
     for hook in epoch_hooks:
         try:
@@ -571,7 +572,7 @@ def fit(
         stats = train_epoch(s, opts, epoch, device, perturber=perturber, step_hooks=step_hooks, reporter=reporter,
                             start=position, save_every=save_every, save=save)
         position = None
-        stop = measure_epoch(s.kept, stats, data, device, opts.amp, epoch_hooks or [], history=state.history,
+        stop = measure_epoch(s.kept, stats, data, device, epoch_hooks or [], history=state.history,
                              raw=s.model)
         stats.seconds = round(time.perf_counter() - started, 3)
         state.record(stats, s.kept, keep_best)
@@ -619,10 +620,10 @@ def finish(
     if state.history:
         test_accuracy = state.history[-1].test_accuracy
     else:
-        test_accuracy = evaluate_accuracy(model, data.test_x, data.test_y, device, amp=opts.amp)
+        test_accuracy = evaluate_accuracy(model, data.test_x, data.test_y, device)
     if keep_best and state.best_weights is not None:
         model.load_state_dict(state.best_weights)
-        test_accuracy = evaluate_accuracy(model, data.test_x, data.test_y, device, amp=opts.amp)
+        test_accuracy = evaluate_accuracy(model, data.test_x, data.test_y, device)
         if notes is not None:
             notes.append(f"kept epoch {state.best_epoch} (best {keep_best} = {state.best_score:.4f})")
     meta = model_metadata(
