@@ -466,6 +466,29 @@ def _doc(dim: int, labels: list[str]) -> dict:
     }
 
 
+def test_the_attack_at_every_point_keeps_the_worst_iterate() -> None:
+    from advcli.attacks import AttackSpec, build_attack
+    from advcli.config import Norm
+    from advcli.stages.landscape import landscape_attack
+    from tests.test_attacks import _Bump, _bump_batch
+
+    # The clean images (mean 0.5) lie in the band where the wrong class wins; FGSM's step of eps
+    # jumps out of it, so its last iterate is classified correctly (the premise, checked).
+    model = _Bump(centre=0.505, height=0.1)
+    x, y = _bump_batch()
+    spec = AttackSpec(name="fgsm", norm=Norm.linf, eps=0.1)
+    last = build_attack(spec).perturb(model, x, y)
+    with torch.no_grad():
+        assert bool((model(last).argmax(1) == y).all())
+        worst_loss = F.cross_entropy(model(x), y).item()
+    # The only parameter moves nothing (the bump ignores it): every point is the same function.
+    settings = LandscapeSettings(dim=1, lo=-1.0, hi=1.0, points=3, batch_size=4, fold_bn=False)
+    land = compute_landscape(model, x, y, gaussian_directions(model, 1, 0), settings, device=CPU,
+                             attack=landscape_attack(spec))
+    assert land.center.accuracy == 0.0 and land.accuracy.tolist() == [0.0, 0.0, 0.0]
+    assert land.center.loss == pytest.approx(worst_loss) and land.loss.tolist() == pytest.approx([worst_loss] * 3)
+
+
 @pytest.mark.parametrize("dim", [1, 2])
 def test_plots_exist_with_a_sane_size(tmp_path: Path, dim: int) -> None:
     path = plot_landscape(_doc(dim, ["a", "b"]), tmp_path / f"l{dim}.png")
@@ -648,6 +671,7 @@ def test_cli_adversarial_data_recomputed_and_fixed(folder_ckpts) -> None:
     assert res.exit_code == 0, res.output
     c, d = read_document(clean), read_document(adv)
     assert d["data"]["kind"] == "attack" and d["data"]["attack"]["name"] == "fgsm"
+    assert d["data"]["attack"]["keep"] == "first-success"  # it measures: the worst iterate, as eval
     for i in range(3):  # the attack raises the loss at every point of the grid
         assert d["checkpoints"][0]["loss"][i] > c["checkpoints"][0]["loss"][i]
 
