@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+import yaml
 from typer.testing import CliRunner
 
 from advcli.attacks import AttackSpec, build_attack
@@ -118,6 +119,11 @@ def test_fraction_one_attacks_every_example(tmp_path, synthetic_data, monkeypatc
     assert "train_batch_pgd_accuracy" not in h  # the overfitting check is off by default for PGD
     meta = read_metadata(tmp_path / "f1.safetensors")
     assert meta["threat_model"]["fraction"] == 1.0 and meta["threat_model"]["eps_text"] == "8/255"
+    # Nothing clean was measured: null in the history file and the checkpoint, never NaN.
+    written = yaml.safe_load((tmp_path / "f1.history.yaml").read_text())["history"][0]
+    for record in (h, meta["history"][0], written):
+        assert record["clean_loss"] is None and record["clean_accuracy"] is None
+        assert all(v == v for v in record.values() if isinstance(v, float))  # no NaN anywhere
 
 
 def test_adv_train_resume_is_bit_identical(tmp_path, synthetic_data):

@@ -177,6 +177,17 @@ def test_config_file_fills_options_and_flags_win(tiny_ckpt, tmp_path):
     assert "unknown key(s) for `attack`: epsilon" in r.stderr
 
 
+def test_the_attacks_listed_as_valid_are_the_ones_attack_runs(tiny_ckpt, tmp_path):
+    # n-fgsm is training-only: `attack` refuses it, so neither the help nor the error lists it.
+    r = invoke(tiny_ckpt, "--attack", "deepfool", "--n", "4", "--out", tmp_path / "adv.safetensors")
+    assert r.exit_code == 2 and r.stderr.strip().endswith("valid values: fgsm, fgsm-rs, pgd, stadv"), r.stderr
+    r = invoke(tiny_ckpt, "--attack", "n-fgsm", "--n", "4", "--out", tmp_path / "adv.safetensors")
+    assert r.exit_code == 2 and "training-only" in r.stderr
+    help_text = " ".join(runner.invoke(app, ["attack", "--help"], env={"COLUMNS": "200"}).stdout.split())
+    assert "fgsm | fgsm-rs | pgd | stadv." in help_text and "n-fgsm" not in help_text
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize(
     ("args", "code", "message"),
     [

@@ -128,6 +128,34 @@ def test_eps_grid_reaches_the_constant_image() -> None:
     assert [e.text for e in eps_grid(Norm.linf, parse_eps("0.6"), (3, 32, 32))] == ["0.15", "0.3", "0.6"]
 
 
+@pytest.mark.parametrize(("norm", "eps"), [
+    (Norm.linf, "8/255"), (Norm.l2, "0.5"),  # the defaults
+    (Norm.l2, "0.75"), (Norm.linf, "120/255"),  # the last doubling lands just below the top radius
+])
+def test_curve_tick_labels_never_overlap(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, norm: Norm, eps: str) -> None:
+    from matplotlib.figure import Figure
+
+    from advcli.plots_audit import curve_png
+
+    drawn: list[Figure] = []
+    save = Figure.savefig
+    monkeypatch.setattr(Figure, "savefig", lambda fig, *a, **k: (drawn.append(fig), save(fig, *a, **k))[1])
+    threat = parse_eps(eps)
+    grid = eps_grid(norm, threat, (3, 32, 32))
+    points = [{"eps": 0.0, "eps_text": "0", "accuracy": 0.9}]
+    points += [{"eps": e.value, "eps_text": e.text, "accuracy": 0.5} for e in grid]
+    curve_png(points, tmp_path / "curve.png", floor=0.1, threat_eps=threat.value, threat_text=eps, norm=norm.value)
+    (fig,) = drawn
+    fig.canvas.draw()
+    shown = [t for t in fig.axes[0].get_xticklabels() if t.get_visible() and t.get_text()]
+    boxes = [t.get_window_extent() for t in shown]
+    assert not [(a.get_text(), b.get_text()) for i, a in enumerate(shown) for j, b in enumerate(shown)
+                if i < j and boxes[i].overlaps(boxes[j])]
+    texts = [t.get_text() for t in shown]
+    assert {"0", grid[-1].text} <= set(texts)  # both ends stay labelled
+    assert len(texts) >= len(points) - 1  # at most the colliding neighbour is dropped
+
+
 def test_user_code_is_loaded_with_its_sha256(tmp_path: Path, tiny_ckpt: Path) -> None:
     from advcli.models.user import load_user_model, parse_spec, wrap_model
 

@@ -80,3 +80,17 @@ def test_sharded_eval_equals_single_process_eval(tmp_path, tiny_ckpt):
     for a, b in zip(one.entries, two.entries, strict=True):
         assert a.accuracy == b.accuracy and (a.flags == b.flags).all(), a.attack
     assert any(0 < e.accuracy < 1 for e in one.entries if e.attack == "pgd")  # a non-trivial case
+
+
+@pytest.mark.parametrize("rank, lines", [("0", 1), ("1", 0)])
+def test_only_rank_0_prints_the_error_line_every_rank_exits_with_its_code(tmp_path, rank, lines) -> None:
+    from typer.testing import CliRunner
+
+    from advcli.cli.app import app
+
+    # A usage error found before any process group is joined: every rank meets it.
+    env = {"RANK": rank, "LOCAL_RANK": rank, "WORLD_SIZE": "2"}
+    r = CliRunner().invoke(app, ["attack", str(tmp_path / "m.safetensors"), "--attack", "deepfool"], env=env)
+    assert r.exit_code == 2
+    assert len(r.stderr.strip().splitlines()) == lines, r.stderr
+    assert lines == 0 or "unknown attack 'deepfool'" in r.stderr

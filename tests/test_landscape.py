@@ -39,6 +39,7 @@ from advcli.landscape.fold import conv_bn_pairs
 from advcli.landscape.grid import make_batches
 from advcli.models import Classifier, build_model
 from advcli.plots_landscape import DPI, PANEL_IN, plot_landscape
+from advcli.rng import Stream, stream_generator
 from advcli.stages.landscape import LandscapeSettings, compute_landscape, read_document
 
 CPU = torch.device("cpu")
@@ -136,12 +137,12 @@ def test_same_seed_same_directions_and_the_draw_order_is_documented() -> None:
     da = gaussian_directions(a, 2, seed=7)
     db = gaussian_directions(b, 2, seed=7)
     other = gaussian_directions(a, 2, seed=8)
-    gen = torch.Generator().manual_seed(7)
+    gen = stream_generator(7, 0, 0, Stream.landscape_directions)
     for k in range(2):
         for name, p in a.named_parameters():
             assert torch.equal(da[k][name], db[k][name])
             assert not torch.equal(da[k][name], other[k][name])
-            # N(0,1) draws from one CPU generator, parameter by parameter, direction by direction.
+            # N(0,1) draws from the seed's own stream, parameter by parameter, direction by direction.
             assert torch.equal(da[k][name], torch.randn(tuple(p.shape), generator=gen))
     assert not torch.equal(da[0]["net.0.weight"], da[1]["net.0.weight"])
 
@@ -469,6 +470,79 @@ def _doc(dim: int, labels: list[str]) -> dict:
     }
 
 
+def _rayleigh(model: nn.Module, x: torch.Tensor, y: torch.Tensor, v: dict[str, torch.Tensor]) -> float:
+    """v'Hv / v'v of the mean cross-entropy's Hessian in the parameters (torch's own hvp)."""
+    names = [k for k, _ in model.named_parameters()]
+    params = tuple(p.detach() for _, p in model.named_parameters())
+
+    def loss(*ws: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(torch.func.functional_call(model, dict(zip(names, ws, strict=True)), (x,)), y)
+
+    vs = tuple(v[k] for k in names)
+    _, hv = torch.autograd.functional.hvp(loss, params, vs)
+    return float(sum((a.double() * b.double()).sum() for a, b in zip(hv, vs, strict=True))
+                 / sum((b.double() ** 2).sum() for b in vs))
+
+
+def test_the_hessian_start_and_the_directions_draw_from_different_streams() -> None:
+    """Same seed, different purposes: the power iteration's start vector is its own stream's
+    draw, not the landscape's first direction (one iteration returns the start's v'Hv/v'v)."""
+    model = _tiny()
+    x, y = _images(16)
+    est = hessian_top_eigenvalue(model, [(x, y)], iterations=1, seed=3)
+    gen = stream_generator(3, 0, 0, Stream.hessian)
+    start = {k: torch.randn(tuple(p.shape), generator=gen) for k, p in model.named_parameters()}
+    assert est.eigenvalue == pytest.approx(_rayleigh(model, x, y, start), rel=1e-3)
+    first_direction = gaussian_directions(model, 1, 3)[0]
+    assert est.eigenvalue != pytest.approx(_rayleigh(model, x, y, first_direction), rel=1e-3)
+
+
+def test_the_attack_at_every_point_draws_each_batch_from_its_stream() -> None:
+    class Spy:
+        """An attack that only records the state of the generator it is given."""
+
+        def __init__(self) -> None:
+            self.states: list[torch.Tensor] = []
+
+        def perturb(self, model, x, y, generator=None):
+            self.states.append(generator.get_state())
+            return x
+
+    model = _tiny()
+    x, y = _images(8)
+    spy = Spy()
+    settings = LandscapeSettings(dim=1, points=2, batch_size=4, fold_bn=False, attack_seed=5)
+    compute_landscape(model, x, y, gaussian_directions(model, 1, 0), settings, device=CPU, attack=spy)
+    # Two batches; every point (the centre, 2 grid points, ±radius) redraws the same starts.
+    expected = [stream_generator(5, i, 0, Stream.landscape_attack).get_state() for i in range(2)]
+    assert len(spy.states) % 2 == 0 and len(spy.states) >= 6
+    assert all(torch.equal(s, expected[k % 2]) for k, s in enumerate(spy.states))
+    assert not torch.equal(expected[0], torch.Generator().manual_seed(5 * 100_003).get_state())
+
+
+def test_the_attack_at_every_point_keeps_the_worst_iterate() -> None:
+    from advcli.attacks import AttackSpec, build_attack
+    from advcli.config import Norm
+    from advcli.stages.landscape import landscape_attack
+    from tests.test_attacks import _Bump, _bump_batch
+
+    # The clean images (mean 0.5) lie in the band where the wrong class wins; FGSM's step of eps
+    # jumps out of it, so its last iterate is classified correctly (the premise, checked).
+    model = _Bump(centre=0.505, height=0.1)
+    x, y = _bump_batch()
+    spec = AttackSpec(name="fgsm", norm=Norm.linf, eps=0.1)
+    last = build_attack(spec).perturb(model, x, y)
+    with torch.no_grad():
+        assert bool((model(last).argmax(1) == y).all())
+        worst_loss = F.cross_entropy(model(x), y).item()
+    # The only parameter moves nothing (the bump ignores it): every point is the same function.
+    settings = LandscapeSettings(dim=1, lo=-1.0, hi=1.0, points=3, batch_size=4, fold_bn=False)
+    land = compute_landscape(model, x, y, gaussian_directions(model, 1, 0), settings, device=CPU,
+                             attack=landscape_attack(spec))
+    assert land.center.accuracy == 0.0 and land.accuracy.tolist() == [0.0, 0.0, 0.0]
+    assert land.center.loss == pytest.approx(worst_loss) and land.loss.tolist() == pytest.approx([worst_loss] * 3)
+
+
 @pytest.mark.parametrize("dim", [1, 2])
 def test_plots_exist_with_a_sane_size(tmp_path: Path, dim: int) -> None:
     path = plot_landscape(_doc(dim, ["a", "b"]), tmp_path / f"l{dim}.png")
@@ -651,6 +725,7 @@ def test_cli_adversarial_data_recomputed_and_fixed(folder_ckpts) -> None:
     assert res.exit_code == 0, res.output
     c, d = read_document(clean), read_document(adv)
     assert d["data"]["kind"] == "attack" and d["data"]["attack"]["name"] == "fgsm"
+    assert d["data"]["attack"]["keep"] == "first-success"  # it measures: the worst iterate, as eval
     for i in range(3):  # the attack raises the loss at every point of the grid
         assert d["checkpoints"][0]["loss"][i] > c["checkpoints"][0]["loss"][i]
 

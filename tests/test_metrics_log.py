@@ -263,6 +263,37 @@ def _has_tensorboard() -> bool:
     return True
 
 
+def test_a_mid_epoch_resume_keeps_the_steps_before_the_save(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from advcli.cli.app import app
+    from advcli.stages.train_state import STOP_AFTER_STEP_ENV
+
+    out = tmp_path / "m.safetensors"
+    # 4 steps an epoch, 8 in the run; saves after steps 3 and 6 (inside epoch 2), stopped after
+    # step 7 as a kill would: the resume redoes step 7 from the save after step 6.
+    args = ["train", "--epochs", "2", "--n-train", "256", "--batch-size", "64", "--augment", "none",
+            "--save-every", "3", "--resume", "--out", str(out), "--device", "cpu", "-q"]
+    killed = CliRunner().invoke(app, args, env={STOP_AFTER_STEP_ENV: "7"})
+    assert killed.exit_code == 130, killed.output
+    done = CliRunner().invoke(app, args)
+    assert done.exit_code == 0, done.output
+    m = read_metrics(metrics_path_for(out))
+    assert m.runs == 2
+    assert [(r["epoch"], r["step"]) for r in m.steps] == [(1, 1), (1, 2), (1, 3), (1, 4), (2, 5), (2, 6), (2, 7), (2, 8)]
+    assert [r["epoch"] for r in m.epochs] == [1, 2]
+    runs = [r for r in lines(metrics_path_for(out)) if r["kind"] == "run"]
+    assert [(r["resumed_from_epoch"], r["first_step"]) for r in runs] == [(0, 1), (1, 7)]
+
+
+def test_a_file_without_first_step_keeps_the_old_rule(tmp_path: Path) -> None:
+    path = tmp_path / "old.metrics.jsonl"
+    rows = [{"kind": "run", "resumed_from_epoch": 0}, *({"kind": "step", "epoch": 1 + (s > 2), "step": s}
+            for s in (1, 2, 3)), {"kind": "run", "resumed_from_epoch": 1}, {"kind": "step", "epoch": 2, "step": 3}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert [r["step"] for r in read_metrics(path).steps] == [1, 2, 3]
+
+
 def test_adv_train_cli_writes_metrics_png_and_tensorboard(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 

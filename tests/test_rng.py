@@ -90,3 +90,45 @@ def test_stream_generator_is_the_stream_seed():
     a = rng.stream_generator(7, 2, 1, Stream.augment)
     b = torch.Generator().manual_seed(stream_seed(7, 2, 1, Stream.augment))
     assert torch.equal(torch.rand(5, generator=a), torch.rand(5, generator=b))
+
+
+def test_the_dataset_selections_draw_from_their_own_streams():
+    from advcli.data import stratified_order
+    from advcli.data.datasets import train_subset
+
+    full = load_dataset("synthetic", seed=3)
+    held = load_dataset("synthetic", seed=3, val_split=100)
+    val = stratified_order(full.train_y, stream_seed(3, 0, 0, Stream.val_split))[:100]
+    assert torch.equal(held.val_x, full.train_x[val])
+    assert not torch.equal(val, stratified_order(full.train_y, 3 + 7919)[:100])  # the old raw seed
+    keep = train_subset(full.train_y, 128)
+    assert torch.equal(keep, stratified_order(full.train_y, stream_seed(0, 0, 0, Stream.train_subset))[:128].sort().values)
+    # The raw seed 0 was the stratified test subset's order too.
+    assert not torch.equal(keep, stratified_order(full.train_y, 0)[:128].sort().values)
+
+
+def test_advcli_attack_draws_its_random_starts_from_the_attack_stream(monkeypatch):
+    import advcli.stages.attack as stage
+    from advcli.attacks import AttackSpec, build_attack
+    from advcli.models import build_model
+
+    data = load_dataset("synthetic", seed=0)
+    model = build_model("tiny-cnn", data.num_classes, data.mean, data.std).eval()
+    seen: list[torch.Tensor] = []
+
+    def spied(spec):
+        attack = build_attack(spec)
+        run = attack.run
+
+        def recording(model, x, y, generator=None):
+            seen.append(generator.get_state())
+            return run(model, x, y, generator)
+
+        attack.run = recording
+        return attack
+
+    monkeypatch.setattr(stage, "build_attack", spied)
+    spec = AttackSpec(name="fgsm-rs", norm=Norm.linf, eps=parse_eps("8/255"))
+    stage.run_attack(model, data.test_x[:4], data.test_y[:4], spec, seed=5, batch_size=4)
+    assert torch.equal(seen[0], rng.stream_generator(5, 0, 0, Stream.attack).get_state())
+    assert not torch.equal(seen[0], torch.Generator().manual_seed(5).get_state())

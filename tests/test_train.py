@@ -298,3 +298,30 @@ def test_train_and_adv_train_declare_the_shared_options_alike():
         a, b = params["train"][name], params["adv-train"][name]
         assert (a.opts, a.secondary_opts, a.help, a.min, a.max) == (b.opts, b.secondary_opts, b.help, b.min, b.max), name
         assert a.help and (name == "out" or a.default == b.default), name
+
+
+def test_the_accuracies_of_an_amp_run_are_measured_in_fp32(tmp_path, synthetic_data):
+    """--amp trains in bf16; the per-epoch test/validation accuracy and the checkpoint's
+    test_accuracy are measurements, so they run in fp32: a spy on every evaluation forward (eval
+    mode, no autograd: the training forward needs both) records the autocast state and the
+    dtype its layers compute in."""
+    import dataclasses
+
+    from torch import nn
+
+    from advcli.data import hold_out
+
+    data = hold_out(dataclasses.replace(synthetic_data), 64, 0)
+    seen = []
+
+    def spy(module, args, output):
+        if isinstance(module, (nn.Linear, nn.Conv2d)) and not module.training and not torch.is_grad_enabled():
+            seen.append((torch.is_autocast_enabled("cpu"), output.dtype))
+
+    handle = torch.nn.modules.module.register_module_forward_hook(spy)
+    try:
+        res = fit(_opts(tmp_path / "m.safetensors", epochs=1, n_train=128, amp="bf16"), data, CPU)
+    finally:
+        handle.remove()
+    assert res.history[0].val_accuracy is not None  # the validation split was measured too
+    assert seen and set(seen) == {(False, torch.float32)}

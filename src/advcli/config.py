@@ -9,6 +9,7 @@ from __future__ import annotations
 import enum
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -92,15 +93,17 @@ class Schedule(str, enum.Enum):
 E = TypeVar("E", bound=enum.Enum)
 
 
-def parse_choice(enum_cls: type[E], value: str | E, *, name: str) -> E:
-    """Normalise a closed-set value at the boundary; the error lists the valid values."""
+def parse_choice(enum_cls: type[E], value: str | E, *, name: str, listed: Sequence[E] | None = None) -> E:
+    """Normalise a closed-set value at the boundary; the error lists the valid values (`listed`,
+    when only some members are valid where the value was given: a member left out still parses,
+    so its own, more helpful refusal can follow)."""
     if isinstance(value, enum_cls):
         return value
     key = str(value).strip().lower().replace("_", "-")
     for member in enum_cls:
         if member.value == key:
             return member
-    valid = ", ".join(m.value for m in enum_cls)
+    valid = ", ".join(m.value for m in (enum_cls if listed is None else listed))
     raise UsageError(f"unknown {name} {value!r}; valid values: {valid}")
 
 

@@ -6,7 +6,7 @@ A history is a list of per-epoch records, each a flat mapping of numbers: `epoch
 when measured `val_accuracy`, the adversarial-training metrics (`clean_loss`, `clean_accuracy`,
 `adv_loss`, `adv_accuracy`) and the epoch hooks' metrics (`val_robust_accuracy`,
 `train_batch_pgd_accuracy`, ...). Accuracies are fractions in [0, 1]; a metric that could not be
-measured in an epoch is NaN or absent.
+measured in an epoch is null or absent.
 """
 
 from __future__ import annotations

@@ -9,7 +9,8 @@ and end hooks (stages/train.py), so the loop itself knows nothing of files.
 `NAME.metrics.jsonl` is one JSON object a line, appended by every run, readable by any tool
 (`pandas.read_json(path, lines=True)`, `jq`). Every line has `kind`:
 - `run`: a run (re)started: `schema` (advcli.metrics/1), `time`, `checkpoint`,
-  `resumed_from_epoch` (0 for a fresh run).
+  `resumed_from_epoch` (0 for a fresh run), `first_step` (its first optimizer step; inside
+  epoch `resumed_from_epoch` + 1 after a mid-epoch save, `--save-every`).
 - `step`: `epoch` (1-based), `step` (global optimizer step, 1-based), `time`, `loss` (the batch's
   training loss), `lr`, and with adversarial training `attack_success_rate` (the fraction of the
   batch's adversarial examples the model misclassified, before the update).
@@ -18,10 +19,12 @@ and end hooks (stages/train.py), so the loop itself knows nothing of files.
   = 1 − `adv_accuracy` when the run trains on adversarial examples.
 `time` is Unix time in seconds; non-finite numbers are written as null (strict JSON).
 
-Resumed runs: `--resume` restarts after the last saved epoch, so the steps and epochs after it
-may already be in the file from the interrupted run and are logged again. A `run` line with
-`resumed_from_epoch` k supersedes every earlier `step`/`epoch` line with `epoch` > k; a fresh
-run (k = 0) supersedes everything before it. Equivalently, for a tool that does not read `run`
+Resumed runs: `--resume` restarts after the last save (an epoch's end, or with `--save-every` a
+step inside an epoch), so the steps and epochs after it may already be in the file from the
+interrupted run and are logged again. A `run` line with `resumed_from_epoch` k and `first_step`
+s supersedes every earlier `step` line with `step` >= s and every earlier `epoch` line with
+`epoch` > k (files without `first_step`: every `step` line with `epoch` > k); a fresh run (k = 0,
+s = 1) supersedes everything before it. Equivalently, for a tool that does not read `run`
 lines: keep the last line for each (`kind`, `step`). `read_metrics` applies this rule.
 
 Per-step values are kept as device tensors and converted in one batch every `FLUSH_EVERY`
@@ -81,7 +84,7 @@ def _ends_cut(path: Path) -> bool:
 class JsonlSink:
     """Appends lines to NAME.metrics.jsonl; each batch of lines is one write, then flushed."""
 
-    def __init__(self, path: str | Path, *, checkpoint: str, resumed_from_epoch: int) -> None:
+    def __init__(self, path: str | Path, *, checkpoint: str, resumed_from_epoch: int, first_step: int = 1) -> None:
         self.path = Path(path)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -94,7 +97,7 @@ class JsonlSink:
         # A killed run may have left a cut last line: start ours on a line of its own.
         self._write([{
             "kind": "run", "schema": SCHEMA, "time": round(time.time(), 3),
-            "checkpoint": checkpoint, "resumed_from_epoch": resumed_from_epoch,
+            "checkpoint": checkpoint, "resumed_from_epoch": resumed_from_epoch, "first_step": first_step,
         }], prefix="\n" if cut else "")
 
     def _write(self, rows: Sequence[Mapping[str, Any]], prefix: str = "") -> None:
@@ -264,7 +267,8 @@ def open_run_logger(
     try:
         if tensorboard is not None:
             sinks.append(TensorBoardSink(tensorboard, purge_step=first_step))
-        sinks.append(JsonlSink(metrics_path_for(out), checkpoint=str(out), resumed_from_epoch=resumed_from_epoch))
+        sinks.append(JsonlSink(metrics_path_for(out), checkpoint=str(out), resumed_from_epoch=resumed_from_epoch,
+                               first_step=first_step))
     except BaseException:
         for sink in sinks:
             sink.close()
@@ -376,7 +380,12 @@ def read_metrics(path: str | Path) -> MetricsLog:
             kind = row["kind"]
             if kind == "run":
                 k = int(row.get("resumed_from_epoch") or 0)
-                log.steps = [r for r in log.steps if r["epoch"] <= k]
+                first = row.get("first_step")
+                if isinstance(first, int) and not isinstance(first, bool):
+                    # A mid-epoch resume keeps the steps of its epoch before the save.
+                    log.steps = [r for r in log.steps if r["step"] < first]
+                else:
+                    log.steps = [r for r in log.steps if r["epoch"] <= k]
                 log.epochs = [r for r in log.epochs if r["epoch"] <= k]
                 log.runs += 1
             elif kind in ("step", "epoch") and isinstance(row.get("epoch"), int):

@@ -39,6 +39,12 @@ class Stream(enum.IntEnum):
     train_attack = 8  # random starts of the training attack
     val_attack = 9  # random starts of the validation PGD (`--val-every`)
     overfit_attack = 10  # random starts of the catastrophic-overfitting check
+    attack = 11  # `advcli attack`'s random starts (one generator for the whole run)
+    landscape_attack = 12  # `advcli landscape`'s attack at every point (the `epoch` word: the batch)
+    landscape_directions = 13  # the raw random directions of a landscape (the seed: --directions-seed)
+    hessian = 14  # the start vector of the landscape's Hessian power iteration
+    train_subset = 15  # which --n-train images train and adv-train keep (seed 0: one fixed subset)
+    val_split = 16  # which training images --val-split holds out
 
 
 def stream_seed(seed: int, epoch: int, rank: int, stream: Stream) -> int:

@@ -12,8 +12,8 @@ Norms, names and `keep` may be given as strings or enums, here and to the attack
 The contract every attack keeps is in `advcli.attacks.base`.
 """
 
-from advcli.attacks.base import ROBUST_RULES, Attack, AttackName, AttackRun, AttackSpec, Keep
+from advcli.attacks.base import EVAL_ATTACKS, ROBUST_RULES, Attack, AttackName, AttackRun, AttackSpec, Keep
 from advcli.attacks.registry import attack_record, build_attack
 
-__all__ = ["ROBUST_RULES", "Attack", "AttackName", "AttackRun", "AttackSpec", "Keep", "attack_record",
+__all__ = ["EVAL_ATTACKS", "ROBUST_RULES", "Attack", "AttackName", "AttackRun", "AttackSpec", "Keep", "attack_record",
            "build_attack"]

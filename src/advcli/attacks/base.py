@@ -53,6 +53,10 @@ class AttackName(str, enum.Enum):
     n_fgsm = "n-fgsm"  # training only (perturbations exceed eps): `build_attack` refuses it
 
 
+# What `build_attack` accepts: the names an evaluating command lists as valid.
+EVAL_ATTACKS = tuple(a for a in AttackName if a is not AttackName.n_fgsm)
+
+
 class Keep(str, enum.Enum):
     """Which iterate an Lp attack returns (see the module docstring)."""
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from advcli.attacks import AttackName, AttackSpec, Keep, build_attack
+from advcli.attacks import EVAL_ATTACKS, AttackName, AttackSpec, Keep, build_attack
 from advcli.cli import common, render
 from advcli.cli.common import CONFIG_HELP, DEVICE_HELP, FORMAT_HELP, FORMATS, handle_errors, resolve_options
 from advcli.config import DEFAULT_EPS, Eps, Norm, parse_choice, parse_eps
@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from advcli.stages.attack import AttackOptions
 
 SPLITS = ("test", "train")
+ATTACKS_HELP = " | ".join(a.value for a in EVAL_ATTACKS) + "."
 EPS_HELP = "Ball radius in [0,1] pixel units, like 8/255 (default: 8/255 for linf, 0.5 for l2). Not for stadv."
 STEP_SIZE_HELP = (
     "Step size in [0,1] pixel units (default: pgd 2.5*eps/steps, fgsm-rs 1.25*eps; "
@@ -45,7 +46,7 @@ def attack_cmd(
     checkpoint: Annotated[Path | None, typer.Argument(
         help="Checkpoint (.safetensors) of the model to attack; with --model, the weights for its "
         "module (optional).", show_default=False)] = None,
-    attack: Annotated[str, typer.Option(help="fgsm | fgsm-rs | pgd | stadv.")] = "pgd",
+    attack: Annotated[str, typer.Option(help=ATTACKS_HELP)] = "pgd",
     norm: Annotated[str, typer.Option(help="Ball of fgsm/fgsm-rs/pgd: linf | l2.")] = "linf",
     eps: Annotated[
         str | None,
@@ -155,7 +156,7 @@ def _check_options(opts: dict[str, Any]) -> tuple[AttackOptions, str, Path]:
     """Every usage error, before anything is loaded: (`AttackOptions`, format, summary path)."""
     from advcli.stages.attack import AttackOptions
 
-    name = parse_choice(AttackName, opts["attack"], name="attack")
+    name = parse_choice(AttackName, opts["attack"], name="attack", listed=EVAL_ATTACKS)
     split = str(opts["split"]).strip().lower()
     if split not in SPLITS:
         raise UsageError(f"unknown split {opts['split']!r}; valid values: {', '.join(SPLITS)}")

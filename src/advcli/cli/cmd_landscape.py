@@ -155,7 +155,7 @@ def _parse_range(text: Any) -> tuple[float, float]:
 
 def landscape_options(opts: dict[str, Any]) -> tuple[Any, str]:
     """Every usage error, before anything is loaded: (`LandscapeOptions`, output format)."""
-    from advcli.attacks import AttackName, AttackSpec, build_attack
+    from advcli.attacks import EVAL_ATTACKS, AttackName, AttackSpec, build_attack
     from advcli.landscape.grid import BNMode
     from advcli.stages.landscape import LandscapeOptions, LandscapeSettings
 
@@ -192,7 +192,7 @@ def landscape_options(opts: dict[str, Any]) -> tuple[Any, str]:
     settings.check()
     spec = None
     if data != "clean" and opts["adv_data"] is None:
-        name = parse_choice(AttackName, data, name="attack")
+        name = parse_choice(AttackName, data, name="attack", listed=EVAL_ATTACKS)
         norm = parse_choice(Norm, opts["norm"], name="norm")
         eps = opts["eps"]
         if name is not AttackName.stadv and eps is None:

@@ -22,6 +22,14 @@ FORMAT_HELP = "Output on stdout: table (human), yaml or json (machines)."
 FORMATS = ("table", "yaml", "json")
 
 
+def _prints_errors() -> bool:
+    """Under torchrun every rank meets the same error: rank 0 alone says it (every rank still
+    exits with its code). Read from the environment: the process group may be gone by now."""
+    from advcli.distributed import env_info
+
+    return env_info().is_main
+
+
 def handle_errors(func: F) -> F:
     """Turn an AdvcliError into one red line and its exit code (traceback with ADVCLI_DEBUG=1)."""
 
@@ -32,10 +40,12 @@ def handle_errors(func: F) -> F:
         except AdvcliError as exc:
             if os.environ.get("ADVCLI_DEBUG") == "1":
                 raise
-            render.error_line(str(exc))
+            if _prints_errors():
+                render.error_line(str(exc))
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
-            render.error_line("interrupted")
+            if _prints_errors():
+                render.error_line("interrupted")
             raise typer.Exit(130) from None
 
     return wrapper  # type: ignore[return-value]

@@ -60,7 +60,7 @@ ValSplit = Annotated[int, typer.Option("--val-split", min=0, help="Hold out N tr
 NTrain = Annotated[int | None, typer.Option("--n-train", min=1, help="Train on N of the training images (count; class-balanced and the same N for every --seed; with adv-train --adv-data, N clean/adversarial pairs). Default: all.")]
 LabelSmoothing = Annotated[float, typer.Option("--label-smoothing", min=0.0, max=1.0, help="Cross-entropy label smoothing (fraction of the target mass spread over the classes).")]
 ChannelsLast = Annotated[bool, typer.Option("--channels-last/--no-channels-last", help="NHWC memory format (faster convolutions on many CPUs and GPUs).")]
-Amp = Annotated[str, typer.Option("--amp", help="Precision of the training forward pass and training attack: none (fp32), bf16 (CPUs with AMX/AVX512-BF16, GPUs), fp16 (CUDA, with loss scaling). Evaluation attacks (adv-train's validation PGD) always run in fp32.")]
+Amp = Annotated[str, typer.Option("--amp", help="Precision of the training forward pass and training attack: none (fp32), bf16 (CPUs with AMX/AVX512-BF16, GPUs), fp16 (CUDA, with loss scaling). The per-epoch test/validation accuracy and the evaluation attacks (adv-train's validation PGD) always run in fp32.")]
 Compile = Annotated[bool, typer.Option("--compile/--no-compile", help="torch.compile the training forward/backward (the first step pays the compilation, reported in seconds; attacks stay eager).")]
 SyncBn = Annotated[bool, typer.Option("--sync-bn/--no-sync-bn", help="Under torchrun: synchronise BatchNorm statistics across ranks (SyncBatchNorm).")]
 Label = Annotated[str | None, typer.Option("--label", help="Short name of this model in compare tables. Default: the --out file name.")]

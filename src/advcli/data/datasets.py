@@ -33,6 +33,7 @@ import torch
 from advcli.data.synthetic import CLASSES as SYNTHETIC_CLASSES
 from advcli.data.synthetic import make_synthetic
 from advcli.errors import DataError, UsageError
+from advcli.rng import Stream, stream_seed
 from advcli.tensorfile import load_tensors, save_tensors
 
 TORCHVISION = ("cifar10", "cifar100", "svhn")
@@ -292,7 +293,7 @@ def hold_out(data: ImageData, n: int, seed: int) -> ImageData:
     """Move n seeded, stratified training images into a validation split (never the test set)."""
     if n < 0 or n >= len(data.train_y):
         raise UsageError(f"--val-split must be between 0 and {len(data.train_y) - 1}, got {n}")
-    idx = stratified_order(data.train_y, seed + 7919)
+    idx = stratified_order(data.train_y, stream_seed(seed, 0, 0, Stream.val_split))
     val, keep = idx[:n], idx[n:].sort().values
     data.val_x, data.val_y = data.train_x[val], data.train_y[val]
     data.train_x, data.train_y = data.train_x[keep], data.train_y[keep]
@@ -351,13 +352,14 @@ def check_subset(subset: Subset | str, dataset: str | None) -> None:
 
 def train_subset(labels: torch.Tensor, n: int) -> torch.Tensor:
     """`--n-train N`: N training examples, class-balanced, the same for every `--seed` (the first
-    N of `stratified_order(labels, 0)`), in their original order. Image folders list the
-    training set class by class, so a plain prefix would hold one class only."""
+    N of `stratified_order` seeded with seed 0's `train_subset` stream, `advcli.rng`), in their
+    original order. Image folders list the training set class by class, so a plain prefix would
+    hold one class only."""
     if n <= 0:
         raise UsageError(f"--n-train must be a positive number of examples, got {n}")
     if n >= len(labels):
         return torch.arange(len(labels))
-    return stratified_order(labels, 0)[:n].sort().values
+    return stratified_order(labels, stream_seed(0, 0, 0, Stream.train_subset))[:n].sort().values
 
 
 # pytest would otherwise collect `test_subset` from modules that import it.

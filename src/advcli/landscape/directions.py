@@ -3,7 +3,8 @@
 A direction is a mapping parameter name -> tensor of that parameter's shape.
 
 - `gaussian_directions(model, count, seed)` draws *raw* directions: i.i.d. N(0, 1) entries for
-  every parameter, in `named_parameters()` order, from one CPU generator seeded with `seed`.
+  every parameter, in `named_parameters()` order, from one CPU generator: the
+  `landscape_directions` stream of `seed` (`advcli.rng`).
   Same seed and architecture -> the same raw directions, on any device, so two checkpoints of
   one architecture are compared along the same random directions.
 - `filter_normalize(raw, model)` rescales each filter of a raw direction to the norm of the
@@ -29,6 +30,7 @@ import torch
 from torch import nn
 
 from advcli.errors import CheckpointError
+from advcli.rng import Stream, stream_generator
 from advcli.tensorfile import load_tensors, save_tensors
 
 SCHEMA = "advcli.directions/1"
@@ -43,7 +45,7 @@ def gaussian_directions(model: nn.Module, count: int, seed: int) -> list[Directi
     """`count` raw N(0, 1) directions for `model`'s parameters (CPU float32, seeded)."""
     if count < 1:
         raise ValueError(f"count must be >= 1, got {count}")
-    gen = torch.Generator(device="cpu").manual_seed(int(seed))
+    gen = stream_generator(int(seed), 0, 0, Stream.landscape_directions)
     out: list[Direction] = []
     for _ in range(count):
         # Every parameter draws, zeroed ones included, so include_bias_bn never shifts the

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from advcli.landscape.grid import Batch, PointEvaluator
+from advcli.rng import Stream, stream_generator
 
 
 @dataclass
@@ -149,7 +150,7 @@ def hessian_top_eigenvalue(
     n = sum(int(y.shape[0]) for _, y in batches)
     flags = [p.requires_grad for p in params]
     modes = [(m, m.training) for m in model.modules()]
-    gen = torch.Generator(device="cpu").manual_seed(int(seed))
+    gen = stream_generator(int(seed), 0, 0, Stream.hessian)
     v = [torch.randn(tuple(p.shape), generator=gen).to(p) for p in params]
     scale = _norm(v)
     v = [t / scale.to(t.dtype) for t in v]

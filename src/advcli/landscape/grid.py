@@ -38,6 +38,7 @@ from torch import nn
 
 from advcli.models.layout import input_layout, model_layout
 from advcli.progress import NullReporter, Reporter
+from advcli.rng import Stream, stream_generator
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 Direction = dict[str, torch.Tensor]
@@ -177,7 +178,7 @@ class PointEvaluator:
         out = []
         for i, (x, y) in enumerate(self.batches):
             # One fixed stream per batch, the same at every point of the grid.
-            gen = torch.Generator(device="cpu").manual_seed(self.attack_seed * 100_003 + i)
+            gen = stream_generator(self.attack_seed, i, 0, Stream.landscape_attack)
             out.append((self.attack.perturb(self.model, x, y, generator=gen), y))
         return out
 

@@ -54,6 +54,7 @@ from advcli.io import plain
 from advcli.models.layout import input_layout, model_layout
 from advcli.progress import NullReporter, Reporter
 from advcli.results import ATTACK_SCHEMA
+from advcli.rng import Stream, stream_generator
 
 
 @dataclass
@@ -120,8 +121,8 @@ def run_attack(
 ) -> AttackOutcome:
     """Attack (x, y) in batches. x: uint8 or float [N, C, H, W] on the CPU (converted per batch,
     so a whole training set never exists as floats twice); targets: the target classes when
-    `spec.targeted`. Random starts draw from one CPU generator seeded with `seed`, so the
-    result does not depend on the device. The attack runs in fp32 and reports, per example,
+    `spec.targeted`. Random starts draw from one CPU generator, the `attack` stream of `seed`
+    (`advcli.rng`), so the result does not depend on the device. The attack runs in fp32 and reports, per example,
     whether it fooled the model under its `keep` rule (`Attack.run`)."""
     reporter = reporter or NullReporter()
     attack = build_attack(spec)
@@ -138,7 +139,7 @@ def run_attack(
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
     device = torch.device(device)
     index = torch.arange(n, dtype=torch.int64) if index is None else index.to(torch.int64).cpu()
-    generator = torch.Generator().manual_seed(int(seed))
+    generator = stream_generator(int(seed), 0, 0, Stream.attack)
 
     x_adv_all = torch.empty((n, *x.shape[1:]), dtype=torch.float32)
     clean_pred = torch.empty(n, dtype=torch.int64)

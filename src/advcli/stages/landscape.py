@@ -43,7 +43,7 @@ import yaml
 from torch import nn
 
 from advcli.advset import AdvSet, AdvSetError, load_adv_set
-from advcli.attacks import AttackSpec, attack_record, build_attack
+from advcli.attacks import Attack, AttackSpec, Keep, attack_record, build_attack
 from advcli.checkpoint import LoadedCheckpoint, load_checkpoint
 from advcli.data import ImageData, test_subset, to_float
 from advcli.data.datasets import Subset
@@ -369,6 +369,13 @@ def _images(
     )
 
 
+def landscape_attack(spec: AttackSpec) -> Attack:
+    """The attack recomputed at every point. It measures, so it keeps each example's worst
+    iterate as `advcli eval` does (`first-success`: the first iterate that fools the model, else
+    the highest-loss one), not the last iterate, which can overstate the accuracy at a point."""
+    return build_attack(spec if spec.keep is not None else replace(spec, keep=Keep.first_success))
+
+
 def _subset(
     loaded: Sequence[LoadedCheckpoint], opts: LandscapeOptions, data: Any, warnings: list[str]
 ) -> _Subset:
@@ -379,7 +386,7 @@ def _subset(
         index = test_subset(images.test_y, opts.n, opts.seed, opts.subset, dataset=images.name)
         attack = attack_info = None
         if opts.attack is not None:
-            attack = build_attack(opts.attack)
+            attack = landscape_attack(opts.attack)
             attack_info = attack_record(opts.attack, attack)
         y = images.test_y[index]
         record = {

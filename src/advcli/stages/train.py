@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from advcli import distributed
+from advcli.attacks.base import full_precision
 from advcli.checkpoint import LoadedCheckpoint, load_checkpoint, model_metadata, save_checkpoint
 from advcli.config import Augment, Schedule, parse_choice
 from advcli.data import ImageData, load_dataset
@@ -192,9 +193,9 @@ def evaluate_accuracy(
     y: torch.Tensor,
     device: torch.device,
     batch_size: int = 500,
-    amp: str = "none",
 ) -> float:
-    """Clean accuracy in eval mode (no augmentation)."""
+    """Clean accuracy in eval mode (no augmentation), in fp32 whatever --amp trains in: the
+    history's accuracies are measurements, comparable with `advcli eval`'s."""
     was_training = model.training
     model.eval()
     info = distributed.current()
@@ -204,7 +205,7 @@ def evaluate_accuracy(
         for start in range(info.rank * batch_size, len(y), batch_size * info.world_size):
             xb = x_uint8[start : start + batch_size].to(device)
             xb = xb.float().div_(255) if xb.dtype == torch.uint8 else xb.float()
-            with autocast(device, amp):
+            with full_precision(device):
                 logits = model(xb)
             correct += (logits.argmax(1) == y[start : start + batch_size].to(device)).sum()
     distributed.all_reduce_sum(correct)
@@ -390,11 +391,14 @@ class _EpochSums:
         for t in (*self.loss.values(), *self.correct.values(), counts):
             distributed.all_reduce_sum(t)
         n = {"clean": int(counts[0]), "adv": int(counts[1])}
-        mean = {f"{part}_{kind}": float(total[part]) / n[part] if n[part] else math.nan
+        # A part with no examples (the clean part under --fraction 1) was not measured: None,
+        # written as null, not NaN (which YAML and JSON readers handle each their own way).
+        mean = {f"{part}_{kind}": float(total[part]) / n[part] if n[part] else None
                 for part in n for kind, total in (("loss", self.loss), ("accuracy", self.correct))}
         main = "clean" if n["clean"] else "adv"  # every example attacked: report the adversarial part
-        stats = EpochStats(epoch=epoch, lr=lr, train_loss=mean[f"{main}_loss"],
-                           train_accuracy=mean[f"{main}_accuracy"])
+        loss, acc = mean[f"{main}_loss"], mean[f"{main}_accuracy"]
+        stats = EpochStats(epoch=epoch, lr=lr, train_loss=math.nan if loss is None else loss,
+                           train_accuracy=math.nan if acc is None else acc)
         if adversarial:
             stats.extra.update(mean)
         return stats
@@ -467,14 +471,14 @@ def _by_rank(t: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 
 def measure_epoch(
-    model: nn.Module, stats: EpochStats, data: ImageData, device: torch.device, amp: str,
+    model: nn.Module, stats: EpochStats, data: ImageData, device: torch.device,
     epoch_hooks: Sequence[EpochHook] = (), *, history: Sequence[EpochStats] = (), raw: nn.Module | None = None,
 ) -> str | None:
     """Fill in the epoch's test/validation accuracy (of `model`) and the hooks' metrics; returns
     the reason to stop when a hook raised StopTraining."""
-    stats.test_accuracy = evaluate_accuracy(model, data.test_x, data.test_y, device, amp=amp)
+    stats.test_accuracy = evaluate_accuracy(model, data.test_x, data.test_y, device)
     if data.val_x is not None and data.val_y is not None:
-        stats.val_accuracy = evaluate_accuracy(model, data.val_x, data.val_y, device, amp=amp)
+        stats.val_accuracy = evaluate_accuracy(model, data.val_x, data.val_y, device)
     stop = None
     for hook in epoch_hooks:
         try:
@@ -598,7 +602,7 @@ def fit(
         stats = train_epoch(s, opts, epoch, device, perturber=perturber, step_hooks=step_hooks, reporter=reporter,
                             start=position, save_every=save_every, save=save)
         position = None
-        stop = measure_epoch(s.kept, stats, data, device, opts.amp, epoch_hooks or [], history=state.history,
+        stop = measure_epoch(s.kept, stats, data, device, epoch_hooks or [], history=state.history,
                              raw=s.model)
         stats.seconds = round(time.perf_counter() - started, 3)
         state.record(stats, s.kept, keep_best)
@@ -646,10 +650,10 @@ def finish(
     if state.history:
         test_accuracy = state.history[-1].test_accuracy
     else:
-        test_accuracy = evaluate_accuracy(model, data.test_x, data.test_y, device, amp=opts.amp)
+        test_accuracy = evaluate_accuracy(model, data.test_x, data.test_y, device)
     if keep_best and state.best_weights is not None:
         model.load_state_dict(state.best_weights)
-        test_accuracy = evaluate_accuracy(model, data.test_x, data.test_y, device, amp=opts.amp)
+        test_accuracy = evaluate_accuracy(model, data.test_x, data.test_y, device)
         if notes is not None:
             notes.append(f"kept epoch {state.best_epoch} (best {keep_best} = {state.best_score:.4f})")
     meta = model_metadata(
@@ -711,7 +715,7 @@ def model_arch(name: str) -> str:
 
 def _epoch_line(s: EpochStats) -> str:
     parts = [f"epoch {s.epoch}", f"loss {s.train_loss:.4f}", f"train {100 * s.train_accuracy:.2f}%"]
-    if "adv_accuracy" in s.extra:
+    if s.extra.get("adv_accuracy") is not None:
         parts.append(f"adv {100 * s.extra['adv_accuracy']:.2f}%")
     if s.val_accuracy is not None:
         parts.append(f"val {100 * s.val_accuracy:.2f}%")

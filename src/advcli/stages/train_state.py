@@ -71,12 +71,14 @@ class EpochStats:
     test_accuracy: float = math.nan
     seconds: float = 0.0
     val_accuracy: float | None = None
-    extra: dict[str, float] = field(default_factory=dict)
+    extra: dict[str, float | None] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
+        """The record: an unmeasured `val_accuracy` is left out; an `extra` metric that could
+        not be measured this epoch (None, e.g. `clean_loss` under --fraction 1) stays, as null."""
         d = asdict(self)
-        d.update(d.pop("extra"))
-        return {k: v for k, v in d.items() if v is not None}
+        extra = d.pop("extra")
+        return {**{k: v for k, v in d.items() if v is not None}, **extra}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> EpochStats:
