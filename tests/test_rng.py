@@ -13,8 +13,8 @@ import advcli.rng as rng
 from advcli.config import Norm, parse_eps
 from advcli.data import load_dataset
 from advcli.rng import Stream, stream_seed
-from advcli.stages.adv_train import AdvOptions, ThreatModel, adv_fit
-from advcli.stages.train import TrainOptions
+from advcli.train.adversarial import AdvOptions, ThreatModel, adv_fit
+from advcli.train.loop import TrainOptions
 
 CPU = torch.device("cpu")
 

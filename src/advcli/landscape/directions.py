@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from advcli.errors import CheckpointError
-from advcli.tensorfile import load_tensors, save_tensors
+from advcli.formats.tensorfile import load_tensors, save_tensors
 
 SCHEMA = "advcli.directions/1"
 # Guards a zero-norm direction filter (a filter of all-zero draws cannot happen in practice,

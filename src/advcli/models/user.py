@@ -48,7 +48,7 @@ from advcli.errors import AdvcliError, UsageError
 from advcli.io import sha256_file
 
 if TYPE_CHECKING:
-    from advcli.checkpoint import LoadedCheckpoint
+    from advcli.models.checkpoint import LoadedCheckpoint
 
 MODEL_HELP = (
     "FILE.py:CALLABLE: evaluate the nn.Module that CALLABLE() returns instead of an advcli "
@@ -207,7 +207,7 @@ def load_user_model(spec: str, weights: str | Path | None = None, *,
         fn, code = load_callable(spec, option="--model")
         model = _call(fn, code)
     if weights is not None:
-        from advcli.checkpoint import load_tensors
+        from advcli.models.checkpoint import load_tensors
 
         tensors, _ = load_tensors(weights)
         # A Classifier checkpoint holds `normalize.` buffers + `net.`; a bare module its own keys.
@@ -329,7 +329,7 @@ def load_target(checkpoint: str | Path | LoadedCheckpoint | None, *, model: str 
                 wrap: str | None = None, device: torch.device | str = "cpu") -> Target:
     """The checkpoint's model, or `model`'s module (weights from `checkpoint` when given, and
     the metadata it holds), wrapped by `wrap`; on `device`, in eval mode."""
-    from advcli.checkpoint import LoadedCheckpoint, load_checkpoint, read_metadata
+    from advcli.models.checkpoint import LoadedCheckpoint, load_checkpoint, read_metadata
 
     if model:
         path = None if checkpoint is None else Path(str(getattr(checkpoint, "path", checkpoint)))
