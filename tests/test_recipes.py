@@ -455,8 +455,8 @@ def test_compare_prints_published_rows_in_the_matrix_and_the_ssim_table(tmp_path
     each published number lands in its reproduced column, before its reproduced row."""
     import yaml
 
+    from advcli import compare as cmp
     from advcli.compare import render as txt
-    from advcli.compare import tables as cmp
 
     attacks = {
         "fgsm": {"name": "fgsm", "norm": "linf", "eps": 8 / 255, "eps_text": "8/255", "steps": 1,
@@ -495,8 +495,8 @@ def test_compare_prints_published_rows_in_the_matrix_and_the_ssim_table(tmp_path
 
 
 def test_compare_prints_the_articles_errors_back(tmp_path: Path) -> None:
+    from advcli import compare as cmp
     from advcli.compare import render as txt
-    from advcli.compare import tables as cmp
 
     src = _shared("stutz-2021-pgd-at.yaml")
     files = sorted((RECIPES / "pgd-at" / "published").rglob("*.yaml"))

@@ -12,9 +12,9 @@ import yaml
 from scipy import stats as sp
 from typer.testing import CliRunner
 
+from advcli import compare as cmp
 from advcli.cli.app import app
 from advcli.compare import render as txt
-from advcli.compare import tables as cmp
 from advcli.compare.claims import Verdict, check_claims, load_claims, parse_claim
 from advcli.errors import ConfigError
 from advcli.formats.results import DataInfo, Entry, EvalResult, ModelInfo, index_sha256, save_results

@@ -1,5 +1,5 @@
 """Flatness over direction seeds in `advcli compare`: the flatness table's per-seed samples and
-spread (compare/tables.py, flatness section), landscape files written before flatness seeds, and
+spread (compare/flatness.py), landscape files written before flatness seeds, and
 flatness claims decided by a paired t-test across the shared direction seeds (compare/claims.py).
 
 The numbers are hand-made: every model shares a large seed-to-seed swing (one direction draw is
@@ -16,8 +16,8 @@ import pytest
 import yaml
 from scipy import stats as sp
 
+from advcli import compare as cmp
 from advcli.compare import render as txt
-from advcli.compare import tables as cmp
 from advcli.compare.claims import MIN_DIRECTION_SEEDS, Verdict, check_claims, parse_claim
 from advcli.formats.results import index_sha256
 

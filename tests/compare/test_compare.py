@@ -16,9 +16,9 @@ import yaml
 from scipy import stats as sp
 from typer.testing import CliRunner
 
+from advcli import compare as cmp
 from advcli.cli.app import app
 from advcli.compare import render as txt
-from advcli.compare import tables as cmp
 from advcli.errors import ResultsError, UsageError
 from advcli.formats.results import (
     DataInfo,

@@ -11,10 +11,10 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from advcli import compare as cmp
 from advcli.audit.file import AuditResult, CheckResult, save_audit
 from advcli.cli.app import app
 from advcli.compare import render as txt
-from advcli.compare import tables as cmp
 from advcli.compare.audit_column import cell_text, read_audit_entry
 from advcli.errors import ResultsError, UsageError
 from advcli.formats.results import DataInfo, Entry, EvalResult, ModelInfo, index_sha256, save_results

@@ -600,7 +600,7 @@ def test_cli_flatness_seeds_are_the_same_for_every_checkpoint_and_every_call(fol
         assert (f["seed_min"], f["seed_max"]) == (min(f["seed_means"]), max(f["seed_means"]))
     assert "direction seeds (2–6)" in five["stdout"] and "±" in five["stdout"]
     # compare reads the five samples per model and tests a claim on them seed by seed.
-    from advcli.compare import tables as cmp
+    from advcli import compare as cmp
     from advcli.compare.claims import check_claims, parse_claim
 
     [table] = cmp.compare([cmp.load_input(five["path"])])

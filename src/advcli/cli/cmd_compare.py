@@ -13,9 +13,9 @@ import typer
 
 from advcli.cli import render
 from advcli.cli.common import CONFIG_HELP, handle_errors, resolve_options
+from advcli.compare import CompareOptions, Metric, run_compare
 from advcli.compare import render as text
 from advcli.compare.claims import load_claims
-from advcli.compare.tables import CompareOptions, Metric, run_compare
 from advcli.config import parse_choice
 from advcli.errors import UsageError
 

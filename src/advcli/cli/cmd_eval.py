@@ -88,7 +88,7 @@ def eval_options(opts: dict[str, Any]) -> Any:
 
 
 def _entry_name(e: Any) -> str:
-    from advcli.compare.tables import entry_key
+    from advcli.compare import entry_key
 
     return entry_key(e).variant
 

@@ -50,16 +50,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from advcli.compare.render import format_p, number_text
-from advcli.compare.tables import (
-    Cell,
-    Column,
-    ColumnKey,
-    CompareTable,
-    TableKind,
-    direction_pairs,
-    significance,
-)
+from advcli.compare.flatness import direction_pairs
+from advcli.compare.model import Cell, Column, ColumnKey, CompareTable, TableKind, format_p, number_text
+from advcli.compare.rows import significance
 from advcli.config import parse_choice, parse_eps
 from advcli.errors import ConfigError, UsageError
 from advcli.stats import paired_difference

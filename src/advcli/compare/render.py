@@ -1,6 +1,6 @@
 """Text renderings of `advcli compare`'s tables and claim verdicts: cell text, header, rows and
 footnotes (what the rich table in `cli/render.py` shows too), markdown, csv, latex, and plain
-data for `--format json`. Pure string work on `compare.tables.CompareTable`; no rich/typer.
+data for `--format json`. Pure string work on `compare.model.CompareTable`; no rich/typer.
 """
 
 from __future__ import annotations
@@ -8,23 +8,12 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from advcli.compare.tables import Cell, CompareTable, TableKind
-
-if TYPE_CHECKING:  # claims formats its numbers with this module's helpers
-    from advcli.compare.claims import ClaimResult
+from advcli.compare.claims import ClaimResult
+from advcli.compare.model import Cell, CompareTable, TableKind, format_p, number_text
 
 _UNITLESS = {TableKind.ssim: "1-ssim", TableKind.flatness: "loss-increase"}
-
-
-def number_text(value: float, table: CompareTable) -> str:
-    """A cell value as shown: % with 2 decimals for accuracies, 4 decimals otherwise."""
-    return f"{100 * value:.2f}" if table.percent else f"{value:.4f}"
-
-
-def format_p(p: float) -> str:
-    return "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
 
 
 def _signed(value: float, table: CompareTable) -> str:
