@@ -1,3 +1,4 @@
+# Over 500 lines: the eval stage, its entries and its --dry-run plan; split planned.
 """`advcli eval`: clean accuracy, PGD at several eps, AutoAttack, transfer from an adversarial
 set, and the per-example worst case. Returns an `EvalResult`; writing it is the caller's job.
 

@@ -1,3 +1,5 @@
+# Over 500 lines: both result-file schemas (eval results, attack summaries) share one
+# validating reader and its error texts.
 """Result files: typed evaluation results <-> YAML, and their validation.
 
 Two schemas are read here:

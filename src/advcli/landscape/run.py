@@ -1,3 +1,4 @@
+# Over 500 lines: the landscape stage and its file; the file moves out, planned.
 """The landscape stage: filter-normalised loss landscapes of one or more checkpoints on one subset.
 
 - `LandscapeOptions` / `LandscapeSettings`: the resolved options of `advcli landscape`; the

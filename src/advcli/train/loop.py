@@ -1,3 +1,4 @@
+# Over 500 lines: one training loop read top to bottom; split planned.
 """The one training loop. Standard training and adversarial training are the same loop; the
 latter passes a `BatchPerturber` that replaces the last `fraction` of every batch by adversarial
 examples before the update (see train/adversarial.py).
