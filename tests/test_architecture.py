@@ -215,6 +215,17 @@ def test_the_private_module_rule_reads_package_boundaries() -> None:
     assert private_imports(graph) == {"advcli.cli.cmd_compare": ["advcli.compare._matrix"]}
 
 
+def test_no_package_imports_one_that_imports_it_back() -> None:
+    # The same rule one floor up: advcli.formats never reaches up into advcli.models, and so on.
+    def top(module: str) -> str:
+        return ".".join(module.split(".")[:2])
+
+    packages: dict[str, set[str]] = {}
+    for module, imports in module_graph().items():
+        packages.setdefault(top(module), set()).update(top(m) for m in imports if top(m) != top(module))
+    assert cycles(packages) == []
+
+
 def test_no_import_of_another_package_s_private_module() -> None:
     # advcli.compare._x is compare's own business: outside compare/ it is reached through
     # compare's public modules.

@@ -1,9 +1,9 @@
 """The files several stages share, one module per format, each reading and writing its own:
 
-- `checkpoint`: self-describing safetensors checkpoints (`save_checkpoint`, `load_checkpoint`);
 - `tensorfile`: named tensors with a JSON header, under checkpoints, sets and caches;
 - `advset`: adversarial sets (`AdvSet`, `save_adv_set`, `load_adv_set`);
 - `results`: eval results (`EvalResult`, `save_results`, `load_results`) and attack summaries.
 
-A file that one stage alone writes lives beside that stage (`audit/file.py`, `train/history.py`).
+A file that one stage alone writes lives beside that stage (`audit/file.py`, `train/history.py`);
+checkpoints, which build their model, are `advcli.models.checkpoint`. Nothing here imports torch models.
 """

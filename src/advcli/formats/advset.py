@@ -17,8 +17,8 @@ from typing import Any
 import torch
 
 from advcli.errors import DataError, ResultsError
+from advcli.formats.tensorfile import load_tensors, save_tensors
 from advcli.io import sha256_file
-from advcli.models.checkpoint import load_tensors, save_tensors
 
 ADVSET_SCHEMA = "advcli.advset/1"
 

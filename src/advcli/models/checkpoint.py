@@ -19,7 +19,7 @@ import torch
 from advcli.errors import CheckpointError
 from advcli.formats.tensorfile import PREFIX, load_tensors, read_metadata, save_tensors
 from advcli.io import sha256_file
-from advcli.models import Classifier, build_model
+from advcli.models.registry import Classifier, build_model
 
 __all__ = [
     "PREFIX", "SCHEMA", "LoadedCheckpoint", "load_checkpoint", "load_tensors", "model_metadata",
