@@ -85,6 +85,12 @@ def test_the_core_never_imports_the_cli_typer_or_rich() -> None:
     assert offenders(files, ("advcli.cli", "typer", "rich", "click")) == {}
 
 
+def test_rich_lives_in_cli_render_alone() -> None:
+    # The rich table, colours and progress bars are drawn in one place; commands call it.
+    files = [p for p in PACKAGE.rglob("*.py") if p != PACKAGE / "cli" / "render.py"]
+    assert offenders(files, ("rich",)) == {}
+
+
 def test_commands_load_no_checkpoint_and_no_dataset_themselves() -> None:
     # parse options -> one stage call -> render/write: the stage loads what it works on.
     # import reads outside weights and info reads a header: their loading is the command.
