@@ -26,8 +26,8 @@ from harness import (
 )
 
 from advcli.config import Norm
-from advcli.stages.adv_train import AdvOptions, ThreatModel, adv_fit
-from advcli.stages.train import TrainOptions
+from advcli.train.adversarial import AdvOptions, ThreatModel, adv_fit
+from advcli.train.loop import TrainOptions
 
 NAME = "adv-train"
 

@@ -38,7 +38,7 @@ def quiet_autoattack() -> Iterator[None]:
 def run(ctx: Context) -> None:
     from pyautoattack import AutoAttack
 
-    from advcli.stages.evaluate import autoattack_entry, predict_flags
+    from advcli.evaluate.run import autoattack_entry, predict_flags
 
     s = ctx.sizes
     model = eval_model(ctx)

@@ -18,7 +18,7 @@ NAME = "eval-pgd"
 def run(ctx: Context) -> None:
     import torchattacks
 
-    from advcli.stages.evaluate import pgd_entry, predict_flags
+    from advcli.evaluate.run import pgd_entry, predict_flags
 
     s = ctx.sizes
     model = eval_model(ctx)

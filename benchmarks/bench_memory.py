@@ -22,8 +22,8 @@ from advcli.config import Norm
 from advcli.data import ImageData
 from advcli.data.synthetic import CLASSES
 from advcli.device import resolve_device
-from advcli.stages.adv_train import AdvOptions, ThreatModel, adv_fit
-from advcli.stages.train import TrainOptions
+from advcli.train.adversarial import AdvOptions, ThreatModel, adv_fit
+from advcli.train.loop import TrainOptions
 
 NAME = "memory"
 # The entry point that answers --memory-child (a fresh interpreter per batch size).

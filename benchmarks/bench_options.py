@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from harness import Context, Ratio, batch_of, compare, emit, fresh_model, info, interleaved, ms, pgd, train_step_fn
 
-from advcli.stages.adv_train import AttackPerturber
+from advcli.train.adversarial import AttackPerturber
 
 NAME = "options"
 

@@ -27,15 +27,15 @@ from torch import nn
 
 from advcli.attacks import AttackSpec, build_attack
 from advcli.attacks.base import Attack
-from advcli.checkpoint import load_checkpoint
 from advcli.config import Norm, parse_eps
 from advcli.data import ImageData, to_float
 from advcli.data.synthetic import CLASSES, make_synthetic
 from advcli.device import tune_allocator
 from advcli.io import atomic_write_bytes
 from advcli.models import build_model
-from advcli.stages.adv_train import AdvOptions, ThreatModel, adv_fit
-from advcli.stages.train import TrainOptions, batch_loss
+from advcli.models.checkpoint import load_checkpoint
+from advcli.train.adversarial import AdvOptions, ThreatModel, adv_fit
+from advcli.train.loop import TrainOptions, batch_loss
 
 EPS = parse_eps("8/255")
 

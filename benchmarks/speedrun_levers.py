@@ -62,7 +62,7 @@ def run(name: str, out: Path, advcli: list[str], data: str) -> None:
 
 
 def table(out: Path) -> str:
-    from advcli.checkpoint import read_metadata
+    from advcli.models.checkpoint import read_metadata
 
     rows = ["| lever | epochs | time per epoch | training time | val clean | val PGD-10 |",
             "|---|---|---|---|---|---|"]

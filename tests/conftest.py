@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from advcli.data import ImageData, load_dataset
-from advcli.stages.train import TrainOptions, fit
+from advcli.train.loop import TrainOptions, fit
 
 REPO = Path(__file__).resolve().parents[1]
 CIFAR_ZIP = REPO.parent / "shared" / "data" / "cifar10-jpeg.zip"

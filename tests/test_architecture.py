@@ -66,23 +66,29 @@ def test_the_import_reader_sees_every_form(tmp_path: Path) -> None:
     pkg.mkdir(parents=True)
     f = pkg / "x.py"
     f.write_text(
-        "import typer\nfrom advcli.checkpoint import load_tensors\nfrom ..cli import render\n"
+        "import typer\nfrom advcli.models.checkpoint import load_tensors\nfrom ..cli import render\n"
         "def g():\n    from advcli.data import load_dataset\n"
     )
     names = imported_names(f, root=tmp_path)
-    assert {"typer", "advcli.checkpoint.load_tensors", "advcli.cli", "advcli.cli.render",
+    assert {"typer", "advcli.models.checkpoint.load_tensors", "advcli.cli", "advcli.cli.render",
             "advcli.data.load_dataset"} <= names
 
 
 def test_data_does_not_import_checkpoint() -> None:
-    # Tensor files are advcli.tensorfile's; checkpoint.py would pull in the model registry.
-    assert offenders(python_files("data"), ("advcli.checkpoint",)) == {}
+    # Tensor files are advcli.formats.tensorfile's; models/checkpoint.py would pull in the model registry.
+    assert offenders(python_files("data"), ("advcli.models.checkpoint",)) == {}
 
 
 def test_the_core_never_imports_the_cli_typer_or_rich() -> None:
-    # Stages, attacks, data, models and landscapes are a library: no terminal in them.
-    files = python_files("stages", "attacks", "data", "models", "landscape")
+    # Everything below cli/ is a library: no terminal in it (`__main__` is the cli's door).
+    files = [p for p in PACKAGE.rglob("*.py") if p.relative_to(PACKAGE).parts[0] not in ("cli", "__main__.py")]
     assert offenders(files, ("advcli.cli", "typer", "rich", "click")) == {}
+
+
+def test_rich_lives_in_cli_render_alone() -> None:
+    # The rich table, colours and progress bars are drawn in one place; commands call it.
+    files = [p for p in PACKAGE.rglob("*.py") if p != PACKAGE / "cli" / "render.py"]
+    assert offenders(files, ("rich",)) == {}
 
 
 def test_commands_load_no_checkpoint_and_no_dataset_themselves() -> None:
@@ -90,7 +96,7 @@ def test_commands_load_no_checkpoint_and_no_dataset_themselves() -> None:
     # import reads outside weights and info reads a header: their loading is the command.
     files = [p for p in python_files("cli") if p.name not in ("cmd_import.py", "cmd_info.py")]
     banned = (
-        "advcli.checkpoint.load_checkpoint",
+        "advcli.models.checkpoint.load_checkpoint",
         "advcli.data.load_dataset",
         "advcli.data.datasets.load_dataset",
         "advcli.data.for_checkpoint",
@@ -123,3 +129,123 @@ def test_each_schema_string_lives_in_exactly_one_module() -> None:
                 "advcli.checkpoint/1", "advcli.directions/1"}
     assert expected <= set(homes), f"schema strings not found as literals: {expected - set(homes)}"
     assert {s: sorted(m) for s, m in homes.items() if len(m) > 1} == {}
+
+
+def module_graph() -> dict[str, set[str]]:
+    """{module: the advcli modules it imports}, every import counted (lazy ones and those under
+    TYPE_CHECKING too). `from package import name` points at the submodule when `name` is
+    one, else at the package: importing a submodule is not an import of its package's face."""
+    modules = {_module_name(p, SRC): p for p in PACKAGE.rglob("*.py")}
+
+    def target(name: str) -> str | None:
+        while name and name not in modules:
+            name = name.rpartition(".")[0]
+        return name or None
+
+    graph: dict[str, set[str]] = {}
+    for module, path in modules.items():
+        names = imported_names(path, SRC)
+        # `from a.b import c` also yields a.b: drop it where a.b.c is itself a module.
+        parents = {n.rpartition(".")[0] for n in names if n in modules}
+        graph[module] = {
+            t for n in names - parents if n.startswith("advcli") and (t := target(n)) not in (None, module)
+        }
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components with more than one module (Tarjan), each sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph.get(v, ())):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_the_cycle_finder_sees_a_lazy_cycle() -> None:
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
+    assert cycles(graph) == [["a", "b", "c"]]
+    assert cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_no_module_imports_one_that_imports_it_back() -> None:
+    # A lazy import still ties two modules: the circle is there, only hidden until run time.
+    assert cycles(module_graph()) == []
+
+
+def private_imports(graph: dict[str, set[str]]) -> dict[str, list[str]]:
+    """{module: the private modules (a leading underscore) it imports from outside the package
+    that holds them}."""
+    found: dict[str, list[str]] = {}
+    for module, imports in graph.items():
+        for name in sorted(imports):
+            parts = name.split(".")
+            for i, part in enumerate(parts):
+                owner = ".".join(parts[:i])
+                if part.startswith("_") and not part.startswith("__") and not module.startswith(owner + "."):
+                    found.setdefault(module, []).append(name)
+                    break
+    return found
+
+
+def test_the_private_module_rule_reads_package_boundaries() -> None:
+    graph = {"advcli.compare.run": {"advcli.compare._matrix"},
+             "advcli.compare.sub.x": {"advcli.compare._matrix"},
+             "advcli.cli.cmd_compare": {"advcli.compare._matrix", "advcli.compare"}}
+    assert private_imports(graph) == {"advcli.cli.cmd_compare": ["advcli.compare._matrix"]}
+
+
+def test_no_package_imports_one_that_imports_it_back() -> None:
+    # The same rule one floor up: advcli.formats never reaches up into advcli.models, and so on.
+    def top(module: str) -> str:
+        return ".".join(module.split(".")[:2])
+
+    packages: dict[str, set[str]] = {}
+    for module, imports in module_graph().items():
+        packages.setdefault(top(module), set()).update(top(m) for m in imports if top(m) != top(module))
+    assert cycles(packages) == []
+
+
+def test_no_import_of_another_package_s_private_module() -> None:
+    # advcli.compare._x is compare's own business: outside compare/ it is reached through
+    # compare's public modules.
+    assert private_imports(module_graph()) == {}
+
+
+MAX_LINES = 500
+REASON = "# Over 500 lines:"
+
+
+def test_a_module_over_500_lines_says_why_at_its_top() -> None:
+    long = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        lines = path.read_text(encoding="utf-8").splitlines()
+        if len(lines) > MAX_LINES and not lines[0].startswith(REASON):
+            long[str(path.relative_to(SRC))] = len(lines)
+    assert long == {}, f"split these, or give the reason in a first line `{REASON} ...`"

@@ -12,11 +12,11 @@ import pytest
 import torch
 
 from advcli.attacks import AttackSpec, build_attack
-from advcli.checkpoint import load_checkpoint
 from advcli.config import Norm, parse_eps
 from advcli.data import test_subset, to_float
-from advcli.stages.adv_train import AdvOptions, ThreatModel, adv_fit
-from advcli.stages.train import TrainOptions
+from advcli.models.checkpoint import load_checkpoint
+from advcli.train.adversarial import AdvOptions, ThreatModel, adv_fit
+from advcli.train.loop import TrainOptions
 
 REPO = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")

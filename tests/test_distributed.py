@@ -9,8 +9,8 @@ import sys
 import pytest
 import torch
 
-from advcli.checkpoint import load_checkpoint, read_metadata
 from advcli.data.loaders import train_batches
+from advcli.models.checkpoint import load_checkpoint, read_metadata
 
 CPU = torch.device("cpu")
 
@@ -64,7 +64,7 @@ def test_two_rank_training_under_torchrun_writes_a_loadable_checkpoint(tmp_path)
 
 @pytest.mark.slow
 def test_sharded_eval_equals_single_process_eval(tmp_path, tiny_ckpt):
-    from advcli.results import load_results
+    from advcli.formats.results import load_results
 
     args = ["eval", str(tiny_ckpt), "--num-examples", "48", "--eps", "2/255", "--pgd-steps", "3", "--batch-size", "16",
             "--autoattack", "--aa-version", "custom", "--aa-attacks", "apgd-ce", "--device", "cpu", "-q"]

@@ -17,10 +17,10 @@ import torch
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
-from advcli.advset import save_adv_set
-from advcli.checkpoint import model_metadata, save_checkpoint
 from advcli.cli.app import app
+from advcli.formats.advset import save_adv_set
 from advcli.models import build_model
+from advcli.models.checkpoint import model_metadata, save_checkpoint
 
 runner = CliRunner()
 BAD_CHECKPOINTS = ("random", "html", "truncated", "no-metadata", "missing", "classes", "shape")
@@ -124,7 +124,7 @@ def bad_adv_set(kind: str, folder: Path, good: Path, synthetic_data) -> Path:
 
 @pytest.mark.parametrize("kind", BAD_CHECKPOINTS)
 def test_audit_bad_surrogate_fails_before_any_check(kind: str, tiny_ckpt: Path, tmp_path: Path, spy) -> None:
-    from advcli.stages.audit import gradients
+    from advcli.audit import gradients
 
     probed = spy(gradients, "probe")  # the audit's first model work after the clean inputs
     bad = make_bad(kind, tmp_path, tiny_ckpt)
@@ -138,7 +138,7 @@ def test_audit_bad_surrogate_fails_before_any_check(kind: str, tiny_ckpt: Path, 
 
 @pytest.mark.parametrize("kind", NOT_SAFETENSORS)
 def test_audit_bad_checkpoint_fails_before_any_check(kind: str, tiny_ckpt: Path, tmp_path: Path, spy) -> None:
-    from advcli.stages.audit import gradients
+    from advcli.audit import gradients
 
     probed = spy(gradients, "probe")
     bad = make_bad(kind, tmp_path, tiny_ckpt)
@@ -150,7 +150,7 @@ def test_audit_bad_checkpoint_fails_before_any_check(kind: str, tiny_ckpt: Path,
 @pytest.mark.parametrize("option", ["--wrap", "--model"])
 def test_audit_bad_user_code_fails_before_any_check(case: str, option: str, tiny_ckpt: Path, tmp_path: Path,
                                                     spy) -> None:
-    from advcli.stages.audit import gradients
+    from advcli.audit import gradients
 
     probed = spy(gradients, "probe")
     code, out = tmp_path / "code", tmp_path / "out"
@@ -163,7 +163,7 @@ def test_audit_bad_user_code_fails_before_any_check(case: str, option: str, tiny
 
 
 def test_audit_bad_config_fails_before_any_check(tiny_ckpt: Path, tmp_path: Path, spy) -> None:
-    from advcli.stages.audit import gradients
+    from advcli.audit import gradients
 
     probed = spy(gradients, "probe")
     cfg = tmp_path / "c.yaml"
@@ -179,7 +179,7 @@ def test_audit_bad_config_fails_before_any_check(tiny_ckpt: Path, tmp_path: Path
 @pytest.mark.parametrize("kind", NOT_SAFETENSORS + ("labels", "shape"))
 def test_eval_bad_adv_data_fails_before_the_first_attack(kind: str, tiny_ckpt: Path, tmp_path: Path,
                                                          synthetic_data, spy) -> None:
-    import advcli.stages.evaluate as evaluate
+    import advcli.evaluate.run as evaluate
 
     attacked = spy(evaluate, "evaluate")
     bad = bad_adv_set(kind, tmp_path, tiny_ckpt, synthetic_data)
@@ -194,8 +194,8 @@ def test_eval_bad_adv_data_fails_before_the_first_attack(kind: str, tiny_ckpt: P
 @pytest.mark.parametrize("kind", NOT_SAFETENSORS)
 def test_bad_checkpoint_fails_before_the_first_attack(command: str, kind: str, tiny_ckpt: Path, tmp_path: Path,
                                                       spy) -> None:
-    import advcli.stages.attack as attack
-    import advcli.stages.evaluate as evaluate
+    import advcli.attacks.run as attack
+    import advcli.evaluate.run as evaluate
 
     calls = spy(evaluate, "evaluate") + spy(attack, "run_attack")
     bad = make_bad(kind, tmp_path, tiny_ckpt)
@@ -209,9 +209,9 @@ def test_bad_checkpoint_fails_before_the_first_attack(command: str, kind: str, t
 @pytest.mark.parametrize("option", ["--wrap", "--model"])
 def test_bad_user_code_fails_before_the_data_and_the_attack(command: str, case: str, option: str,
                                                             tiny_ckpt: Path, tmp_path: Path, spy) -> None:
+    import advcli.attacks.run as attack
     import advcli.data.for_checkpoint as for_checkpoint
-    import advcli.stages.attack as attack
-    import advcli.stages.evaluate as evaluate
+    import advcli.evaluate.run as evaluate
 
     calls = (spy(evaluate, "evaluate") + spy(attack, "run_attack")
              + spy(for_checkpoint, "dataset_for_checkpoint"))
@@ -229,7 +229,7 @@ def test_bad_user_code_fails_before_the_data_and_the_attack(command: str, case: 
 @pytest.mark.parametrize("kind", ["random", "html", "no-metadata", "checkpoint"])
 def test_landscape_bad_directions_fail_before_the_data_is_loaded(kind: str, tiny_ckpt: Path, tmp_path: Path,
                                                                  spy) -> None:
-    import advcli.stages.landscape as landscape
+    import advcli.landscape.run as landscape
 
     calls = spy(landscape, "dataset_for_checkpoints") + spy(landscape, "compute_landscapes")
     bad = tiny_ckpt if kind == "checkpoint" else make_bad(kind, tmp_path, tiny_ckpt)
@@ -243,7 +243,7 @@ def test_landscape_bad_directions_fail_before_the_data_is_loaded(kind: str, tiny
 @pytest.mark.parametrize("kind", ["random", "missing", "shape"])
 def test_landscape_bad_adv_data_fails_before_any_point(kind: str, tiny_ckpt: Path, tmp_path: Path,
                                                        synthetic_data, spy) -> None:
-    import advcli.stages.landscape as landscape
+    import advcli.landscape.run as landscape
 
     computed = spy(landscape, "compute_landscapes")
     bad = bad_adv_set(kind, tmp_path, tiny_ckpt, synthetic_data)
@@ -256,7 +256,7 @@ def test_landscape_bad_adv_data_fails_before_any_point(kind: str, tiny_ckpt: Pat
 
 @pytest.mark.parametrize("kind", NOT_SAFETENSORS)
 def test_landscape_bad_checkpoint_fails_before_the_data(kind: str, tiny_ckpt: Path, tmp_path: Path, spy) -> None:
-    import advcli.stages.landscape as landscape
+    import advcli.landscape.run as landscape
 
     calls = spy(landscape, "dataset_for_checkpoints") + spy(landscape, "compute_landscapes")
     bad = make_bad(kind, tmp_path, tiny_ckpt)
@@ -274,8 +274,8 @@ TRAIN = ["--arch", "tiny-cnn", "--dataset", "synthetic", "--epochs", "1", "--dev
 @pytest.mark.parametrize("kind", NOT_SAFETENSORS + ("arch",))
 def test_train_bad_init_from_fails_before_the_data_is_loaded(command: str, kind: str, tiny_ckpt: Path,
                                                              tmp_path: Path, spy) -> None:
-    import advcli.stages.adv_train as adv_train
-    import advcli.stages.train as train
+    import advcli.train.adversarial as adv_train
+    import advcli.train.loop as train
 
     calls = spy(train, "load_training_data") + spy(adv_train, "load_training_data")
     bad = tiny_ckpt if kind == "arch" else make_bad(kind, tmp_path, tiny_ckpt)
@@ -291,7 +291,7 @@ def test_train_bad_init_from_fails_before_the_data_is_loaded(command: str, kind:
 @pytest.mark.parametrize("kind", ["random", "html", "checkpoint"])
 def test_train_resume_from_a_bad_state_fails_before_the_data_is_loaded(kind: str, tiny_ckpt: Path,
                                                                        tmp_path: Path, spy) -> None:
-    import advcli.stages.train as train
+    import advcli.train.loop as train
 
     calls = spy(train, "load_training_data")
     out = tmp_path / "m.safetensors"
@@ -307,7 +307,7 @@ def test_train_resume_from_a_bad_state_fails_before_the_data_is_loaded(kind: str
 @pytest.mark.parametrize("kind", NOT_SAFETENSORS + ("test-split",))
 def test_adv_train_bad_static_set_fails_before_the_data_is_loaded(kind: str, tiny_ckpt: Path, tmp_path: Path,
                                                                   synthetic_data, spy) -> None:
-    import advcli.stages.adv_train as adv_train
+    import advcli.train.adversarial as adv_train
 
     calls = spy(adv_train, "load_training_data")
     if kind == "test-split":
@@ -324,7 +324,7 @@ def test_adv_train_bad_static_set_fails_before_the_data_is_loaded(kind: str, tin
 @pytest.mark.parametrize("kind", ["labels", "shape"])
 def test_adv_train_foreign_static_set_fails_before_training(kind: str, tmp_path: Path, synthetic_data,
                                                             spy) -> None:
-    import advcli.stages.adv_train as adv_train
+    import advcli.train.adversarial as adv_train
 
     trained = spy(adv_train, "fit")
     bad = _adv_set(tmp_path / f"{kind}.safetensors", synthetic_data, split="train",
@@ -338,7 +338,7 @@ def test_adv_train_foreign_static_set_fails_before_training(kind: str, tmp_path:
 # -------------------------------------------------- compare, plot, import, info, check-loader
 
 def test_compare_bad_result_file_fails_before_any_table(tmp_path: Path, spy) -> None:
-    import advcli.stages.compare as compare
+    import advcli.compare as compare
 
     tabulated = spy(compare, "compare")
     html = tmp_path / "r.yaml"
@@ -348,7 +348,7 @@ def test_compare_bad_result_file_fails_before_any_table(tmp_path: Path, spy) -> 
 
 
 def test_plot_bad_history_fails_before_drawing(tmp_path: Path, spy) -> None:
-    import advcli.plots_history as plots_history
+    import advcli.train.plot as plots_history
 
     drawn = spy(plots_history, "plot_history")
     bad = tmp_path / "run.history.yaml"
@@ -377,7 +377,7 @@ def test_info_bad_file_is_one_line(kind: str, tiny_ckpt: Path, tmp_path: Path) -
 
 @pytest.mark.parametrize("case", ["syntax", "no-callable", "missing"])
 def test_check_loader_bad_pipeline_fails_before_any_loader_runs(case: str, tmp_path: Path, spy) -> None:
-    import advcli.stages.check_loader.checks as checks
+    import advcli.check_loader.checks as checks
 
     ran = spy(checks, "call_pipeline")
     code, out = tmp_path / "code", tmp_path / "out"

@@ -6,8 +6,8 @@ from __future__ import annotations
 import torch
 from typer.testing import CliRunner
 
-from advcli.checkpoint import read_metadata
 from advcli.cli.app import app
+from advcli.models.checkpoint import read_metadata
 from advcli.provenance import cpu_model, cpu_model_from, machine, provenance
 
 runner = CliRunner()

@@ -7,7 +7,7 @@
   each value has the type the option declares (PyYAML reads `5e-4` as a string, for example); every
   knob carries an inline comment (its unit).
 - Published result files (`recipes/<study>/published/**.yaml`): valid `advcli.results/1` files via
-  `advcli.results.load_results`, marked published, with a citation that has a URL.
+  `advcli.formats.results.load_results`, marked published, with a citation that has a URL.
 - Makefiles: `make -n quick` and `make -n full` succeed, every `--config` they pass exists, every
   config of that scale is used, and the last advcli command is `advcli compare`.
 """
@@ -28,8 +28,8 @@ import typer.main
 
 from advcli.cli.app import app
 from advcli.config import load_config_file, merge_config, parse_eps, parse_eps_list
+from advcli.formats.results import load_results
 from advcli.models import build_model
-from advcli.results import load_results
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 STUDIES = ["aug-bug", "pgd-at", "landscape"]
@@ -437,7 +437,7 @@ def test_landscape_full_configs_state_the_papers_setup() -> None:
 
 @pytest.mark.parametrize("study", STUDIES)
 def test_compare_claims_parse_and_name_the_recipes_rows(study: str) -> None:
-    from advcli.stages.claims import load_claims
+    from advcli.compare.claims import load_claims
 
     claims = load_claims(load_config_file(RECIPES / study / "compare.yaml")["claims"])
     assert claims, f"{study}: compare.yaml states no claims"
@@ -455,8 +455,8 @@ def test_compare_prints_published_rows_in_the_matrix_and_the_ssim_table(tmp_path
     each published number lands in its reproduced column, before its reproduced row."""
     import yaml
 
-    from advcli.stages import compare as cmp
-    from advcli.stages import compare_render as txt
+    from advcli import compare as cmp
+    from advcli.compare import render as txt
 
     attacks = {
         "fgsm": {"name": "fgsm", "norm": "linf", "eps": 8 / 255, "eps_text": "8/255", "steps": 1,
@@ -495,8 +495,8 @@ def test_compare_prints_published_rows_in_the_matrix_and_the_ssim_table(tmp_path
 
 
 def test_compare_prints_the_articles_errors_back(tmp_path: Path) -> None:
-    from advcli.stages import compare as cmp
-    from advcli.stages import compare_render as txt
+    from advcli import compare as cmp
+    from advcli.compare import render as txt
 
     src = _shared("stutz-2021-pgd-at.yaml")
     files = sorted((RECIPES / "pgd-at" / "published").rglob("*.yaml"))

@@ -25,9 +25,9 @@ from typer.testing import CliRunner
 
 from advcli.cli.app import app
 from advcli.data import test_subset, to_float
+from advcli.evaluate.run import examples_sha256
+from advcli.formats.results import decode_flags
 from advcli.models.user import seeded_build, state_dict_sha256
-from advcli.results import decode_flags
-from advcli.stages.evaluate import examples_sha256
 
 RESEARCH = Path(__file__).parent / "research"
 MODELS = RESEARCH / "models.py"
@@ -42,7 +42,7 @@ EVALUATES = ["view_flatten", "functional_inplace", "norm_first", "norm_in_forwar
 def decoded_once(synthetic_data, monkeypatch: pytest.MonkeyPatch) -> None:
     """`--dataset synthetic` reuses the session's synthetic data instead of generating it."""
     from advcli.data import for_checkpoint
-    from advcli.stages import landscape
+    from advcli.landscape import run as landscape
 
     monkeypatch.setattr(for_checkpoint, "dataset_for_checkpoint", lambda *a, **k: synthetic_data)
     monkeypatch.setattr(landscape, "dataset_for_checkpoints", lambda *a, **k: synthetic_data)
@@ -252,7 +252,7 @@ def test_advcli_architectures_keep_channels_last_by_default(tmp_path, tiny_ckpt)
 @pytest.mark.parametrize("channels_last", [False, None])
 def test_landscape_leaves_a_guest_as_built(synthetic_data, channels_last) -> None:
     from advcli.landscape.directions import gaussian_directions
-    from advcli.stages.landscape import LandscapeSettings, compute_landscape
+    from advcli.landscape.run import LandscapeSettings, compute_landscape
 
     spy = _import(SPY)
     with seeded_build():

@@ -13,8 +13,8 @@ import advcli.rng as rng
 from advcli.config import Norm, parse_eps
 from advcli.data import load_dataset
 from advcli.rng import Stream, stream_seed
-from advcli.stages.adv_train import AdvOptions, ThreatModel, adv_fit
-from advcli.stages.train import TrainOptions
+from advcli.train.adversarial import AdvOptions, ThreatModel, adv_fit
+from advcli.train.loop import TrainOptions
 
 CPU = torch.device("cpu")
 
@@ -108,7 +108,7 @@ def test_the_dataset_selections_draw_from_their_own_streams():
 
 
 def test_advcli_attack_draws_its_random_starts_from_the_attack_stream(monkeypatch):
-    import advcli.stages.attack as stage
+    import advcli.attacks.run as stage
     from advcli.attacks import AttackSpec, build_attack
     from advcli.models import build_model
 

@@ -39,7 +39,7 @@ def test_a_lever_runs_and_its_table_row_reads_the_checkpoint(levers, tmp_path, m
     out = capsys.readouterr().out
     row = [ln for ln in out.splitlines() if ln.startswith("| tiny-cnn")]
     assert len(row) == 1 and row[0].count("%") == 2, out
-    from advcli.checkpoint import read_metadata
+    from advcli.models.checkpoint import read_metadata
     meta = read_metadata(tmp_path / "tiny.safetensors")
     assert meta["config"]["val_split"] == 200 and len(meta["history"]) == 2
     assert f"{100 * meta['history'][-1]['val_robust_accuracy']:.1f} %" in row[0]

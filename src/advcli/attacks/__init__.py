@@ -9,7 +9,8 @@ attack = build_attack(AttackSpec(name="pgd", norm="linf", eps="8/255", keep="fir
 robust = ~attack.run(model, x, y, generator=torch.Generator().manual_seed(0)).fooled & clean_ok
 ```
 Norms, names and `keep` may be given as strings or enums, here and to the attack classes.
-The contract every attack keeps is in `advcli.attacks.base`.
+The contract every attack keeps is in `advcli.attacks.base`. `run` is the `advcli attack` stage
+(`attack_checkpoint`, writing an adversarial set and a summary) and `plot` its picture.
 """
 
 from advcli.attacks.base import EVAL_ATTACKS, ROBUST_RULES, Attack, AttackName, AttackRun, AttackSpec, Keep

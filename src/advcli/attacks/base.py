@@ -32,8 +32,6 @@ from __future__ import annotations
 import abc
 import contextlib
 import enum
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,6 +41,7 @@ from torch import nn
 
 from advcli.config import Eps, Norm, parse_choice
 from advcli.errors import UsageError
+from advcli.models.layout import attack_mode  # the attack contract: eval mode, no parameter gradients, restored
 
 
 class AttackName(str, enum.Enum):
@@ -184,27 +183,6 @@ def check_inputs(x: torch.Tensor, y: torch.Tensor) -> None:
         raise UsageError(f"labels of shape {tuple(y.shape)} do not match {x.shape[0]} images")
     if x.numel() and bool((x.min() < 0) | (x.max() > 1)):
         raise UsageError("attack inputs must lie in [0, 1]; normalisation belongs inside the model")
-
-
-@contextmanager
-def attack_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Eval mode and no parameter gradients for the duration; both restored per module/param.
-
-    Restoring each module's own flag (not just `model.train(old)`) keeps mixed states intact,
-    e.g. a fine-tuning setup that freezes BatchNorm statistics.
-    """
-    modes = [(m, m.training) for m in model.modules()]
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    try:
-        model.eval()
-        for p, _ in flags:
-            p.requires_grad_(False)
-        yield model
-    finally:
-        for m, mode in modes:
-            m.training = mode
-        for p, flag in flags:
-            p.requires_grad_(flag)
 
 
 def full_precision(device: torch.device | str) -> contextlib.AbstractContextManager[Any]:

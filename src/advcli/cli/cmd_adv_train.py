@@ -47,7 +47,7 @@ from advcli.cli.train_options import (
     train_options,
 )
 from advcli.config import Norm, parse_choice, parse_eps, parse_fraction
-from advcli.stages.adv_train import AdvOptions, KeepEpoch, OnOverfit, ThreatModel, TrainAttack, run_adv_train
+from advcli.train.adversarial import AdvOptions, KeepEpoch, OnOverfit, ThreatModel, TrainAttack, run_adv_train
 
 THREAT = ThreatModel()
 ADV = AdvOptions()

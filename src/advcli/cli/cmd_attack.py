@@ -1,6 +1,6 @@
 """`advcli attack CKPT`: adversarial examples for a checkpoint, with a YAML summary and a grid.
 
-Parses and checks the options, makes one stage call (`stages.attack.attack_checkpoint`),
+Parses and checks the options, makes one stage call (`attacks.run.attack_checkpoint`),
 writes the adversarial set, the grid and the summary all or nothing, and renders the summary.
 """
 
@@ -21,7 +21,7 @@ from advcli.io import all_or_nothing
 from advcli.models.user import MODEL_HELP, WRAP_HELP, check_user_options
 
 if TYPE_CHECKING:
-    from advcli.stages.attack import AttackOptions
+    from advcli.attacks.run import AttackOptions
 
 SPLITS = ("test", "train")
 ATTACKS_HELP = " | ".join(a.value for a in EVAL_ATTACKS) + "."
@@ -118,10 +118,10 @@ def attack_cmd(
     aopts, fmt, summary_path = _check_options(opts)
 
     # Heavy imports after the option checks: a usage error answers at once.
-    from advcli.advset import save_adv_set
+    from advcli.attacks.run import attack_checkpoint
     from advcli.device import resolve_device
-    from advcli.results import write_attack_summary
-    from advcli.stages.attack import attack_checkpoint
+    from advcli.formats.advset import save_adv_set
+    from advcli.formats.results import write_attack_summary
 
     result = attack_checkpoint(opts["checkpoint"], aopts, device=resolve_device(opts["device"]),
                                reporter=render.RichReporter())
@@ -131,7 +131,7 @@ def attack_cmd(
         written.append(save_adv_set(aopts.out, x_adv=outcome.x_adv, y=outcome.y, index=outcome.index,
                                     targets=outcome.targets, attack=outcome.attack, meta=result.adv_meta))
         if aopts.grid is not None:
-            from advcli.plots_grid import attack_grid
+            from advcli.attacks.plot import attack_grid
 
             written.append(attack_grid(result.preview, outcome.x_adv[:8], outcome.y, outcome.clean_pred,
                                        outcome.adv_pred, aopts.grid, classes=result.classes,
@@ -154,7 +154,7 @@ def _nonneg(text: Any, name: str, *, allow_zero: bool = True) -> Eps:
 
 def _check_options(opts: dict[str, Any]) -> tuple[AttackOptions, str, Path]:
     """Every usage error, before anything is loaded: (`AttackOptions`, format, summary path)."""
-    from advcli.stages.attack import AttackOptions
+    from advcli.attacks.run import AttackOptions
 
     name = parse_choice(AttackName, opts["attack"], name="attack", listed=EVAL_ATTACKS)
     split = str(opts["split"]).strip().lower()
@@ -215,7 +215,7 @@ def _check_options(opts: dict[str, Any]) -> tuple[AttackOptions, str, Path]:
 
 
 def _render(doc: dict[str, Any], fmt: str) -> None:
-    from advcli.stages.attack import attack_title
+    from advcli.attacks.run import attack_title
 
     if fmt != "table":
         render.dump(doc, fmt)

@@ -1,7 +1,7 @@
 """`advcli audit CKPT`: can this model's robustness evaluation be trusted? Seven checks, one row
 each, a verdict, and the exit code (0 pass or warnings, 1 a check failed, 2 usage error).
 
-Parses and checks the options, makes one stage call (`stages.audit.run_audit`), writes the
+Parses and checks the options, makes one stage call (`audit.run_audit`), writes the
 audit file and the curve picture all or nothing, and renders the result.
 """
 
@@ -12,6 +12,7 @@ from typing import Annotated, Any
 
 import typer
 
+from advcli.audit.limits import ALL_CHECKS, QUICK_CHECKS, CheckName, parse_checks, thresholds_table
 from advcli.cli import common, render
 from advcli.cli.common import CONFIG_HELP, DEVICE_HELP, FORMAT_HELP, FORMATS, handle_errors, resolve_options
 from advcli.config import Norm, parse_choice, parse_eps
@@ -19,7 +20,6 @@ from advcli.data.datasets import SUBSET_HELP, Subset
 from advcli.errors import UsageError
 from advcli.models.layout import AUTO_DEFAULT
 from advcli.models.user import MODEL_HELP, WRAP_HELP
-from advcli.stages.audit.limits import ALL_CHECKS, QUICK_CHECKS, CheckName, parse_checks, thresholds_table
 
 SPLITS = ("test", "train", "val")
 AMPS = ("none", "bf16", "fp16")
@@ -27,7 +27,7 @@ AMPS = ("none", "bf16", "fp16")
 
 def audit_options(opts: dict[str, Any]) -> Any:
     """Check the options at the boundary and build `AuditOptions`."""
-    from advcli.stages.audit import AuditOptions
+    from advcli.audit import AuditOptions
 
     if opts["split"] not in SPLITS:
         raise UsageError(f"unknown --split {opts['split']!r}; valid values: {', '.join(SPLITS)}")
@@ -190,11 +190,11 @@ def audit_cmd(
         raise UsageError(f"unknown --format {out_format!r}; valid values: {', '.join(FORMATS)}")
     aopts = audit_options(opts)
 
-    from advcli.audit_file import save_audit
+    from advcli.audit import run_audit
+    from advcli.audit.file import save_audit
+    from advcli.audit.plot import curve_png
     from advcli.device import resolve_device
     from advcli.io import all_or_nothing
-    from advcli.plots_audit import curve_png
-    from advcli.stages.audit import run_audit
 
     reporter = render.RichReporter(quiet=bool(opts["quiet"]))
     result = run_audit(opts["checkpoint"], aopts, device=resolve_device(opts["device"]), reporter=reporter)

@@ -10,11 +10,11 @@ from typing import Annotated, Any
 
 import typer
 
+from advcli import check_loader as stage
 from advcli.cli import render
 from advcli.cli.common import CONFIG_HELP, FORMAT_HELP, FORMATS, handle_errors, resolve_options
 from advcli.config import Augment, parse_choice
 from advcli.errors import UsageError
-from advcli.stages import check_loader as stage
 
 _PERSISTENT = {"both": [False, True], "on": [True], "off": [False]}
 _VERDICT_STYLE = {

@@ -13,11 +13,11 @@ import typer
 
 from advcli.cli import render
 from advcli.cli.common import CONFIG_HELP, handle_errors, resolve_options
+from advcli.compare import CompareOptions, Metric, run_compare
+from advcli.compare import render as text
+from advcli.compare.claims import load_claims
 from advcli.config import parse_choice
 from advcli.errors import UsageError
-from advcli.stages import compare_render as text
-from advcli.stages.claims import load_claims
-from advcli.stages.compare import CompareOptions, Metric, run_compare
 
 
 class CompareFormat(str, enum.Enum):

@@ -13,12 +13,12 @@ from advcli.cli.common import CONFIG_HELP, DEVICE_HELP, FORMAT_HELP, FORMATS, ha
 from advcli.config import Norm, parse_choice, parse_eps, parse_eps_list
 from advcli.data.datasets import SUBSET_HELP, Subset
 from advcli.errors import UsageError
+from advcli.formats.results import EvalResult
 from advcli.models.layout import AUTO_DEFAULT
 from advcli.models.user import MODEL_HELP, WRAP_HELP, check_user_options
-from advcli.results import EvalResult
 
 if TYPE_CHECKING:
-    from advcli.stages.evaluate import EvalPlan
+    from advcli.evaluate.run import EvalPlan
 
 SPLITS = ("test", "train", "val")
 
@@ -27,8 +27,8 @@ def eval_options(opts: dict[str, Any]) -> Any:
     """Check the options at the boundary and build `EvalOptions`."""
     from advcli.attacks import Keep
     from advcli.attacks.autoattack import ATTACKS, VERSIONS
-    from advcli.eval_progress import progress_path_for
-    from advcli.stages.evaluate import EvalOptions
+    from advcli.evaluate.progress_file import progress_path_for
+    from advcli.evaluate.run import EvalOptions
 
     version = str(opts["aa_version"]).strip().lower()
     if version not in VERSIONS:
@@ -90,7 +90,7 @@ def eval_options(opts: dict[str, Any]) -> Any:
 
 
 def _entry_name(e: Any) -> str:
-    from advcli.stages.compare import entry_key
+    from advcli.compare import entry_key
 
     return entry_key(e).variant
 
@@ -111,7 +111,7 @@ def render_result(result: EvalResult) -> None:
 
 
 def render_plan(plan: EvalPlan) -> None:
-    from advcli.stages.eval_chunks import duration_text
+    from advcli.evaluate.chunks import duration_text
 
     def when(seconds: float | None) -> str:
         return "unknown" if seconds is None else duration_text(seconds)
@@ -231,9 +231,9 @@ def eval_cmd(
 
     from advcli import distributed
     from advcli.device import resolve_device
-    from advcli.eval_progress import discard
-    from advcli.results import save_results
-    from advcli.stages.evaluate import plan_eval, run_eval
+    from advcli.evaluate.progress_file import discard
+    from advcli.evaluate.run import plan_eval, run_eval
+    from advcli.formats.results import save_results
 
     info, dev = distributed.setup(resolve_device(opts["device"]))
     try:

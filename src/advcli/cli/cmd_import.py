@@ -11,7 +11,7 @@ from advcli.cli import render
 from advcli.cli.common import CONFIG_HELP, handle_errors, resolve_options
 from advcli.config import Norm, parse_choice, parse_eps
 from advcli.errors import UsageError
-from advcli.stages.import_weights import import_weights, save_import
+from advcli.models.import_weights import import_weights, save_import
 
 
 def _floats(text: str | None, name: str) -> list[float] | None:

@@ -8,10 +8,10 @@ from typing import Annotated
 
 import typer
 
-from advcli.checkpoint import read_metadata
 from advcli.cli import render
 from advcli.cli.common import FORMAT_HELP, FORMATS, handle_errors
 from advcli.errors import UsageError
+from advcli.models.checkpoint import read_metadata
 
 
 @handle_errors

@@ -125,7 +125,7 @@ def landscape(
     lopts, fmt = landscape_options(opts)
 
     from advcli.device import resolve_device
-    from advcli.stages.landscape import run_landscape, write_landscape
+    from advcli.landscape.run import run_landscape, write_landscape
 
     dev = resolve_device(opts["device"])
     run = run_landscape(opts["checkpoints"] or [], lopts, device=dev, reporter=render.RichReporter())
@@ -157,7 +157,7 @@ def landscape_options(opts: dict[str, Any]) -> tuple[Any, str]:
     """Every usage error, before anything is loaded: (`LandscapeOptions`, output format)."""
     from advcli.attacks import EVAL_ATTACKS, AttackName, AttackSpec, build_attack
     from advcli.landscape.grid import BNMode
-    from advcli.stages.landscape import LandscapeOptions, LandscapeSettings
+    from advcli.landscape.run import LandscapeOptions, LandscapeSettings
 
     fmt = str(opts["format"]).strip().lower()
     if fmt not in FORMATS:

@@ -11,7 +11,7 @@ import typer
 from advcli.cli import render
 from advcli.cli.common import CONFIG_HELP, FORMAT_HELP, FORMATS, handle_errors, resolve_options
 from advcli.errors import UsageError
-from advcli.stages.plot import HistoryPlotResult
+from advcli.train.overlay import HistoryPlotResult
 
 app = typer.Typer(
     help="Pictures from files other stages wrote.",
@@ -67,7 +67,7 @@ def history(
     if target is not None and target.suffix.lower() != ".png":
         raise UsageError(f"--out {str(target)!r} must end in .png (the picture is a PNG)")
 
-    from advcli.stages.plot import plot_histories
+    from advcli.train.overlay import plot_histories
 
     result = plot_histories([Path(p) for p in opts["files"]], target, title=opts["title"])
     if out_format == "table":

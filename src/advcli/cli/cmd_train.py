@@ -44,7 +44,7 @@ from advcli.cli.train_options import (
     run_training,
     train_options,
 )
-from advcli.stages.train import run_train
+from advcli.train.loop import run_train
 
 
 @handle_errors

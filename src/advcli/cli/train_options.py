@@ -4,7 +4,7 @@ of those options at the boundary, and the one run function both commands end in.
 Each shared option is an `Annotated` type (the flag and its help, with units). Its default is
 the field of the same name of `TrainOptions` (the training options) or `RunOptions` (how the
 command runs), so every default is written once, in a dataclass. Python needs each command to
-list its own parameters; tests/test_train.py checks that the two lists agree.
+list its own parameters; tests/train/test_train.py checks that the two lists agree.
 """
 
 from __future__ import annotations
@@ -21,11 +21,11 @@ from advcli.cli import render
 from advcli.cli.common import CONFIG_HELP, DEVICE_HELP
 from advcli.config import Augment, Schedule, parse_choice
 from advcli.device import resolve_device
-from advcli.metrics_log import TENSORBOARD_HINT, require_tensorboard
 from advcli.models import resolve_arch
-from advcli.stages.train import Precision, TrainOptions, TrainResult
-from advcli.stages.train_state import SaveEvery
-from advcli.stages.weight_average import check_decay
+from advcli.train.loop import Precision, TrainOptions, TrainResult
+from advcli.train.metrics_log import TENSORBOARD_HINT, require_tensorboard
+from advcli.train.state import SaveEvery
+from advcli.train.weight_average import check_decay
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ order). `test_subset` is the one function that chooses them.
 
 Decoded tensors are cached under `$ADVCLI_CACHE` (default `~/.cache/advcli`), keyed by the
 source's absolute path, size and mtime, so a second run starts in well under a second. The
-cache files are written and read by `advcli.tensorfile` (data/ never imports checkpoint.py).
+cache files are written and read by `advcli.formats.tensorfile` (data/ never imports models/checkpoint.py).
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ import torch
 from advcli.data.synthetic import CLASSES as SYNTHETIC_CLASSES
 from advcli.data.synthetic import make_synthetic
 from advcli.errors import DataError, UsageError
+from advcli.formats.tensorfile import load_tensors, save_tensors
 from advcli.rng import Stream, stream_seed
-from advcli.tensorfile import load_tensors, save_tensors
 
 TORCHVISION = ("cifar10", "cifar100", "svhn")
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")

@@ -7,7 +7,9 @@ Neural Nets"): random directions, grid evaluation and flatness numbers.
   and accuracy on a fixed subset (clean, fixed adversarial, or attacked at every point);
   `evaluate_grid` sweeps a 1-D or 2-D grid;
 - `flatness`: loss increase at radius r along directions (pooled over direction seeds by
-  `pool_seeds`), and the top Hessian eigenvalue by power iteration.
+  `pool_seeds`), and the top Hessian eigenvalue by power iteration;
+- `run`: the `advcli landscape` stage (`run_landscape`, `write_landscape`) and the landscape
+  file (`read_document`); `plot` its picture; `fold` folds BatchNorm for faster grid points.
 """
 
 from advcli.landscape.directions import (

@@ -30,8 +30,8 @@ import torch
 from torch import nn
 
 from advcli.errors import CheckpointError
+from advcli.formats.tensorfile import load_tensors, save_tensors
 from advcli.rng import Stream, stream_generator
-from advcli.tensorfile import load_tensors, save_tensors
 
 SCHEMA = "advcli.directions/1"
 # Guards a zero-norm direction filter (a filter of all-zero draws cannot happen in practice,

@@ -63,3 +63,24 @@ def input_layout(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
     if channels_last and x.dim() == 4:
         return x.contiguous(memory_format=torch.channels_last)
     return x.contiguous()
+
+
+@contextmanager
+def attack_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Eval mode and no parameter gradients for the duration; both restored per module/param.
+
+    Restoring each module's own flag (not just `model.train(old)`) keeps mixed states intact,
+    e.g. a fine-tuning setup that freezes BatchNorm statistics.
+    """
+    modes = [(m, m.training) for m in model.modules()]
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        model.eval()
+        for p, _ in flags:
+            p.requires_grad_(False)
+        yield model
+    finally:
+        for m, mode in modes:
+            m.training = mode
+        for p, flag in flags:
+            p.requires_grad_(flag)

@@ -48,7 +48,7 @@ from advcli.errors import AdvcliError, UsageError
 from advcli.io import sha256_file
 
 if TYPE_CHECKING:
-    from advcli.checkpoint import LoadedCheckpoint
+    from advcli.models.checkpoint import LoadedCheckpoint
 
 MODEL_HELP = (
     "FILE.py:CALLABLE: evaluate the nn.Module that CALLABLE() returns instead of an advcli "
@@ -204,12 +204,12 @@ def load_user_model(spec: str, weights: str | Path | None = None, *,
     seeded to 0; `device` is where it will run, whose random state is kept too), with the
     safetensors `weights` loaded into it when given (every key must match). Its modes are left
     as the code set them: stages run it in eval mode and restore each module's own flag after
-    (`advcli.attacks.base.attack_mode`)."""
+    (`advcli.models.layout.attack_mode`)."""
     with seeded_build(device):
         fn, code = load_callable(spec, option="--model")
         model = _call(fn, code)
     if weights is not None:
-        from advcli.checkpoint import load_tensors
+        from advcli.models.checkpoint import load_tensors
 
         tensors, _ = load_tensors(weights)
         # A Classifier checkpoint holds `normalize.` buffers + `net.`; a bare module its own keys.
@@ -339,7 +339,7 @@ def load_target(checkpoint: str | Path | LoadedCheckpoint | None, *, model: str 
     the metadata it holds), wrapped by `wrap`; on `device`. A checkpoint's model is in eval
     mode; user code is left in the modes it set (stages run it under `attack_mode`), and never
     converted to another dtype or memory format."""
-    from advcli.checkpoint import LoadedCheckpoint, load_checkpoint, read_metadata
+    from advcli.models.checkpoint import LoadedCheckpoint, load_checkpoint, read_metadata
 
     if model:
         path = None if checkpoint is None else Path(str(getattr(checkpoint, "path", checkpoint)))
@@ -364,7 +364,7 @@ def load_target(checkpoint: str | Path | LoadedCheckpoint | None, *, model: str 
 def check_logits(model: nn.Module, x: torch.Tensor, num_classes: int | None, name: str) -> None:
     """One forward pass on `x` in eval mode (each module's flag restored after): user code must
     return logits [len(x), num_classes] (None: any number of columns)."""
-    from advcli.attacks.base import attack_mode
+    from advcli.models.layout import attack_mode
 
     with attack_mode(model), torch.no_grad():
         out = model(x)

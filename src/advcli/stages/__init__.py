@@ -1,1 +1,0 @@
-"""Pure stage functions: no typer, no rich. Each returns a typed result; the CLI renders it."""

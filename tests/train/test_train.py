@@ -1,0 +1,327 @@
+"""The training loop, checkpoints, `advcli train`/`info`, config files and the error paths."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from typer.testing import CliRunner
+
+from advcli.cli.app import app
+from advcli.errors import CheckpointError
+from advcli.io import atomic_write_bytes
+from advcli.models import ARCHS, build_model
+from advcli.models.checkpoint import load_checkpoint, read_metadata, save_checkpoint
+from advcli.train.loop import TrainOptions, fit, lr_at, state_path_for
+
+runner = CliRunner()
+CPU = torch.device("cpu")
+
+
+def _opts(out: Path, **kw) -> TrainOptions:
+    base = dict(arch="tiny-cnn", epochs=2, batch_size=64, lr=0.05, augment="device", n_train=640, out=str(out))
+    base.update(kw)
+    return TrainOptions(**base)
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    return load_checkpoint(path).model.state_dict()
+
+
+def _same(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_training_is_bit_identical_for_a_seed(tmp_path, synthetic_data):
+    fit(_opts(tmp_path / "a.safetensors"), synthetic_data, CPU)
+    fit(_opts(tmp_path / "b.safetensors"), synthetic_data, CPU)
+    fit(_opts(tmp_path / "c.safetensors", seed=1), synthetic_data, CPU)
+    a, b, c = (_weights(tmp_path / f"{n}.safetensors") for n in "abc")
+    assert _same(a, b)
+    assert not _same(a, c)
+
+
+class _KillAt:
+    """A reporter that 'kills the process' (KeyboardInterrupt) mid-way through an epoch."""
+
+    def __init__(self, epoch: int, batch: int) -> None:
+        self.epoch, self.batch, self.cur, self.n = epoch, batch, 0, 0
+
+    def start(self, description, total):
+        self.cur += 1
+        self.n = 0
+
+    def advance(self, n=1):
+        self.n += n
+        if self.cur == self.epoch and self.n == self.batch:
+            raise KeyboardInterrupt
+
+    def finish(self):
+        pass
+
+    def log(self, message):
+        pass
+
+
+@pytest.mark.parametrize("augment", ["device", "fixed"])
+def test_resume_after_kill_is_bit_identical(tmp_path, synthetic_data, augment):
+    full = tmp_path / "full.safetensors"
+    fit(_opts(full, epochs=3, augment=augment), synthetic_data, CPU)
+    part = tmp_path / "part.safetensors"
+    with pytest.raises(KeyboardInterrupt):
+        fit(_opts(part, epochs=3, augment=augment), synthetic_data, CPU, reporter=_KillAt(epoch=2, batch=4))
+    assert not part.exists()  # killed before the end: no checkpoint, only the epoch-1 state
+    assert read_metadata(state_path_for(part))["epoch"] == 1
+    # Disturb the global RNGs as a fresh process would have them.
+    torch.manual_seed(12345)
+    res = fit(_opts(part, epochs=3, augment=augment), synthetic_data, CPU, resume=True)
+    assert res.resumed_from_epoch == 1
+    assert _same(_weights(full), _weights(part))
+    assert [h.epoch for h in res.history] == [1, 2, 3]
+
+
+def test_step_and_end_hooks_see_every_step_and_every_final_epoch(tmp_path, synthetic_data):
+    steps, ends = [], []
+    res = fit(_opts(tmp_path / "h.safetensors", n_train=256), synthetic_data, CPU,
+              step_hooks=[steps.append], end_hooks=[ends.append])
+    assert [s.step for s in steps] == list(range(1, 9)) and [s.epoch for s in steps] == [1] * 4 + [2] * 4
+    assert all(s.loss.dim() == 0 and s.n_adv == 0 and int(s.adv_correct) == 0 for s in steps)
+    assert steps[0].lr == 0.0 and steps[1].lr > 0  # onecycle warm-up starts at 0
+    # End hooks see each epoch's final record: measured, timed, and the one kept in the history.
+    assert ends == res.history and [e.epoch for e in ends] == [1, 2]
+    assert all(0 <= e.test_accuracy <= 1 and e.seconds > 0 for e in ends)
+
+
+def test_checkpoint_metadata_round_trip(tmp_path, synthetic_data):
+    out = tmp_path / "m.safetensors"
+    res = fit(_opts(out, label="mine"), synthetic_data, CPU)
+    meta = read_metadata(out)
+    assert meta["schema"] == "advcli.checkpoint/1"
+    assert meta["arch"] == "tiny-cnn" and meta["num_classes"] == 10 and meta["dataset"] == "synthetic"
+    assert meta["input_shape"] == [3, 32, 32] and meta["mean"] == synthetic_data.mean
+    assert meta["config"]["lr"] == 0.05 and meta["seed"] == 0 and meta["label"] == "mine"
+    assert meta["metrics"]["test_accuracy"] == pytest.approx(res.test_accuracy)
+    assert len(meta["history"]) == 2 and meta["versions"]["torch"] == torch.__version__
+    hist = yaml.safe_load(out.with_name("m.history.yaml").read_text())
+    assert hist["history"][-1]["test_accuracy"] == pytest.approx(res.test_accuracy)
+    loaded = load_checkpoint(out)
+    assert not loaded.model.training and len(loaded.sha256) == 64
+    # The normalisation is inside the model.
+    assert torch.allclose(loaded.model.normalize.mean.flatten(), torch.tensor(synthetic_data.mean))
+
+
+def test_atomic_write_leaves_no_partial_file(tmp_path, monkeypatch):
+    target = tmp_path / "x.bin"
+    target.write_bytes(b"old")
+
+    def boom(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", boom)
+    with pytest.raises(OSError):
+        atomic_write_bytes(target, b"new contents")
+    assert target.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["x.bin"]
+
+
+def test_corrupt_and_truncated_checkpoints_are_clear_errors(tmp_path, tiny_ckpt):
+    data = tiny_ckpt.read_bytes()
+    trunc = tmp_path / "trunc.safetensors"
+    trunc.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        load_checkpoint(trunc)
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"\x00" * 3)
+    with pytest.raises(CheckpointError):
+        load_checkpoint(junk)
+    r = runner.invoke(app, ["info", str(trunc)])
+    assert r.exit_code == 1 and "truncated or corrupt" in r.output and "Traceback" not in r.output
+
+
+def test_every_arch_builds_and_runs():
+    for name in ARCHS:
+        if name in ("wrn-34-10", "resnet50"):
+            continue  # same code paths as wrn-28-10 / resnet18, only slower
+        m = build_model(name, 10).eval()
+        with torch.no_grad():
+            assert m(torch.rand(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_checkpoint_reload_gives_same_predictions(tmp_path):
+    torch.manual_seed(0)
+    m = build_model("resnet32", 10, [0.5] * 3, [0.25] * 3).eval()
+    from advcli.models.checkpoint import model_metadata
+
+    p = save_checkpoint(tmp_path / "r.safetensors", m, model_metadata(arch="resnet32", num_classes=10, dataset="x", mean=[0.5] * 3, std=[0.25] * 3))
+    x = torch.rand(4, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(load_checkpoint(p).model(x), m(x))
+
+
+def test_lr_schedules():
+    assert lr_at(0, 100, 0.1, "onecycle") == 0.0
+    assert lr_at(20, 100, 0.1, "onecycle") == pytest.approx(0.1)
+    assert lr_at(100, 100, 0.1, "onecycle") == 0.0
+    assert lr_at(50, 100, 0.1, "cosine") == pytest.approx(0.05)
+    assert lr_at(80, 100, 0.1, "step") == pytest.approx(0.001)
+
+
+# ---- the CLI -----------------------------------------------------------------------------
+
+def test_cli_train_and_info(tmp_path):
+    out = tmp_path / "cli.safetensors"
+    r = runner.invoke(app, ["train", "--epochs", "1", "--n-train", "512", "--out", str(out), "--device", "cpu", "-q"])
+    assert r.exit_code == 0, r.output
+    assert "test accuracy" in r.output and out.is_file()
+    r = runner.invoke(app, ["info", str(out), "--format", "yaml"])
+    assert r.exit_code == 0 and yaml.safe_load(r.output)["arch"] == "tiny-cnn"
+
+
+def test_cli_config_file_and_flags_override(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    out = tmp_path / "cfg.safetensors"
+    cfg.write_text(yaml.safe_dump({"epochs": 1, "n-train": 256, "lr": 0.02, "out": str(out), "batch_size": 32}))
+    r = runner.invoke(app, ["train", "--config", str(cfg), "--lr", "0.03", "-q"])
+    assert r.exit_code == 0, r.output
+    conf = read_metadata(out)["config"]
+    assert conf["lr"] == 0.03 and conf["batch_size"] == 32 and conf["n_train"] == 256
+
+
+@pytest.mark.parametrize(
+    "args, code, message",
+    [
+        (["train", "--arch", "resnet9000"], 2, "unknown arch 'resnet9000'; valid values: tiny-cnn"),
+        (["train", "--dataset", "folder:/nonexistent/cifar.zip"], 1, "does not exist"),
+        (["train", "--augment", "sometimes"], 2, "valid values: none, buggy, fixed, device"),
+        (["train", "--amp", "fp8"], 2, "unknown --amp 'fp8'; valid values: none, bf16, fp16"),
+        (["info", "/nonexistent.safetensors"], 1, "does not exist"),
+    ],
+)
+def test_cli_errors_are_one_line(tmp_path, args, code, message):
+    r = runner.invoke(app, args + (["--out", str(tmp_path / "o.safetensors")] if args[0] == "train" else []))
+    assert r.exit_code == code, r.output
+    assert message in r.output and "Traceback" not in r.output
+    assert not (tmp_path / "o.safetensors").exists()
+
+
+def test_cli_bad_config_files(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("epochs: [1, 2\n")
+    r = runner.invoke(app, ["train", "--config", str(bad)])
+    assert r.exit_code == 2 and "not valid YAML" in r.output
+    unknown = tmp_path / "unknown.yaml"
+    unknown.write_text("epochs: 1\nlearning_rate: 0.1\n")
+    r = runner.invoke(app, ["train", "--config", str(unknown)])
+    assert r.exit_code == 2 and "unknown key(s) for `train`: learning-rate" in r.output
+    notmap = tmp_path / "list.yaml"
+    notmap.write_text("- 1\n- 2\n")
+    r = runner.invoke(app, ["train", "--config", str(notmap)])
+    assert r.exit_code == 2 and "must be a mapping" in r.output
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None,
+                    reason="torch.compile's CPU backend needs a C compiler")
+def test_compile_trains_like_eager_and_reports_compilation(tmp_path, synthetic_data):
+    eager = fit(_opts(tmp_path / "e.safetensors", epochs=1), synthetic_data, CPU)
+    compiled = fit(_opts(tmp_path / "c.safetensors", epochs=1, compile=True), synthetic_data, CPU)
+    assert any(n.startswith("--compile: the first step took") for n in compiled.notes)
+    assert not any("--compile" in n for n in eager.notes)
+    # Same seed, same data order: the compiled graph computes the same function (up to float
+    # reassociation), so the trained weights agree closely.
+    a, c = _weights(tmp_path / "e.safetensors"), _weights(tmp_path / "c.safetensors")
+    assert a.keys() == c.keys()
+    for k in a:
+        if a[k].is_floating_point():
+            torch.testing.assert_close(c[k], a[k], rtol=1e-2, atol=2e-3)
+    assert read_metadata(tmp_path / "c.safetensors")["config"]["compile"] is True
+
+
+def test_n_train_is_class_balanced_even_when_the_split_is_sorted_by_class(tmp_path, synthetic_data, monkeypatch):
+    import dataclasses
+
+    import advcli.train.loop as train_mod
+    from advcli.data.datasets import train_subset
+
+    # Image folders list the training set class by class: a plain prefix is one class.
+    order = torch.argsort(synthetic_data.train_y, stable=True)
+    sorted_data = dataclasses.replace(synthetic_data, train_x=synthetic_data.train_x[order],
+                                      train_y=synthetic_data.train_y[order])
+    idx = train_subset(sorted_data.train_y, 200)
+    counts = torch.bincount(sorted_data.train_y[idx], minlength=10)
+    assert counts.tolist() == [20] * 10
+    assert torch.equal(idx, idx.sort().values)
+    assert torch.equal(train_subset(sorted_data.train_y, 10**9), torch.arange(len(sorted_data.train_y)))
+
+    seen: list[torch.Tensor] = []
+    real = train_mod.train_batches
+
+    def spy(x, y, **kw):
+        seen.append(y.clone())
+        return real(x, y, **kw)
+
+    monkeypatch.setattr(train_mod, "train_batches", spy)
+    fit(_opts(tmp_path / "m.safetensors", epochs=1, n_train=200), sorted_data, CPU)
+    assert torch.bincount(seen[0], minlength=10).tolist() == [20] * 10
+
+
+def test_train_and_adv_train_declare_the_shared_options_alike():
+    """Both commands list every training option (and the run options) with the same flag, help,
+    type and default, and each default is the TrainOptions/RunOptions field of that name."""
+    import dataclasses
+    import inspect
+    import typing
+
+    import typer.main
+
+    from advcli.cli.cmd_adv_train import adv_train
+    from advcli.cli.cmd_train import train
+    from advcli.cli.train_options import RUN, TRAIN
+
+    shared = {f.name for f in dataclasses.fields(TRAIN)} | {f.name for f in dataclasses.fields(RUN)}
+    sigs = {f.__name__: inspect.signature(f).parameters for f in (train, adv_train)}
+    hints = {f.__name__: typing.get_type_hints(f, include_extras=True) for f in (train, adv_train)}
+    for name in sorted(shared):
+        assert name in sigs["train"] and name in sigs["adv_train"], name
+        assert hints["train"][name] == hints["adv_train"][name], name  # the same Annotated declaration
+        if name != "out":  # the checkpoint's default name differs: model vs robust
+            default = getattr(TRAIN if hasattr(TRAIN, name) else RUN, name)
+            assert sigs["train"][name].default == sigs["adv_train"][name].default == default, name
+    # What users see: the click options of both commands agree too.
+    group = typer.main.get_command(app)
+    params = {cmd: {p.name: p for p in group.commands[cmd].params} for cmd in ("train", "adv-train")}
+    for name in shared:
+        a, b = params["train"][name], params["adv-train"][name]
+        assert (a.opts, a.secondary_opts, a.help, a.min, a.max) == (b.opts, b.secondary_opts, b.help, b.min, b.max), name
+        assert a.help and (name == "out" or a.default == b.default), name
+
+
+def test_the_accuracies_of_an_amp_run_are_measured_in_fp32(tmp_path, synthetic_data):
+    """--amp trains in bf16; the per-epoch test/validation accuracy and the checkpoint's
+    test_accuracy are measurements, so they run in fp32: a spy on every evaluation forward (eval
+    mode, no autograd: the training forward needs both) records the autocast state and the
+    dtype its layers compute in."""
+    import dataclasses
+
+    from torch import nn
+
+    from advcli.data import hold_out
+
+    data = hold_out(dataclasses.replace(synthetic_data), 64, 0)
+    seen = []
+
+    def spy(module, args, output):
+        if isinstance(module, (nn.Linear, nn.Conv2d)) and not module.training and not torch.is_grad_enabled():
+            seen.append((torch.is_autocast_enabled("cpu"), output.dtype))
+
+    handle = torch.nn.modules.module.register_module_forward_hook(spy)
+    try:
+        res = fit(_opts(tmp_path / "m.safetensors", epochs=1, n_train=128, amp="bf16"), data, CPU)
+    finally:
+        handle.remove()
+    assert res.history[0].val_accuracy is not None  # the validation split was measured too
+    assert seen and set(seen) == {(False, torch.float32)}
