@@ -524,11 +524,12 @@ def test_the_attack_at_every_point_keeps_the_worst_iterate() -> None:
     from advcli.attacks import AttackSpec, build_attack
     from advcli.config import Norm
     from advcli.landscape.run import landscape_attack
-    from tests.attacks.test_attacks import _Bump, _bump_batch
+    from tests.attacks.test_attacks import _bump_batch
+    from tests.constructed import Bump
 
     # The clean images (mean 0.5) lie in the band where the wrong class wins; FGSM's step of eps
     # jumps out of it, so its last iterate is classified correctly (the premise, checked).
-    model = _Bump(centre=0.505, height=0.1)
+    model = Bump(centre=0.505, height=0.1)
     x, y = _bump_batch()
     spec = AttackSpec(name="fgsm", norm=Norm.linf, eps=0.1)
     last = build_attack(spec).perturb(model, x, y)
