@@ -1,6 +1,8 @@
 """The one training loop. Standard training and adversarial training are the same loop; the
 latter passes a `BatchPerturber` that replaces the last `fraction` of every batch by adversarial
-examples before the update (see stages/adv_train.py).
+examples before the update (see stages/adv_train.py), and may pass the outer loss (`Objective`:
+TRADES, MART) and a perturbation of the weights around each gradient (`WeightPerturbation`:
+AWP) as function parameters (stages/objectives.py).
 
 In the shape of a torchtune recipe: `setup` (model, optimizer, data on the device), `train_epoch`
 (one pass of updates -> `EpochStats`), `measure_epoch` (test/validation accuracy and the epoch
