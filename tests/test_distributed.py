@@ -79,3 +79,18 @@ def test_sharded_eval_equals_single_process_eval(tmp_path, tiny_ckpt):
     for a, b in zip(one.entries, two.entries, strict=True):
         assert a.accuracy == b.accuracy and (a.flags == b.flags).all(), a.attack
     assert any(0 < e.accuracy < 1 for e in one.entries if e.attack == "pgd")  # a non-trivial case
+
+
+@pytest.mark.slow
+def test_trades_with_awp_under_torchrun(tmp_path):
+    """TRADES' two outer forward passes through DDP and AWP's rank-summed ascent gradient run under
+    torchrun, and the checkpoint records the objective."""
+    out = tmp_path / "trades.safetensors"
+    r = _torchrun(["adv-train", "--objective", "trades", "--awp", "0.01", "--awp-warmup", "0", "--eps", "8/255",
+                   "--steps", "1", "--epochs", "1", "--n-train", "256", "--batch-size", "64", "--device", "cpu",
+                   "--out", str(out)], tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    meta = read_metadata(out)
+    assert meta["distributed"]["world_size"] == 2
+    assert (meta["threat_model"]["objective"], meta["threat_model"]["awp_gamma"]) == ("trades", 0.01)
+    assert meta["history"][0]["train_kl"] > 0
