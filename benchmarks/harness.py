@@ -269,8 +269,8 @@ def train_step_fn(ctx: Context, model: nn.Module, x: torch.Tensor, y: torch.Tens
 
     def step() -> None:
         model.train()
-        loss, _, _ = batch_loss(model, x, y, perturber=perturber, generator=gen, device=ctx.device,
-                                amp=amp, channels_last=channels_last)
+        loss = batch_loss(model, x, y, perturber=perturber, generator=gen, device=ctx.device,
+                          amp=amp, channels_last=channels_last).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

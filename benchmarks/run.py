@@ -21,6 +21,8 @@ Benchmarks (name: what is divided by what; target):
   options     adv-train step time with --channels-last / --amp bf16 / both, vs neither     report
   compile     training step time with --compile (torch.compile) vs eager, and the
               compilation time of the first step                                            report
+  objectives  one adv-train update with --objective trades / mart / --awp, vs PGD-AT
+              (same model, batch, inner steps): the per-epoch cost of each objective       report
 
 How a ratio is measured: every side gets one untimed warm-up call; then the sides run
 interleaved in ABBA order (A B, B A, A B, ...), `--repeats` times; the ratio of each pair is
@@ -62,6 +64,7 @@ import bench_autoattack  # noqa: E402
 import bench_compile  # noqa: E402
 import bench_eval_pgd  # noqa: E402
 import bench_memory  # noqa: E402
+import bench_objectives  # noqa: E402
 import bench_options  # noqa: E402
 import bench_pgd_step  # noqa: E402
 import torch  # noqa: E402
@@ -74,7 +77,7 @@ __all__ = ["BENCHMARKS", "RUNNERS", "Ratio", "main", "pair_ratio"]
 
 # In the order they run and print.
 MODULES = (bench_pgd_step, bench_adv_train, bench_eval_pgd, bench_augment, bench_autoattack, bench_memory,
-           bench_options, bench_compile)
+           bench_options, bench_compile, bench_objectives)
 RUNNERS: dict[str, Callable[[Context], None]] = {m.NAME: m.run for m in MODULES}
 BENCHMARKS = tuple(RUNNERS)
 

@@ -94,3 +94,18 @@ def test_only_rank_0_prints_the_error_line_every_rank_exits_with_its_code(tmp_pa
     assert r.exit_code == 2
     assert len(r.stderr.strip().splitlines()) == lines, r.stderr
     assert lines == 0 or "unknown attack 'deepfool'" in r.stderr
+
+
+@pytest.mark.slow
+def test_trades_with_awp_under_torchrun(tmp_path):
+    """TRADES' two outer forward passes through DDP and AWP's rank-summed ascent gradient run under
+    torchrun, and the checkpoint records the objective."""
+    out = tmp_path / "trades.safetensors"
+    r = _torchrun(["adv-train", "--objective", "trades", "--awp", "0.01", "--awp-warmup", "0", "--eps", "8/255",
+                   "--steps", "1", "--epochs", "1", "--n-train", "256", "--batch-size", "64", "--device", "cpu",
+                   "--out", str(out)], tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    meta = read_metadata(out)
+    assert meta["distributed"]["world_size"] == 2
+    assert (meta["threat_model"]["objective"], meta["threat_model"]["awp_gamma"]) == ("trades", 0.01)
+    assert meta["history"][0]["train_kl"] > 0

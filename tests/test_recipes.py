@@ -32,7 +32,7 @@ from advcli.formats.results import load_results
 from advcli.models import build_model
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
-STUDIES = ["aug-bug", "pgd-at", "landscape"]
+STUDIES = ["aug-bug", "pgd-at", "landscape", "objectives"]
 SCALES = ["quick", "full"]
 
 _COMMANDS = typer.main.get_command(app).commands  # type: ignore[attr-defined]

@@ -63,7 +63,8 @@ def test_fraction_splits_the_batch_and_weights_the_loss(fraction):
     model = build_model("tiny-cnn").train()
     x, y = torch.rand(32, 3, 32, 32), torch.randint(0, 10, (32,))
     spy = Spy(fraction)
-    loss, logits, n_clean = batch_loss(model, x, y, perturber=spy, generator=None, device=CPU)
+    bl = batch_loss(model, x, y, perturber=spy, generator=None, device=CPU)
+    loss, n_clean = bl.loss, bl.n_clean
     n_adv = int(round(fraction * 32))
     assert n_clean == 32 - n_adv
     (xa, ya, _), = spy.calls

@@ -1,4 +1,5 @@
-"""`advcli adv-train`: adversarial training (PGD, FGSM, FGSM-RS; online or from a static set).
+"""`advcli adv-train`: adversarial training (PGD, FGSM, FGSM-RS, N-FGSM; PGD-AT, TRADES, MART, AWP;
+online or from a static set).
 The options it shares with `advcli train` are declared in cli/train_options.py; its own
 defaults are those of `ThreatModel` and `AdvOptions`."""
 
@@ -48,9 +49,17 @@ from advcli.cli.train_options import (
 )
 from advcli.config import Norm, parse_choice, parse_eps, parse_fraction
 from advcli.train.adversarial import AdvOptions, KeepEpoch, OnOverfit, ThreatModel, TrainAttack, run_adv_train
+from advcli.train.objectives import (
+    DEFAULT_AWP_GAMMA,
+    DEFAULT_AWP_WARMUP,
+    DEFAULT_BETA,
+    ObjectiveName,
+    ObjectiveOptions,
+)
 
 THREAT = ThreatModel()
 ADV = AdvOptions()
+OBJ = ObjectiveOptions()
 
 
 def adv_options(opts: dict[str, Any]) -> AdvOptions:
@@ -73,6 +82,12 @@ def adv_options(opts: dict[str, Any]) -> AdvOptions:
         val_pgd_steps=int(opts["val_pgd_steps"]),
         keep=parse_choice(KeepEpoch, opts["keep"], name="--keep").value,
         on_overfit=None if on_overfit is None else parse_choice(OnOverfit, on_overfit, name="--on-overfit").value,
+        objective=ObjectiveOptions(
+            objective=parse_choice(ObjectiveName, opts["objective"], name="--objective").value,
+            beta=None if opts["beta"] is None else float(opts["beta"]),
+            awp=float(opts["awp"]),
+            awp_warmup=None if opts["awp_warmup"] is None else int(opts["awp_warmup"]),
+        ),
     )
 
 
@@ -88,6 +103,10 @@ def adv_train(
     restarts: Annotated[int, typer.Option("--restarts", min=1, help="Random restarts of the training attack, the worst case kept (count).")] = THREAT.restarts,
     noise: Annotated[str | None, typer.Option("--noise", help="n-fgsm only: half-width of the uniform noise box around each training image, in pixel units of [0, 1] images, e.g. 16/255. Default: 2·eps.")] = THREAT.noise,
     fraction: Annotated[str, typer.Option("--fraction", help="Adversarial share f of each batch in [0, 1]: the last f·B examples are attacked; loss (1-f)·CE(clean) + f·CE(adv).")] = str(THREAT.fraction),
+    objective: Annotated[str, typer.Option("--objective", help="Outer loss: pgd-at (CE on the attacked share of the batch, Madry et al.), trades (CE(f(x), y) + beta·KL(p(x) || p(x')), x' maximising the KL; Zhang et al. 2019) or mart (boosted CE on x' + beta·KL·(1 - p_y(x)); Wang et al. 2020). trades and mart attack every example (no --fraction).")] = OBJ.objective,
+    beta: Annotated[float | None, typer.Option("--beta", help=f"trades/mart: weight of the KL term (reference scripts: {DEFAULT_BETA:g}; the default).")] = OBJ.beta,
+    awp: Annotated[float, typer.Option("--awp", min=0.0, metavar="GAMMA", help=f"Adversarial weight perturbation (Wu et al. 2020) with any objective: before each update the conv/linear weights move by GAMMA·||w|| per layer up the loss gradient; the update's gradient is taken there and the weights are restored before the step. 0 = off; the TRADES-AWP reference uses {DEFAULT_AWP_GAMMA:g}.")] = OBJ.awp,
+    awp_warmup: Annotated[int | None, typer.Option("--awp-warmup", min=0, help=f"Epochs trained without AWP before it starts (default {DEFAULT_AWP_WARMUP}: the reference's --awp-warmup 10, which counts epochs from 1).")] = OBJ.awp_warmup,
     adv_data: Annotated[str | None, typer.Option("--adv-data", help="Static adversarial training set from `advcli attack --split train`: train on its 1:1 union with the clean images, no online attack (the attack, validation and overfitting options are then refused).")] = ADV.adv_data,
     val_every: Annotated[int, typer.Option("--val-every", min=0, help=f"Every K epochs measure clean and fp32 PGD accuracy on the first {ADV.val_n} images of the --val-split set (epochs; 0 = never).")] = ADV.val_every,
     val_pgd_steps: Annotated[int, typer.Option("--val-pgd-steps", min=1, help="PGD iterations of the validation attack (count).")] = ADV.val_pgd_steps,
@@ -123,9 +142,11 @@ def adv_train(
     config: Config = RUN.config,
     tensorboard: Tensorboard = RUN.tensorboard,
 ) -> None:
-    """Adversarial training: the train loop plus an attack on the last --fraction of every batch.
+    """Adversarial training: the train loop plus an attack on the last --fraction of every batch
+    (or, with --objective trades/mart, on every example), optionally with --awp.
 
     Example: advcli adv-train --norm linf --eps 8/255 --attack pgd --steps 7 --fraction 1.0 --out robust.safetensors
+    TRADES (reference script): advcli adv-train --objective trades --beta 6 --eps 0.031 --steps 10 --step-size 0.007
     """
     opts = resolve_options(ctx, locals())
     run_training(opts, "advcli adv-train", partial(run_adv_train, train_options(opts), adv_options(opts)))

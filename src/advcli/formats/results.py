@@ -81,13 +81,21 @@ def index_sha256(index: Iterable[int] | np.ndarray) -> str:
 
 def trained_with_text(threat_model: dict[str, Any] | str | None) -> str:
     """How a model was trained, as compare's matrix rows name it: "clean", or the training
-    attack of its threat model ("pgd", "fgsm", "static:stadv", ...), as `advcli attack`
+    attack of its threat model ("pgd", "fgsm", "static:stadv", ...), or its objective with β
+    and AWP's γ ("trades beta=6 + awp gamma=0.005", "pgd + awp gamma=0.01"), as `advcli attack`
     summaries name it too."""
     if threat_model is None:
         return "clean"
     if isinstance(threat_model, str):
         return threat_model
-    return str(threat_model.get("attack") or "adversarial")
+    name = str(threat_model.get("attack") or "adversarial")
+    # adv-train's objectives (train/objectives.py); absent: PGD-AT without AWP.
+    objective = threat_model.get("objective")
+    if objective in ("trades", "mart"):
+        name = f"{objective} beta={threat_model.get('beta'):g}"
+    if threat_model.get("awp_gamma"):
+        name += f" + awp gamma={threat_model['awp_gamma']:g}"
+    return name
 
 
 def format_number(value: float) -> str:

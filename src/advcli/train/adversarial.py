@@ -6,6 +6,10 @@
   (de Jorge et al. 2022) is a training-only attack: its perturbations exceed eps by design
   (noise 2·eps plus a step of eps, no projection), so it is built by `build_training_attack`
   and refused as an evaluation attack; validation and the overfitting check stay within eps.
+- Objectives (`--objective pgd-at|trades|mart`, `--beta`; `--awp GAMMA` with any of them):
+  the outer loss and the adversarial weight perturbation of `train/objectives.py`, passed to
+  the loop as functions. TRADES replaces the training attack by its own (`attacks/trades.py`);
+  TRADES and MART attack every example (`--fraction` is PGD-AT's and refused with them).
 - Static (the loss-landscape paper's "augmented dataset"): `--adv-data` from
   `advcli attack --split train`; training runs on the 1:1 union of those adversarial images and
   the clean images they were made from, with no attack during training. `--n-train N` keeps N
@@ -44,6 +48,7 @@ from torch import nn
 from advcli.attacks import AttackSpec, build_attack
 from advcli.attacks.base import Attack, Keep
 from advcli.attacks.registry import build_training_attack
+from advcli.attacks.trades import TradesKL
 from advcli.config import Eps, Norm, parse_choice
 from advcli.data import ImageData, to_float
 from advcli.data.datasets import train_subset
@@ -65,6 +70,7 @@ from advcli.train.loop import (
     read_inputs,
     watched,
 )
+from advcli.train.objectives import ObjectiveName, ObjectiveOptions, resolve_objective
 
 
 class TrainAttack(str, enum.Enum):
@@ -110,6 +116,8 @@ class AdvOptions:
     # None: `warn` for single-step training (FGSM, FGSM-RS, N-FGSM), `off` for PGD (where
     # overfitting is not expected).
     on_overfit: str | None = None
+    # --objective, --beta, --awp, --awp-warmup (train/objectives.py).
+    objective: ObjectiveOptions = field(default_factory=ObjectiveOptions)
 
 
 class AttackPerturber:
@@ -143,7 +151,7 @@ def threat_metadata(t: ThreatModel, attack: Attack) -> dict[str, Any]:
         "norm": t.norm.value,
         "eps": float(t.eps.value) if t.eps else None,
         "eps_text": t.eps.text if t.eps else None,
-        "attack": t.attack,
+        "attack": d.get("name") or t.attack,  # the training attack as built (trades-kl under --objective trades)
         "steps": int(d.get("steps", 1)),
         "step_size": float(d.get("step_size", d.get("eps", 0.0))),
         "restarts": int(d.get("restarts", 1)),
@@ -265,6 +273,7 @@ def check_static_options(adv: AdvOptions) -> None:
         given.append("--keep best")
     if adv.on_overfit is not None:
         given.append("--on-overfit")
+    given += adv.objective.given()
     if given:
         raise UsageError(
             f"--adv-data trains on a fixed set, with no online attack, validation or overfitting check: "
@@ -338,7 +347,10 @@ def adv_fit(
         raise UsageError("adv-train needs --eps, e.g. --eps 8/255 (linf) or --eps 0.5 (l2)")
     if t.noise is not None and attack_name is not TrainAttack.n_fgsm:
         raise UsageError(f"--noise is n-fgsm's noise box; drop it for --attack {attack_name.value}")
-    attack = build_training_attack(_spec(t))
+    objective = resolve_objective(adv.objective, attack=attack_name.value, restarts=t.restarts, fraction=t.fraction,
+                                  label_smoothing=opts.label_smoothing)
+    attack = (TradesKL(t.norm, t.eps.value, t.steps or 10, t.step_size.value if t.step_size else None)
+              if objective.name is ObjectiveName.trades else build_training_attack(_spec(t)))
     perturber = AttackPerturber(attack, t.fraction, opts.amp)
     hooks = []
     if adv.val_every:
@@ -349,5 +361,6 @@ def adv_fit(
         opts, data, device, perturber=perturber if t.fraction > 0 else None, epoch_hooks=hooks,
         resume=resume, reporter=reporter, init=init,
         keep_best="val_robust_accuracy" if keep is KeepEpoch.best else None,
-        extra_meta={"threat_model": threat_metadata(t, attack)}, **watch,
+        extra_meta={"threat_model": {**threat_metadata(t, attack), **objective.metadata()}},
+        objective=objective.loss, weight_perturbation=objective.awp, **watch,
     )

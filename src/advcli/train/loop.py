@@ -1,7 +1,9 @@
 # Over 500 lines: one training loop read top to bottom; split planned.
 """The one training loop. Standard training and adversarial training are the same loop; the
 latter passes a `BatchPerturber` that replaces the last `fraction` of every batch by adversarial
-examples before the update (see train/adversarial.py).
+examples before the update (see train/adversarial.py), and may pass the outer loss (`Objective`:
+TRADES, MART) and a perturbation of the weights around each gradient (`WeightPerturbation`:
+AWP) as function parameters (train/objectives.py).
 
 In the shape of a torchtune recipe: `setup` (model, optimizer, data on the device), `train_epoch`
 (one pass of updates -> `EpochStats`), `measure_epoch` (test/validation accuracy and the epoch
@@ -30,7 +32,9 @@ import random
 import statistics
 import time
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Protocol
 
@@ -142,6 +146,40 @@ class BatchPerturber(Protocol):
 
 
 @dataclass
+class BatchLoss:
+    """A batch's training loss and what the epoch metrics count: `logits` of `labels`, the
+    first `n_clean` rows clean, the rest adversarial; `terms` are per-batch sums over examples of
+    an objective's parts (e.g. TRADES' KL), logged as `train_<name>` epoch means."""
+
+    loss: torch.Tensor
+    logits: torch.Tensor
+    labels: torch.Tensor
+    n_clean: int
+    terms: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+# The model's forward pass as the loop runs it (channels-last, autocast, fp32 logits).
+Forward = Callable[[torch.Tensor], torch.Tensor]
+# The outer loss: (forward, x, x_adv, y, n_clean) -> BatchLoss, where x is the clean batch and
+# x_adv the adversarial version of its last len(y) - n_clean examples. None: `mixed_cross_entropy`
+# (PGD-AT); adv-train's other objectives are in train/objectives.py.
+Objective = Callable[[Forward, torch.Tensor, torch.Tensor, torch.Tensor, int], BatchLoss]
+
+
+class WeightPerturbation(Protocol):
+    """A perturbation of the weights around each update's gradient (AWP, train/objectives.py)."""
+
+    def applies(self, epoch: int) -> bool:
+        """Whether it runs in this (0-based) epoch."""
+        ...
+
+    def around(self, model: nn.Module, loss_at: Callable[[], torch.Tensor]) -> AbstractContextManager[None]:
+        """Perturb `model`'s weights (from the gradient of `loss_at()`) inside the block; the
+        weights are back, bit for bit, when it ends."""
+        ...
+
+
+@dataclass
 class EpochEnd:
     """What an epoch hook sees once an epoch's updates are done."""
 
@@ -214,6 +252,56 @@ def evaluate_accuracy(
     return float(correct) / max(len(y), 1)
 
 
+def model_forward(model: nn.Module, device: torch.device, amp: str = "none", channels_last: bool = False) -> Forward:
+    """`model`'s training forward pass: channels-last input if asked, autocast, fp32 logits."""
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(device, amp):
+            return model(x).float()
+
+    return forward
+
+
+def mixed_cross_entropy(
+    forward: Forward, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor, n_clean: int,
+    label_smoothing: float = 0.0, fraction: float | None = None,
+) -> BatchLoss:
+    """PGD-AT's outer loss: the clean first `n_clean` examples and the adversarial rest go
+    through the model as ONE batch (BatchNorm sees both); loss (1-f)·CE(clean) + f·CE(adv) with
+    f = `fraction` (--fraction; default the adversarial share of the batch). Without adversarial
+    examples it is standard training's CE."""
+    b = len(y)
+    xb = torch.cat([x[:n_clean], x_adv]) if 0 < n_clean < b else (x if n_clean == b else x_adv)
+    logits = forward(xb)
+    if 0 < n_clean < b:
+        f = (b - n_clean) / b if fraction is None else fraction
+        loss_clean = F.cross_entropy(logits[:n_clean], y[:n_clean], label_smoothing=label_smoothing)
+        loss_adv = F.cross_entropy(logits[n_clean:], y[n_clean:], label_smoothing=label_smoothing)
+        loss = (1 - f) * loss_clean + f * loss_adv
+    else:
+        loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
+    return BatchLoss(loss, logits, y, n_clean)
+
+
+def adversarial_part(
+    model: nn.Module, xb: torch.Tensor, yb: torch.Tensor, *, perturber: BatchPerturber | None,
+    generator: torch.Generator | None, device: torch.device, amp: str = "none",
+) -> tuple[torch.Tensor, int]:
+    """(x_adv, n_clean): the perturber's adversarial examples for the last `fraction` of the
+    batch (attack in eval mode; the model is back in train mode afterwards); x_adv is empty
+    without a perturber (or f = 0)."""
+    fraction = perturber.fraction if perturber is not None else 0.0
+    n_clean = len(yb) - int(round(fraction * len(yb)))
+    if n_clean == len(yb):
+        return xb[:0], n_clean
+    with autocast(device, amp):
+        x_adv = perturber.perturb(model, xb[n_clean:], yb[n_clean:], generator)  # type: ignore[union-attr]
+    model.train()
+    return x_adv, n_clean
+
+
 def batch_loss(
     model: nn.Module,
     xb: torch.Tensor,
@@ -226,37 +314,20 @@ def batch_loss(
     label_smoothing: float = 0.0,
     channels_last: bool = False,
     attack_model: nn.Module | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """One training batch: (loss, logits, n_clean).
-
-    With a perturber of fraction f, the first (1-f)·B examples stay clean and the rest are
-    replaced by adversarial examples (attack in eval mode; the model is back in train mode
-    before the update); both parts go through the model as ONE batch, so BatchNorm sees both,
-    and the loss is (1-f)·CE(clean) + f·CE(adv). Without a perturber (or f = 0) this is
-    exactly standard training. `attack_model` is the unwrapped module when `model` is a
-    DistributedDataParallel wrapper (the attack needs input gradients only, no gradient sync).
-    """
-    b = len(yb)
-    fraction = perturber.fraction if perturber is not None else 0.0
-    n_adv = int(round(fraction * b))
-    n_clean = b - n_adv
-    if n_adv:
-        with autocast(device, amp):
-            x_adv = perturber.perturb(attack_model or model, xb[n_clean:], yb[n_clean:], generator)  # type: ignore[union-attr]
-        model.train()
-        xb = torch.cat([xb[:n_clean], x_adv]) if n_clean else x_adv
-    if channels_last:
-        xb = xb.contiguous(memory_format=torch.channels_last)
-    with autocast(device, amp):
-        logits = model(xb)
-    logits = logits.float()
-    if 0 < n_adv < b:
-        loss_clean = F.cross_entropy(logits[:n_clean], yb[:n_clean], label_smoothing=label_smoothing)
-        loss_adv = F.cross_entropy(logits[n_clean:], yb[n_clean:], label_smoothing=label_smoothing)
-        loss = (1 - fraction) * loss_clean + fraction * loss_adv
-    else:
-        loss = F.cross_entropy(logits, yb, label_smoothing=label_smoothing)
-    return loss, logits, n_clean
+    objective: Objective | None = None,
+) -> BatchLoss:
+    """One training batch: the adversarial part (`adversarial_part`), then the outer loss
+    (`objective`, by default `mixed_cross_entropy`: with a perturber of fraction f the first
+    (1-f)·B examples stay clean and the rest are adversarial; without a perturber, or f = 0,
+    exactly standard training). `attack_model` is the unwrapped module when `model` is a
+    DistributedDataParallel wrapper (the attack needs input gradients only, no gradient sync)."""
+    x_adv, n_clean = adversarial_part(attack_model or model, xb, yb, perturber=perturber, generator=generator,
+                                      device=device, amp=amp)
+    forward = model_forward(model, device, amp, channels_last)
+    if objective is None:
+        fraction = perturber.fraction if perturber is not None else None
+        return mixed_cross_entropy(forward, xb, x_adv, yb, n_clean, label_smoothing, fraction)
+    return objective(forward, xb, x_adv, yb, n_clean)
 
 
 @dataclass
@@ -359,10 +430,15 @@ class _EpochSums:
         self.loss = {part: torch.zeros((), device=device) for part in ("clean", "adv")}
         self.correct = {part: torch.zeros((), device=device, dtype=torch.int64) for part in ("clean", "adv")}
         self.count = {"clean": 0, "adv": 0}
+        self.terms: dict[str, torch.Tensor] = {}  # an objective's parts (BatchLoss.terms), summed
+        self.device = device
 
-    def add(self, logits: torch.Tensor, y: torch.Tensor, n_clean: int) -> torch.Tensor:
+    def add(self, logits: torch.Tensor, y: torch.Tensor, n_clean: int,
+            terms: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         """Add a batch (first `n_clean` clean); returns the adversarial part's correct count."""
         with torch.no_grad():
+            for name, value in (terms or {}).items():
+                self.terms[name] = self.terms.get(name, torch.zeros((), device=self.device)) + value.detach()
             hits = logits.argmax(1) == y
             adv_correct = hits[n_clean:].sum()
             for part, sl in (("clean", slice(None, n_clean)), ("adv", slice(n_clean, None))):
@@ -376,7 +452,8 @@ class _EpochSums:
         """This rank's sums so far (a mid-epoch save)."""
         counts = torch.tensor([self.count["clean"], self.count["adv"]], device=self.loss["clean"].device)
         return {"counts": counts, **{f"loss.{k}": v.clone() for k, v in self.loss.items()},
-                **{f"correct.{k}": v.clone() for k, v in self.correct.items()}}
+                **{f"correct.{k}": v.clone() for k, v in self.correct.items()},
+                **{f"term.{k}": v.clone() for k, v in self.terms.items()}}
 
     def load(self, saved: dict[str, torch.Tensor]) -> None:
         """Continue from `state()`'s sums (the epoch's metrics then add up in the same order
@@ -385,11 +462,14 @@ class _EpochSums:
             self.loss[part] += saved[f"loss.{part}"].to(self.loss[part].device)
             self.correct[part] += saved[f"correct.{part}"].to(self.correct[part].device)
         self.count["clean"], self.count["adv"] = (int(c) for c in saved["counts"])
+        for key, value in saved.items():
+            if key.startswith("term."):
+                self.terms[key[5:]] = torch.zeros((), device=self.device) + value.to(self.device)
 
     def stats(self, epoch: int, lr: float, adversarial: bool) -> EpochStats:
         """The epoch's training metrics, summed over torchrun ranks."""
         counts = torch.tensor([self.count["clean"], self.count["adv"]], device=self.loss["clean"].device)
-        for t in (*self.loss.values(), *self.correct.values(), counts):
+        for t in (*self.loss.values(), *self.correct.values(), *self.terms.values(), counts):
             distributed.all_reduce_sum(t)
         n = {"clean": int(counts[0]), "adv": int(counts[1])}
         # A part with no examples (the clean part under --fraction 1) was not measured: None,
@@ -402,6 +482,8 @@ class _EpochSums:
                            train_accuracy=math.nan if acc is None else acc)
         if adversarial:
             stats.extra.update(mean)
+        # An objective's terms are per attacked example (TRADES/MART attack every example).
+        stats.extra.update({f"train_{k}": float(v) / max(n["adv"], 1) for k, v in self.terms.items()})
         return stats
 
 
@@ -410,8 +492,11 @@ def train_epoch(
     perturber: BatchPerturber | None = None, step_hooks: Sequence[StepHook] = (), reporter: Reporter | None = None,
     start: EpochPosition | None = None, save_every: SaveEvery | None = None,
     save: Callable[[EpochPosition], None] | None = None,
+    objective: Objective | None = None, weight_perturbation: WeightPerturbation | None = None,
 ) -> EpochStats:
     """One pass of updates over the training set (epoch 0-based) -> its training metrics.
+    `objective` is the outer loss (None: PGD-AT's `mixed_cross_entropy`); `weight_perturbation`
+    (AWP) perturbs the weights around each gradient in the epochs it applies to.
 
     `start` (a mid-epoch state) continues the epoch after its last trained batch; with
     `save_every`, `save` is given the position whenever a mid-epoch save is due."""
@@ -438,23 +523,30 @@ def train_epoch(
         lr = lr_at(step, s.total_steps, opts.lr, opts.schedule)
         for g in s.opt.param_groups:
             g["lr"] = lr
-        loss, logits, n_clean = batch_loss(
-            s.train_model, xb, yb, perturber=perturber, generator=attack_gen, device=device, amp=opts.amp,
-            label_smoothing=opts.label_smoothing, channels_last=opts.channels_last, attack_model=s.model,
-        )
+        x_adv, n_clean = adversarial_part(s.model, xb, yb, perturber=perturber, generator=attack_gen,
+                                          device=device, amp=opts.amp)
+        outer = objective or partial(mixed_cross_entropy, label_smoothing=opts.label_smoothing,
+                                     fraction=perturber.fraction if perturber is not None else None)
         s.opt.zero_grad(set_to_none=True)
+        # AWP: the gradient is taken at the perturbed weights, which are restored before the step.
+        around = nullcontext()
+        if weight_perturbation is not None and weight_perturbation.applies(epoch):
+            eager = model_forward(s.model, device, opts.amp, opts.channels_last)  # no DDP sync, not compiled
+            around = weight_perturbation.around(s.model, partial(_loss_of, outer, eager, xb, x_adv, yb, n_clean))
+        with around:
+            bl = outer(model_forward(s.train_model, device, opts.amp, opts.channels_last), xb, x_adv, yb, n_clean)
+            (s.scaler.scale(bl.loss) if s.scaler is not None else bl.loss).backward()
         if s.scaler is not None:
-            s.scaler.scale(loss).backward()
             s.scaler.step(s.opt)
             s.scaler.update()
         else:
-            loss.backward()
             s.opt.step()
         if s.ema is not None:
             s.ema.update(s.model)
-        adv_correct = sums.add(logits.detach(), yb, n_clean)
+        adv_correct = sums.add(bl.logits.detach(), bl.labels, bl.n_clean, bl.terms)
         for hook in step_hooks:
-            hook(StepStats(epoch + 1, step + 1, lr, loss.detach(), len(yb) - n_clean, adv_correct, started))
+            hook(StepStats(epoch + 1, step + 1, lr, bl.loss.detach(), len(bl.labels) - bl.n_clean, adv_correct,
+                           started))
         reporter.advance()
         # The epoch's last step is followed by the end-of-epoch save instead.
         if save and save_every and i + 1 < s.steps_per_epoch and save_every.due(step + 1, device):
@@ -464,6 +556,10 @@ def train_epoch(
     reporter.finish()
     end_lr = lr_at((epoch + 1) * s.steps_per_epoch, s.total_steps, opts.lr, opts.schedule)
     return sums.stats(epoch + 1, end_lr, adversarial=perturber is not None)
+
+
+def _loss_of(objective: Objective, *args: object) -> torch.Tensor:
+    return objective(*args).loss  # type: ignore[arg-type]
 
 
 def _by_rank(t: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -553,6 +649,8 @@ def fit(
     reporter: Reporter | None = None,
     keep_best: str | None = None,
     init: LoadedCheckpoint | None = None,
+    objective: Objective | None = None,
+    weight_perturbation: WeightPerturbation | None = None,
 ) -> TrainResult:
     """Train `opts.arch` on `data` and write the checkpoint (+ state and history files).
 
@@ -601,7 +699,8 @@ def fit(
     for epoch in range(start_epoch, opts.epochs):
         started = time.perf_counter() - (position.seconds if position else 0.0)
         stats = train_epoch(s, opts, epoch, device, perturber=perturber, step_hooks=step_hooks, reporter=reporter,
-                            start=position, save_every=save_every, save=save)
+                            start=position, save_every=save_every, save=save, objective=objective,
+                            weight_perturbation=weight_perturbation)
         position = None
         stop = measure_epoch(s.kept, stats, data, device, epoch_hooks or [], history=state.history,
                              raw=s.model)
