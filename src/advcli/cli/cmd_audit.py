@@ -18,6 +18,7 @@ from advcli.config import Norm, parse_choice, parse_eps
 from advcli.data.datasets import SUBSET_HELP, Subset
 from advcli.errors import UsageError
 from advcli.models.user import MODEL_HELP, WRAP_HELP
+from advcli.robustbench.zoo import MODEL_DIR_HELP
 from advcli.stages.audit.limits import ALL_CHECKS, QUICK_CHECKS, CheckName, parse_checks, thresholds_table
 
 SPLITS = ("test", "train", "val")
@@ -62,6 +63,7 @@ def audit_options(opts: dict[str, Any]) -> Any:
         surrogate=Path(opts["surrogate"]) if opts["surrogate"] else None,
         model=opts["model"],
         wrap=opts["wrap"],
+        model_dir=opts["model_dir"],
         amp=amp,
         batch_size=int(opts["batch_size"]),
         seed=int(opts["seed"]),
@@ -143,6 +145,7 @@ def audit_cmd(
         "its PGD examples must not beat the white-box attacks.")] = None,
     model: Annotated[str | None, typer.Option("--model", help=MODEL_HELP)] = None,
     wrap: Annotated[str | None, typer.Option("--wrap", help=WRAP_HELP)] = None,
+    model_dir: Annotated[str | None, typer.Option("--model-dir", help=MODEL_DIR_HELP)] = None,
     amp: Annotated[str | None, typer.Option(
         "--amp", help="Precision check: compare fp32 with this autocast dtype, none, bf16 or fp16 "
         "(fp16 needs CUDA) (default: the training run's --amp from the checkpoint; fp32 training "

@@ -15,6 +15,7 @@ from advcli.data.datasets import SUBSET_HELP, Subset
 from advcli.errors import UsageError
 from advcli.models.user import MODEL_HELP, WRAP_HELP, check_user_options
 from advcli.results import EvalResult
+from advcli.robustbench.zoo import MODEL_DIR_HELP
 
 if TYPE_CHECKING:
     from advcli.stages.evaluate import EvalPlan
@@ -81,6 +82,7 @@ def eval_options(opts: dict[str, Any]) -> Any:
         label=opts["label"],
         model=opts["model"],
         wrap=opts["wrap"],
+        model_dir=opts["model_dir"],
         config={k: (str(v) if isinstance(v, Path) else v) for k, v in opts.items()},
         progress_file=progress_path_for(opts["out"]) if opts["out"] else None,
         resume=bool(opts["resume"]),
@@ -185,6 +187,7 @@ def eval_cmd(
         "' + DEFENCE' with --wrap).")] = None,
     model: Annotated[str | None, typer.Option("--model", help=MODEL_HELP)] = None,
     wrap: Annotated[str | None, typer.Option("--wrap", help=WRAP_HELP)] = None,
+    model_dir: Annotated[str | None, typer.Option("--model-dir", help=MODEL_DIR_HELP)] = None,
     out: Annotated[Path | None, typer.Option(
         "--out", "-o", help="Result file to write (YAML, schema advcli.results/1).")] = None,
     format: Annotated[str, typer.Option("--format", help=FORMAT_HELP)] = "table",

@@ -74,5 +74,10 @@ def build_model(
     mean: Sequence[float] = (0.0, 0.0, 0.0),
     std: Sequence[float] = (1.0, 1.0, 1.0),
 ) -> Classifier:
-    """A fresh, randomly initialised model (seed torch before calling for determinism)."""
+    """A fresh, randomly initialised model (seed torch before calling for determinism); an
+    arch `robustbench:DATASET/THREAT/NAME` is built by robustbench's model zoo."""
+    if str(arch).startswith("robustbench:"):
+        from advcli.robustbench.zoo import build_architecture
+
+        return Classifier(build_architecture(arch), mean, std)
     return Classifier(_constructor(resolve_arch(arch))(num_classes), mean, std)

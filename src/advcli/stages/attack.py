@@ -231,6 +231,7 @@ class AttackOptions:
     label: str | None = None
     model: str | None = None  # --model FILE.py:CALLABLE (the checkpoint, if any, holds its weights)
     wrap: str | None = None  # --wrap FILE.py:CALLABLE around the loaded model
+    model_dir: str | None = None  # weights folder of a robustbench:NAME model
     out: Path = Path("adv.safetensors")
     grid: Path | None = None
     config: dict[str, Any] = field(default_factory=dict)
@@ -275,7 +276,8 @@ def attack_checkpoint(
     from advcli.provenance import provenance
     from advcli.results import index_sha256, trained_with_text
 
-    target = load_target(checkpoint, model=opts.model, wrap=opts.wrap, device=device)
+    target = load_target(checkpoint, model=opts.model, wrap=opts.wrap, device=device, dataset=opts.dataset,
+                         model_dir=opts.model_dir)
     meta = target.meta
     ckpt_label = target.base_label()
     trained_with = trained_with_text(meta.get("threat_model"))

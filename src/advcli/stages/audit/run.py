@@ -67,7 +67,8 @@ def _audit(checkpoint: str | Path | LoadedCheckpoint | None, opts: AuditOptions,
             raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
     if opts.amp == "fp16" and device.type != "cuda" and CheckName.precision in opts.checks:
         raise UsageError("--amp fp16 needs a CUDA device (--device cuda); use --amp bf16 on the CPU")
-    target = load_target(checkpoint, model=opts.model, wrap=opts.wrap, device=device)
+    target = load_target(checkpoint, model=opts.model, wrap=opts.wrap, device=device, dataset=opts.dataset,
+                         norm=opts.norm, model_dir=opts.model_dir)
     base, model, meta = target.base, target.model, target.meta
     norm, eps_list, eps_source = resolve_threat(meta, opts.norm, [opts.eps] if opts.eps else None)
     eps = eps_list[0]
