@@ -19,6 +19,7 @@ from typing import Any
 from advcli.errors import AdvcliError
 from advcli.results import EvalResult
 from advcli.robustbench.leaderboard import TEST_SIZE, LeaderboardEntry, find_entry
+from advcli.robustbench.zoo import PREFIX
 
 # The leaderboard tracks' threat models.
 TRACK_EPS = {("cifar10", "Linf"): "8/255", ("cifar100", "Linf"): "8/255", ("imagenet", "Linf"): "4/255",
@@ -53,22 +54,15 @@ def _percent(fraction: float) -> str:
     return str(round(100 * float(fraction), 2))
 
 
-def zoo_record(result: EvalResult) -> dict[str, Any] | None:
-    """The robustbench record of the zoo model the result measured, if it measured one alone."""
-    codes = result.user_code
-    if len(codes) == 1 and isinstance(codes[0].get("robustbench"), dict):
-        return dict(codes[0]["robustbench"])
-    return None
-
-
 def _shipped(result: EvalResult, dataset: str, threat: str) -> LeaderboardEntry | None:
-    record = zoo_record(result)
-    if record is None and str(result.model.arch or "").startswith("robustbench:"):
-        ds, tm, name = str(result.model.arch).removeprefix("robustbench:").split("/")
-        record = {"name": name, "dataset": ds, "threat_model": tm}
-    if record is None or (record.get("dataset"), record.get("threat_model")) != (dataset, threat):
+    """The shipped leaderboard entry of the zoo model the result measured (its arch, recorded by
+    `robustbench:NAME` and by imported zoo checkpoints, names it), if any."""
+    parts = str(result.model.arch or "").removeprefix(PREFIX).split("/")
+    if not str(result.model.arch or "").startswith(PREFIX) or len(parts) != 3:
         return None
-    return find_entry(str(record["name"]), dataset, threat)
+    if (parts[0], parts[1]) != (dataset, threat):
+        return None
+    return find_entry(parts[2], dataset, threat)
 
 
 def _autoattack(result: EvalResult, dataset: str) -> tuple[Any, str]:
@@ -118,7 +112,7 @@ def export_entry(result: EvalResult, fields: EntryFields | None = None) -> dict[
     dataset = str(result.data.dataset)
     if dataset not in TEST_SIZE:
         raise ExportRefused(f"{result.label}: evaluated on {dataset}; the leaderboard's datasets are "
-                            f"{', '.join(TEST_SIZE)} (evaluate with --dataset {', '.join(TEST_SIZE)})")
+                            f"{', '.join(TEST_SIZE)} (evaluate with --dataset cifar10, cifar100 or imagenet)")
     full = TEST_SIZE[dataset]
     if result.data.split != "test" or int(result.data.n or 0) != full:
         raise ExportRefused(f"{result.label}: evaluated on {result.data.n} {result.data.split} images, a "

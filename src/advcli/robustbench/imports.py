@@ -32,7 +32,6 @@ def import_zoo(spec: str, *, dataset: str | None = None, norm: object = None,
     mean, std = IDENTITY
     model = Classifier(net, mean, std).eval()
     eps = parse_eps(entry.eps_text())
-    record = code.to_dict()["robustbench"]
     meta = model_metadata(
         arch=entry.arch,
         num_classes=entry.num_classes,
@@ -43,7 +42,8 @@ def import_zoo(spec: str, *, dataset: str | None = None, norm: object = None,
         label=label or entry.name,
         threat_model={"norm": entry.norm, "eps": eps.value, "eps_text": eps.text, "attack": "unknown"},
         config=config,
-        robustbench={**record, "weights_sha256": code.sha256},
+        robustbench={**entry.to_dict(), "version": code.version, "weights_file": code.weights_file,
+                     "weights_sha256": code.sha256},
         source={"path": code.weights_file, "sha256": code.sha256,
                 "loader": f"robustbench.utils.load_model (robustbench {code.version})"},
         source_sha256=code.sha256,

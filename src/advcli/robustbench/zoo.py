@@ -184,8 +184,8 @@ def check_weights_file(path: Path) -> None:
 class ZooCode(UserCode):
     """A zoo model as the user code results record: `path` is "robustbench" (so labels read
     `robustbench:NAME`), `sha256` that of the weights file (of the files, in order, for an
-    ensemble; of the built module where timm's hub serves it), and the entry and package
-    version under `robustbench`."""
+    ensemble; of the built module where timm's hub serves it), the entry
+    (`robustbench_entry`: DATASET/THREAT/NAME), the package version and the weights file."""
 
     entry: ZooEntry = field(default_factory=lambda: ZooEntry("", "", ""))
     version: str = "unknown"
@@ -195,9 +195,12 @@ class ZooCode(UserCode):
     def arch(self) -> str:
         return self.entry.arch
 
-    def to_dict(self) -> dict[str, Any]:
-        d: dict[str, Any] = dict(super().to_dict())
-        d["robustbench"] = {**self.entry.to_dict(), "version": self.version, "weights_file": self.weights_file}
+    def to_dict(self) -> dict[str, str]:
+        # Flat strings: result files read user_code records as string -> string.
+        d = super().to_dict()
+        d.update(robustbench_entry=self.arch.removeprefix(PREFIX), robustbench_version=self.version)
+        if self.weights_file is not None:
+            d["weights_file"] = self.weights_file
         return d
 
 
