@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from typer.testing import CliRunner
 
 from advcli.cli.app import app
@@ -206,6 +207,12 @@ def test_cli_eval_import_info_end_to_end(rb, model_dir: Path, tmp_path: Path) ->
     res = runner.invoke(app, ["info", str(ckpt)])
     assert res.exit_code == 0, res.output
     assert "Wong2020Fast" in res.output
+    land = tmp_path / "land.yaml"
+    res = runner.invoke(app, ["landscape", "robustbench:Wong2020Fast", str(ckpt), "--model-dir", str(model_dir),
+                              "--dataset", "synthetic", "--n", "4", "--points", "3", "--out", str(land)])
+    assert res.exit_code == 0, res.output
+    curves = yaml.safe_load(land.read_text())["checkpoints"]
+    assert [c["label"] for c in curves] == ["robustbench:Wong2020Fast", "robustbench:Wong2020Fast#2"]
 
 
 # --------------------------------------------------------------------------- leaderboard

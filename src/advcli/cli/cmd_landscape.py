@@ -15,6 +15,7 @@ from advcli.cli.common import CONFIG_HELP, DEVICE_HELP, FORMAT_HELP, FORMATS, ha
 from advcli.config import DEFAULT_EPS, Norm, parse_choice, parse_eps
 from advcli.data.datasets import SUBSET_HELP, Subset
 from advcli.errors import UsageError
+from advcli.robustbench.zoo import MODEL_DIR_HELP
 
 DATA_KINDS = ("clean", "pgd", "fgsm", "fgsm-rs", "stadv")
 DATA_HELP = (
@@ -51,7 +52,8 @@ FLATNESS_SEEDS_HELP = (
 def landscape(
     ctx: typer.Context,
     checkpoints: Annotated[list[Path], typer.Argument(
-        help="Checkpoints (.safetensors); several are drawn on shared axes.", show_default=False)],
+        help="Checkpoints (.safetensors) or robustbench:NAME models; several are drawn on shared "
+        "axes.", show_default=False)],
     dim: Annotated[int, typer.Option(
         "--dim", help="Number of directions: 1 (a curve) or 2 (contour and surface).")] = 1,
     range_: Annotated[str, typer.Option("--range", help=RANGE_HELP)] = "-1:1",
@@ -104,6 +106,7 @@ def landscape(
         "--dataset", help="Dataset override (default: the one recorded in the checkpoints).")] = None,
     data_dir: Annotated[str | None, typer.Option(
         "--data-dir", help="Where torchvision datasets live.")] = None,
+    model_dir: Annotated[str | None, typer.Option("--model-dir", help=MODEL_DIR_HELP)] = None,
     device: Annotated[str, typer.Option("--device", help=DEVICE_HELP)] = "auto",
     out: Annotated[Path, typer.Option(
         "--out", help="YAML file of the grid and flatness numbers (read by `advcli compare`).")
@@ -219,6 +222,7 @@ def landscape_options(opts: dict[str, Any]) -> tuple[Any, str]:
         flatness_seeds=int(opts["flatness_seeds"]),
         dataset=opts["dataset"] or None,
         data_dir=opts["data_dir"],
+        model_dir=opts["model_dir"],
     )
     return lopts, fmt
 

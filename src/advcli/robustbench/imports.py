@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from advcli.checkpoint import model_metadata
+from advcli.checkpoint import LoadedCheckpoint, model_metadata
 from advcli.config import parse_eps
 from advcli.models import Classifier
 from advcli.robustbench.zoo import input_shape, load_zoo_model, resolve
@@ -39,7 +39,7 @@ def import_zoo(spec: str, *, dataset: str | None = None, norm: object = None,
         mean=mean,
         std=std,
         input_shape=input_shape(entry),
-        label=label or entry.name,
+        label=label or entry.spec,
         threat_model={"norm": entry.norm, "eps": eps.value, "eps_text": eps.text, "attack": "unknown"},
         config=config,
         robustbench={**entry.to_dict(), "version": code.version, "weights_file": code.weights_file,
@@ -50,3 +50,13 @@ def import_zoo(spec: str, *, dataset: str | None = None, norm: object = None,
     )
     return ImportResult(model=model, meta=meta, source_sha256=code.sha256,
                         num_classes=entry.num_classes, stripped_prefix=None, wrapper_key=None)
+
+
+def load_zoo_checkpoint(spec: str | Path, *, dataset: str | None = None, norm: object = None,
+                        model_dir: str | Path | None = None, device: Any = "cpu") -> LoadedCheckpoint:
+    """The zoo model as a loaded checkpoint (for stages that take checkpoints only, e.g.
+    landscape), as `advcli import` would write it; nothing is written."""
+    result = import_zoo(str(spec), dataset=dataset, norm=norm, model_dir=model_dir)
+    result.model.to(device).eval()
+    return LoadedCheckpoint(model=result.model, meta=result.meta, path=Path(str(spec)),
+                            sha256=result.source_sha256)

@@ -306,6 +306,7 @@ class LandscapeOptions:
     flatness_seeds: int = 1  # flatness along the seeds s, s+1, ..., s+K-1 (K = this count)
     dataset: str | None = None
     data_dir: str | None = None
+    model_dir: str | None = None  # weights folder of robustbench:NAME checkpoints
 
 
 @dataclass
@@ -333,6 +334,16 @@ class _Subset:
     bn_x: torch.Tensor | None  # clean images for --bn recompute on fixed adversarial examples
     attack: Any
     record: dict[str, Any]
+
+
+def _load(path: str | Path, opts: LandscapeOptions, device: torch.device) -> LoadedCheckpoint:
+    from advcli.robustbench.zoo import is_zoo_spec
+
+    if is_zoo_spec(path):
+        from advcli.robustbench.imports import load_zoo_checkpoint
+
+        return load_zoo_checkpoint(path, dataset=opts.dataset, model_dir=opts.model_dir, device=device)
+    return load_checkpoint(path, device)
 
 
 def checkpoint_labels(loaded: Sequence[LoadedCheckpoint]) -> list[str]:
@@ -490,9 +501,7 @@ def run_landscape(
     if opts.flatness_seeds < 1:
         raise UsageError(f"--flatness-seeds must be a count >= 1, got {opts.flatness_seeds}")
     opts.settings.check()
-    loaded = [
-        c if isinstance(c, LoadedCheckpoint) else load_checkpoint(c, device) for c in checkpoints
-    ]
+    loaded = [c if isinstance(c, LoadedCheckpoint) else _load(c, opts, device) for c in checkpoints]
     warnings: list[str] = []
     subset = _subset(loaded, opts, data, warnings)
     directions_for, directions_record, new, seeds = _directions(loaded, opts, warnings)
