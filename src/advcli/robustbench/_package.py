@@ -16,6 +16,7 @@ import importlib
 import importlib.metadata
 import importlib.util
 import sys
+import warnings
 from types import ModuleType
 
 from advcli.errors import AdvcliError
@@ -48,7 +49,13 @@ def import_robustbench() -> ModuleType:
     """The `robustbench` package, or one line saying how to install it."""
     try:
         _alias_autoattack()
-        return importlib.import_module("robustbench")
+        # Its import chain warns about APIs it uses (pkg_resources, torch.jit.interface): nothing
+        # an advcli user can act on, so kept off stderr.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", category=FutureWarning)
+            warnings.simplefilter("ignore", category=UserWarning)
+            warnings.simplefilter("ignore", category=DeprecationWarning)
+            return importlib.import_module("robustbench")
     except ModuleNotFoundError as exc:
         missing = exc.name or "robustbench"
         what = "the robustbench package" if missing.split(".")[0] == "robustbench" else (
