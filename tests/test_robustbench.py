@@ -199,6 +199,10 @@ def test_cli_eval_import_info_end_to_end(rb, model_dir: Path, tmp_path: Path) ->
     assert code["sha256"] == sha256_file(model_dir / "cifar10" / "Linf" / "Wong2020Fast.pt")
     assert [e.attack for e in result.entries][:2] == ["clean", "pgd"]
     assert result.entry("pgd").eps_text == "8/255"  # the leaderboard's threat model by default
+    board = save_results(tmp_path / "board.yaml", leaderboard.published_row("Wong2020Fast"))
+    res = runner.invoke(app, ["compare", str(out), str(board)], env={"COLUMNS": "200"})
+    assert res.exit_code == 0, res.output
+    assert "robustbench:Wong2020Fast (published)" in res.output and "43.21" in res.output
 
     ckpt = tmp_path / "wong.safetensors"
     res = runner.invoke(app, ["import", "robustbench:Wong2020Fast", "--model-dir", str(model_dir), "-o", str(ckpt)])

@@ -277,7 +277,7 @@ def attack_checkpoint(
     from advcli.results import index_sha256, trained_with_text
 
     target = load_target(checkpoint, model=opts.model, wrap=opts.wrap, device=device, dataset=opts.dataset,
-                         model_dir=opts.model_dir)
+                         norm=opts.spec.norm, model_dir=opts.model_dir)
     meta = target.meta
     ckpt_label = target.base_label()
     trained_with = trained_with_text(meta.get("threat_model"))
