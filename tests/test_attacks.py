@@ -23,6 +23,7 @@ from advcli.checkpoint import load_checkpoint
 from advcli.config import Norm
 from advcli.data import test_subset, to_float
 from advcli.errors import UsageError
+from tests.constructed import Bump, escaping_bump
 
 EPS = 8 / 255
 TOL = 1e-6  # float32 rounding of x + delta
@@ -430,22 +431,6 @@ def test_build_attack_reads_strings_everywhere(model, batch):
         build_attack(AttackSpec("stadv", keep="last"))
 
 
-class _Bump(nn.Module):
-    """Two classes; class 1 (the wrong one for y = 0) wins only in a thin band of mean pixel
-    value around `centre`: `height - width·(mean − centre)²`. Sign steps overshoot the band, so an
-    iterate can be fooled while the next one is not."""
-
-    def __init__(self, centre: float, height: float, width: float = 1000.0) -> None:
-        super().__init__()
-        self.centre, self.height, self.width = centre, height, width
-        self.dummy = nn.Parameter(torch.zeros(1))  # attacks switch parameter gradients off
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        z = x.mean(dim=(1, 2, 3))
-        wrong = self.height - self.width * (z - self.centre) ** 2 + 0 * self.dummy
-        return torch.stack([torch.zeros_like(wrong), wrong], dim=1)
-
-
 def _bump_batch(n: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.full((n, 1, 2, 2), 0.5), torch.zeros(n, dtype=torch.int64)
 
@@ -453,7 +438,7 @@ def _bump_batch(n: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
 @pytest.mark.parametrize("restarts", [1, 2])
 def test_an_example_fooled_at_an_earlier_step_is_not_robust(restarts):
     # Iterates 0.5 (correct) -> 0.555 (inside the band, past its peak: fooled) -> 0.5 (correct).
-    model = _Bump(centre=0.552, height=0.1)
+    model = Bump(centre=0.552, height=0.1)
     x, y = _bump_batch()
     kw = {"steps": 2, "step_size": 0.055, "random_init": False, "restarts": restarts}
     last = PGD("linf", 0.1, keep="last", **kw).run(model, x, y)
@@ -466,7 +451,7 @@ def test_an_example_fooled_at_an_earlier_step_is_not_robust(restarts):
 
 def test_without_success_the_highest_loss_iterate_is_kept():
     # The band never reaches above zero: nothing fools the model; the loss peaks at 0.555.
-    model = _Bump(centre=0.552, height=-0.01)
+    model = Bump(centre=0.552, height=-0.01)
     x, y = _bump_batch()
     run = PGD("linf", 0.1, steps=2, step_size=0.055, random_init=False, keep="first-success").run(model, x, y)
     assert not bool(run.fooled.any())
@@ -477,7 +462,7 @@ def test_without_success_the_highest_loss_iterate_is_kept():
 def test_the_random_start_counts_as_an_iterate(cls):
     # Band 0.53..0.57 around a clean 0.5: a uniform start in [0.4, 0.6] lands in it for about a
     # fifth of the examples, and the step (1.25·eps for FGSM-RS) jumps out of it again.
-    model = _Bump(centre=0.55, height=0.1, width=250.0)
+    model = Bump(centre=0.55, height=0.1, width=250.0)
     x = torch.full((200, 1, 1, 1), 0.5)
     y = torch.zeros(200, dtype=torch.int64)
     kw = {"step_size": 0.125} | ({"steps": 1} if cls is PGD else {})
@@ -493,32 +478,78 @@ def test_the_random_start_counts_as_an_iterate(cls):
 
 
 def test_fgsm_first_success_counts_the_clean_image():
-    model = _Bump(centre=0.5, height=0.1)  # the clean image itself is misclassified
+    model = Bump(centre=0.5, height=0.1)  # the clean image itself is misclassified
     x, y = _bump_batch()
     run = FGSM("linf", 0.1, keep="first-success").run(model, x, y)
     assert bool(run.fooled.all()) and torch.equal(run.x_adv, x)
 
 
-@pytest.mark.parametrize("norm", [Norm.linf, Norm.l2])
-def test_first_success_is_the_or_over_every_iterate(model, batch, norm):
-    """Reference: PGD with k steps and the same generator reproduces iterate k of a longer run,
-    so "fooled at some iterate" can be computed independently, iterate by iterate."""
-    x, y = batch[0][:48], batch[1][:48]
-    # Steps as large as eps make iterates oscillate, so some examples escape again (Linf here).
-    eps, alpha, steps = (2 / 255, 2 / 255, 5) if norm is Norm.linf else (0.2, 0.3, 5)
+def _check_or_over_iterates(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: Norm, eps: float,
+                            alpha: float, steps: int) -> torch.Tensor:
+    """Asserts that first-success's verdict is "fooled at some iterate" and that it keeps the first
+    fooling iterate; returns the fooled flags (iterate × example). Reference: PGD with k steps
+    and the same generator reproduces iterate k of a longer run, so "fooled at some iterate" can
+    be computed independently, iterate by iterate."""
     iterates = [random_start(x, norm, eps, gen(4))]
     iterates += [PGD(norm, eps, steps=k, step_size=alpha).perturb(model, x, y, gen(4)) for k in range(1, steps + 1)]
     with torch.no_grad():
         wrong = torch.stack([model(it).argmax(1) != y for it in iterates])
     run = PGD(norm, eps, steps=steps, step_size=alpha, keep="first-success").run(model, x, y, gen(4))
     assert torch.equal(run.fooled, wrong.any(0))
-    if norm is Norm.linf:
-        assert bool((wrong.any(0) & ~wrong[-1]).any()), "some example must be fooled early and then not"
     first = wrong.float().argmax(0)  # the first fooling iterate of each fooled example
     for i in torch.nonzero(run.fooled).flatten().tolist():
         assert torch.allclose(run.x_adv[i], iterates[int(first[i])][i], atol=1e-6)
     with torch.no_grad():
         assert bool((model(run.x_adv).argmax(1) != y)[run.fooled].all())
+    return wrong
+
+
+def test_first_success_is_the_or_over_every_iterate_by_construction():
+    # Linf steps of 2·eps jump between the ball's corners; the bump is fooled on the upper one
+    # only, so the clean-0.5 examples alternate fooled/not and end on "not". The clean-0.3
+    # examples never reach the band.
+    eps, steps = 0.1, 4
+    model = escaping_bump(clean=0.5, eps=eps)
+    x = torch.cat([torch.full((4, 3, 8, 8), 0.5), torch.full((4, 3, 8, 8), 0.3)])
+    y = torch.zeros(8, dtype=torch.int64)
+    with torch.no_grad():  # the premise, from the weights alone
+        assert bool((model(x).argmax(1) == 0).all()) and bool((model(x - eps).argmax(1) == 0).all())
+        assert torch.equal(model(x + eps).argmax(1), torch.tensor([1] * 4 + [0] * 4))
+    wrong = _check_or_over_iterates(model, x, y, Norm.linf, eps, 2 * eps, steps)
+    escapes = torch.tensor([False, True, False, True, False])  # iterates 0..4 of a clean-0.5 example
+    assert torch.equal(wrong[:, :4], escapes[:, None].expand(-1, 4)) and not bool(wrong[:, 4:].any())
+    # The old rule calls every example robust: the test tells the rules apart.
+    last = PGD(Norm.linf, eps, steps=steps, step_size=2 * eps, keep="last").run(model, x, y, gen(4))
+    assert not bool(last.fooled.any())
+
+
+@pytest.mark.parametrize("norm", [Norm.linf, Norm.l2])
+def test_first_success_is_the_or_over_every_iterate(model, batch, norm):
+    """The same on the trained model: 10 classes, mixed outcomes, realistic gradients."""
+    x, y = batch[0][:48], batch[1][:48]
+    # Steps as large as eps make iterates oscillate, so some examples may escape again.
+    eps, alpha, steps = (2 / 255, 2 / 255, 5) if norm is Norm.linf else (0.2, 0.3, 5)
+    wrong = _check_or_over_iterates(model, x, y, norm, eps, alpha, steps)
+    if norm is Norm.linf and not bool((wrong.any(0) & ~wrong[-1]).any()):
+        # Whether one escapes rests on this CPU's rounding of a trained model (it does on an AMD
+        # EPYC, not on an Intel Xeon with AMX); the constructed test above always has one.
+        pytest.skip("no example escaped at a later iterate on this CPU: the OR held, but did not "
+                    "differ from the last iterate here")
+
+
+def test_first_success_restarts_never_help_the_model_by_construction():
+    # Band 0.53..0.57 around a clean 0.5, eps 0.1: about a fifth of the uniform starts land in
+    # it, and about a fifth of the others step into it; each restart is a fresh draw, so three
+    # restarts fool examples that one leaves alone.
+    model = Bump(centre=0.55, height=0.1, width=250.0)
+    x, y = torch.full((200, 1, 1, 1), 0.5), torch.zeros(200, dtype=torch.int64)
+    with torch.no_grad():  # the premise, from the weights alone
+        assert int(model(x).argmax(1).sum()) == 0 and int(model(x + 0.05).argmax(1).sum()) == 200
+    fooled = {}
+    for restarts in (1, 3):
+        attack = PGD("linf", 0.1, steps=1, step_size=0.125, restarts=restarts, keep="first-success")
+        fooled[restarts] = attack.run(model, x, y, gen(7)).fooled
+    assert bool((fooled[1] <= fooled[3]).all()) and int(fooled[3].sum()) > int(fooled[1].sum())
 
 
 def test_first_success_restarts_never_help_the_model(model, batch):
@@ -528,7 +559,11 @@ def test_first_success_restarts_never_help_the_model(model, batch):
         attack = build_attack(AttackSpec("pgd", Norm.linf, 2 / 255, steps=2, restarts=restarts,
                                          keep="first-success"))
         fooled[restarts] = attack.run(model, x, y, gen(7)).fooled
-    assert bool((fooled[1] <= fooled[3]).all()) and int(fooled[3].sum()) > int(fooled[1].sum())
+    assert bool((fooled[1] <= fooled[3]).all())
+    if int(fooled[3].sum()) == int(fooled[1].sum()):
+        # Whether the extra starts find anyone rests on this CPU's rounding of a trained model;
+        # the constructed test above always has some.
+        pytest.skip("the extra restarts fooled no one on this CPU: nothing to tell apart here")
 
 
 def test_targeted_first_success_means_classified_as_the_target(model, batch):

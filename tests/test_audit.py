@@ -137,7 +137,7 @@ def test_user_code_is_loaded_with_its_sha256(tmp_path: Path, tiny_ckpt: Path) ->
     base = torch.nn.Identity()
     model, code = wrap_model(base, f"{WRAPS}/quantize.py:wrap")
     assert code.sha256 == sha256_file(WRAPS / "quantize.py") and code.callable == "wrap"
-    assert model.model is base and not model.training
+    assert model.model is base and model.training  # left in the mode its code built it in
     with pytest.raises(UsageError, match="no callable 'nope'.*wrap"):
         wrap_model(base, f"{WRAPS}/quantize.py:nope")
     user = f"{WRAPS}/user_model.py"
@@ -150,8 +150,9 @@ def test_user_code_is_loaded_with_its_sha256(tmp_path: Path, tiny_ckpt: Path) ->
 
     ref = load_checkpoint(tiny_ckpt).model
     x = torch.rand(2, 3, 32, 32)
+    assert model.training  # stages run it under attack_mode, which restores its flags after
     with torch.no_grad():
-        torch.testing.assert_close(model(x), ref(x))
+        torch.testing.assert_close(model.eval()(x), ref(x))
     with pytest.raises(AdvcliError, match="do not fit"):
         load_user_model(f"{user}:wrong_shape", weights=tiny_ckpt)
     broken = tmp_path / "broken.py"

@@ -70,7 +70,8 @@ def test_sharded_eval_equals_single_process_eval(tmp_path, tiny_ckpt):
             "--autoattack", "--aa-version", "custom", "--aa-attacks", "apgd-ce", "--device", "cpu", "-q"]
     single = subprocess.run([sys.executable, "-m", "advcli", *args, "-o", str(tmp_path / "one.yaml")],
                             cwd=tmp_path, capture_output=True, text=True, timeout=600,
-                            env=dict(os.environ, ADVCLI_NO_PROGRESS="1"))
+                            # as many threads as each rank has: bit-identity needs the same kernels
+                            env=dict(os.environ, OMP_NUM_THREADS="1", ADVCLI_NO_PROGRESS="1"))
     assert single.returncode == 0, single.stderr[-2000:]
     r = _torchrun([*args, "-o", str(tmp_path / "two.yaml")], tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]

@@ -26,6 +26,7 @@ from advcli.stages.evaluate import (
     run_eval,
     worst_entries,
 )
+from tests.constructed import Ramp, escaping_bump
 
 CPU = torch.device("cpu")
 
@@ -69,9 +70,12 @@ def test_aa_le_pgd_le_clean_and_worst_case_is_the_and(
         assert pgd.params["max_perturbation"] <= eps + 1e-6
         assert aa.params["max_perturbation"] <= eps + 1e-6
         assert aa.params["restarts"] == 1  # what the (shortened) package ran
-        # the model is not robust: AutoAttack finds at least what PGD-10 finds
-        assert aa.accuracy <= pgd.accuracy
-    assert res.entry("pgd", "linf", 4 / 255).accuracy < res.entry("pgd", "linf", 2 / 255).accuracy
+        # The model is not robust: AutoAttack finds about what PGD-10 finds. Two different attacks
+        # on a trained model: either may miss an example or two that the other fools, depending
+        # on the CPU's rounding.
+        assert aa.accuracy <= pgd.accuracy + 2 / 64
+    pgd2, pgd4 = (res.entry("pgd", "linf", e).accuracy for e in (2 / 255, 4 / 255))
+    assert pgd4 <= pgd2
 
     # what the result records about the model and the examples
     idx = test_subset(synthetic_data.test_y, 64, seed=0)
@@ -86,6 +90,26 @@ def test_aa_le_pgd_le_clean_and_worst_case_is_the_and(
     for a, b in zip(res.entries, back.entries, strict=True):
         np.testing.assert_array_equal(a.flags, b.flags)
         assert a.accuracy == pytest.approx(b.accuracy)
+    if pgd4 == pgd2:
+        # Some examples robust at 2/255 and not at 4/255: on an AMD EPYC, not where the trained
+        # model comes out weaker; test_pgd_accuracy_per_eps_by_construction always has them.
+        pytest.skip(f"PGD accuracy {pgd2:.2f} at both 2/255 and 4/255 on this CPU's trained model")
+
+
+def test_pgd_accuracy_per_eps_by_construction() -> None:
+    # Clean means 0.5 (fooled past 0.5 + 3/255: only the 4/255 ball reaches it) and 0.49 (out of
+    # reach of both); every pixel's gradient has the sign of the mean's, so PGD walks straight up.
+    model = Ramp(threshold=0.5 + 3 / 255)
+    kind = torch.tensor([0.5, 0.49] * 4)
+    x, y = kind[:, None, None, None].expand(-1, 3, 4, 4).clone(), torch.zeros(8, dtype=torch.int64)
+    with torch.no_grad():  # the premise, from the weights alone
+        assert not bool(model(x + 2 / 255).argmax(1).any())
+        assert torch.equal(model(x + 4 / 255).argmax(1) == 1, kind == 0.5)
+    eps = [parse_eps("2/255"), parse_eps("4/255")]
+    entries = evaluate(model, x, y, norm=Norm.linf, eps_list=eps, opts=EvalOptions(pgd_steps=5, batch_size=3),
+                       device=CPU)
+    assert [e.accuracy for e in entries] == [1.0, 1.0, 0.5]
+    np.testing.assert_array_equal(entries[2].flags, (kind == 0.49).numpy())
 
 
 def test_pgd_attacks_only_the_correctly_classified(
@@ -93,7 +117,7 @@ def test_pgd_attacks_only_the_correctly_classified(
 ) -> None:
     import advcli.attacks as attacks
 
-    seen: list[int] = []
+    seen: list[torch.Tensor] = []
     real_build = attacks.build_attack
 
     def spy_build(spec):
@@ -101,9 +125,9 @@ def test_pgd_attacks_only_the_correctly_classified(
         real_run = attack.run
 
         def run(model, x, y, generator=None):
-            with torch.no_grad():
-                assert bool((model(x).argmax(1) == y).all()), "attacked a misclassified example"
-            seen.append(len(y))
+            # The attacked images themselves, not a second forward pass: the attack sees NHWC
+            # batches of another size than the clean pass, whose rounding may differ.
+            seen.append(x.detach().clone())
             return real_run(model, x, y, generator=generator)
 
         attack.run = run
@@ -120,7 +144,7 @@ def test_pgd_attacks_only_the_correctly_classified(
                        device=CPU)
     clean = entries[0].flags
     assert 0 < clean.sum() < len(clean)
-    assert sum(seen) == int(clean.sum())
+    assert torch.equal(torch.cat(seen), x[torch.from_numpy(clean)])  # those, in order, and no other
 
 
 def test_each_eps_is_seeded_on_its_own(tiny_ckpt: Path, synthetic_data) -> None:
@@ -254,14 +278,39 @@ def test_worst_case_of_transfer_alone_never_exceeds_clean() -> None:
     assert worst.accuracy == pytest.approx(0.4) and worst.accuracy <= entries[0].accuracy
 
 
+def test_pgd_robust_only_if_no_iterate_is_fooled_by_construction() -> None:
+    # Clean means 0.5 (fooled only at the ball's upper corner, which PGD with a step of 2·eps
+    # visits at iterates 1 and 3 of 4, ending on the lower one), 0.3 (never fooled) and 0.59
+    # (misclassified clean), interleaved so that the chunks (batch size 4) mix them.
+    eps = 0.1
+    model = escaping_bump(clean=0.5, eps=eps)
+    kind = torch.tensor([0.5, 0.3, 0.59] * 4)
+    x, y = kind[:, None, None, None].expand(-1, 3, 8, 8).clone(), torch.zeros(12, dtype=torch.int64)
+    with torch.no_grad():  # the premise, from the weights alone
+        assert torch.equal(model(x).argmax(1) == 0, kind != 0.59)
+        assert torch.equal(model(x + eps).argmax(1) == 1, kind == 0.5)
+        assert not bool((model(x - eps).argmax(1) == 1)[kind != 0.59].any())
+    entries = {}
+    for keep in ("last", "first-success"):
+        opts = EvalOptions(pgd_steps=4, step_size=parse_eps(2 * eps), batch_size=4, seed=0, keep=keep)
+        entries[keep] = evaluate(model, x, y, norm=Norm.linf, eps_list=[parse_eps(eps)], opts=opts,
+                                 device=CPU)
+    clean = (kind != 0.59).numpy()
+    np.testing.assert_array_equal(entries["last"][0].flags, clean)
+    np.testing.assert_array_equal(entries["last"][1].flags, clean)  # the old rule: all robust
+    np.testing.assert_array_equal(entries["first-success"][1].flags, (kind == 0.3).numpy())
+    assert entries["first-success"][1].accuracy == pytest.approx(4 / 12)
+
+
 def test_pgd_robust_only_if_no_iterate_is_fooled(tiny_ckpt: Path, synthetic_data) -> None:
+    """The same on the trained model, where the rules' difference rests on the CPU's rounding."""
     model = load_checkpoint(tiny_ckpt).model
     idx = test_subset(synthetic_data.test_y, 96, seed=0)
     x, y = to_float(synthetic_data.test_x[idx]), synthetic_data.test_y[idx]
     eps = [parse_eps("2/255")]
     entries = {}
     for keep in ("last", "first-success"):
-        # a step as large as eps makes the iterates oscillate: some examples escape again
+        # a step as large as eps makes the iterates oscillate: some examples may escape again
         opts = EvalOptions(pgd_steps=5, step_size=parse_eps("2/255"), batch_size=48, seed=0,
                            keep=keep)
         entries[keep] = evaluate(model, x, y, norm=Norm.linf, eps_list=eps, opts=opts, device=CPU)
@@ -270,9 +319,12 @@ def test_pgd_robust_only_if_no_iterate_is_fooled(tiny_ckpt: Path, synthetic_data
     assert (last.params["keep"], first.params["keep"]) == ("last", "first-success")
     # Same random starts, same iterates: the new rule can only remove robust examples.
     assert not np.any(first.flags & ~last.flags)
-    assert first.accuracy < last.accuracy, "the old rule should overstate on this model"
     assert not np.any(first.flags & ~clean) and not np.any(last.flags & ~clean)
-
+    if first.accuracy == last.accuracy:
+        # It overstates on an AMD EPYC, not on an Intel Xeon with AMX: the constructed test above
+        # always tells the rules apart.
+        pytest.skip("no example escaped at a later iterate on this CPU's rounding of the trained "
+                    "model: both rules agree here")
 
 
 def test_cli_eval(tiny_ckpt: Path, tmp_path: Path) -> None:

@@ -179,7 +179,8 @@ def test_centre_reproduces_the_models_own_loss_and_weights_are_restored() -> Non
     settings = LandscapeSettings(dim=1, points=5, batch_size=24)
     out = compute_landscape(model, x, y, raw, settings, device=CPU)
     assert out.center.loss == pytest.approx(ref_loss, rel=1e-5)
-    assert out.center.accuracy == pytest.approx(ref_acc)
+    # Another batch size (24 against 64) may take another kernel: one near-tie may flip.
+    assert out.center.accuracy == pytest.approx(ref_acc, abs=1 / len(y) + 1e-9)
     assert out.loss[2] == pytest.approx(ref_loss, rel=1e-5)  # grid -1, -0.5, 0, 0.5, 1
     assert out.flatness.center_loss == out.center.loss
     after = model.state_dict()
@@ -277,7 +278,9 @@ def test_batchnorm_folding_computes_the_same_landscape() -> None:
     a = compute_landscape(model, x, y, raw, fast, device=CPU)
     b = compute_landscape(model, x, y, raw, slow, device=CPU)
     np.testing.assert_allclose(a.loss, b.loss, rtol=1e-5)
-    np.testing.assert_allclose(a.accuracy, b.accuracy)
+    # Folded and unfolded are different kernels: an example whose top two logits tie to the
+    # last bits may go either way, so one example a point may differ; a broken fold moves many.
+    np.testing.assert_allclose(a.accuracy, b.accuracy, rtol=0, atol=1 / len(y) + 1e-9)
     assert a.loss.max() > 1.05 * a.loss.min()
 
 

@@ -219,6 +219,131 @@ def test_cli_eval_import_info_end_to_end(rb, model_dir: Path, tmp_path: Path) ->
     assert [c["label"] for c in curves] == ["robustbench:Wong2020Fast", "robustbench:Wong2020Fast#2"]
 
 
+# --------------------------------------------------------------------------- outside code
+
+
+def _layout(t: torch.Tensor) -> str:
+    if t.is_contiguous():
+        return "nchw"
+    return "nhwc" if t.is_contiguous(memory_format=torch.channels_last) else "strided"
+
+
+def _state(model: torch.nn.Module) -> dict:
+    tensors = [*model.parameters(), *model.buffers()]
+    return {"layouts": [_layout(t) for t in tensors], "dtypes": [t.dtype for t in tensors],
+            "training": [m.training for m in model.modules()],
+            "values": [t.detach().clone() for t in tensors]}
+
+
+def _same_state(a: dict, b: dict) -> bool:
+    return ({k: a[k] for k in ("layouts", "dtypes", "training")}
+            == {k: b[k] for k in ("layouts", "dtypes", "training")}
+            and all(torch.equal(x, y) for x, y in zip(a["values"], b["values"], strict=True)))
+
+
+class _Watch:
+    """Every zoo module a command loads, its state as loaded, and what each forward pass was
+    handed (input layout and dtype, the first conv weight's layout): a forward pre-hook on the
+    module robustbench built, or on the imported checkpoint's model."""
+
+    def __init__(self) -> None:
+        self.models: list[torch.nn.Module] = []
+        self.loaded: list[dict] = []
+        self.seen: list[dict] = []
+
+    def add(self, model: torch.nn.Module) -> torch.nn.Module:
+        weight = next(p for p in model.parameters() if p.dim() == 4)
+
+        def hook(module: torch.nn.Module, args: tuple) -> None:
+            x = args[0]
+            self.seen.append({"input": _layout(x), "dtype": x.dtype, "weight": _layout(weight),
+                              "training": module.training})
+
+        self.models.append(model)
+        self.loaded.append(_state(model))
+        model.register_forward_pre_hook(hook)
+        return model
+
+
+def _watch_loads(rb, monkeypatch: pytest.MonkeyPatch) -> _Watch:
+    import advcli.checkpoint
+    import advcli.stages.landscape
+
+    watch = _Watch()
+    load_model, load_checkpoint = rb.utils.load_model, advcli.checkpoint.load_checkpoint
+
+    def loaded_checkpoint(*args, **kwargs):
+        ckpt = load_checkpoint(*args, **kwargs)
+        watch.add(ckpt.model)
+        return ckpt
+
+    monkeypatch.setattr(rb.utils, "load_model", lambda *a, **k: watch.add(load_model(*a, **k)))
+    monkeypatch.setattr(advcli.checkpoint, "load_checkpoint", loaded_checkpoint)
+    monkeypatch.setattr(advcli.stages.landscape, "load_checkpoint", loaded_checkpoint)
+    return watch
+
+
+@pytest.fixture(scope="module")
+def imported_ckpt(rb, model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from advcli.robustbench.imports import import_zoo
+    from advcli.stages.import_weights import save_import
+
+    out = tmp_path_factory.mktemp("rbimport") / "wong.safetensors"
+    save_import(out, import_zoo("robustbench:Wong2020Fast", model_dir=model_dir))
+    return out
+
+
+OUTSIDE_RUNS = {
+    "eval": ["--pgd", "--pgd-steps", "1", "--batch-size", "4", "--quiet"],
+    "landscape": ["--points", "3", "--batch-size", "4"],
+}
+
+
+@pytest.mark.parametrize("command", list(OUTSIDE_RUNS))
+@pytest.mark.parametrize("how", ["by name", "imported"])
+def test_zoo_models_are_outside_code_nchw_float32_and_left_as_loaded(
+        rb, model_dir: Path, imported_ckpt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        how: str, command: str) -> None:
+    """A zoo model, by name or imported (arch robustbench:...), runs as `--model`'s module does:
+    channels_last off by default (recorded), contiguous NCHW float32 inputs, its weights' layout,
+    dtype, values and modes as loaded; advcli's own architectures default to channels_last."""
+    watch = _watch_loads(rb, monkeypatch)
+    model = "robustbench:Wong2020Fast" if how == "by name" else str(imported_ckpt)
+    out = tmp_path / "r.yaml"
+    res = CliRunner().invoke(app, [command, model, "--model-dir", str(model_dir), "--dataset", "synthetic",
+                                   "--n", "4", "--device", "cpu", *OUTSIDE_RUNS[command], "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert yaml.safe_load(out.read_text())["provenance"]["channels_last"] is False
+    assert len(watch.models) == 1, "the zoo model was not loaded where the spy looks"
+    batches = watch.seen
+    assert batches, "the zoo model saw no batch"
+    assert {s["input"] for s in batches} == {"nchw"} and {s["weight"] for s in batches} == {"nchw"}
+    assert {s["dtype"] for s in batches} == {torch.float32}
+    assert not any(s["training"] for s in batches)
+    assert _same_state(_state(watch.models[0]), watch.loaded[0])
+
+
+def test_zoo_model_channels_last_is_opt_in(rb, model_dir: Path, tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """The spy above can fail: asked for, channels_last reaches the zoo model, and its weights
+    come back to their own layout afterwards."""
+    watch = _watch_loads(rb, monkeypatch)
+    out = tmp_path / "r.yaml"
+    res = CliRunner().invoke(app, ["eval", "robustbench:Wong2020Fast", "--model-dir", str(model_dir),
+                                   "--dataset", "synthetic", "--n", "4", "--device", "cpu", "--channels-last",
+                                   *OUTSIDE_RUNS["eval"], "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert yaml.safe_load(out.read_text())["provenance"]["channels_last"] is True
+    assert {"nhwc"} <= {s["input"] for s in watch.seen} and {"nhwc"} <= {s["weight"] for s in watch.seen}
+    assert _same_state(_state(watch.models[0]), watch.loaded[0])
+
+
+def test_imported_zoo_checkpoint_is_outside_code(rb, imported_ckpt: Path, tiny_ckpt: Path) -> None:
+    from advcli.models.user import load_target
+
+    assert load_target(imported_ckpt).outside and not load_target(tiny_ckpt).outside
+
+
 # --------------------------------------------------------------------------- leaderboard
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from advcli.attacks import AttackName, AttackSpec, Keep, build_attack
-from advcli.cli import render
+from advcli.cli import common, render
 from advcli.cli.common import CONFIG_HELP, DEVICE_HELP, FORMAT_HELP, FORMATS, handle_errors, resolve_options
 from advcli.config import DEFAULT_EPS, Eps, Norm, parse_choice, parse_eps
 from advcli.data.datasets import SUBSET_HELP, Subset
@@ -95,6 +95,7 @@ def attack_cmd(
     model: Annotated[str | None, typer.Option("--model", help=MODEL_HELP)] = None,
     wrap: Annotated[str | None, typer.Option("--wrap", help=WRAP_HELP)] = None,
     model_dir: Annotated[str | None, typer.Option("--model-dir", help=MODEL_DIR_HELP)] = None,
+    channels_last: Annotated[bool | None, common.channels_last_option("off")] = None,
     dataset: Annotated[
         str | None,
         typer.Option(help="Dataset override (default: the one recorded in the checkpoint; needed "
@@ -207,6 +208,7 @@ def _check_options(opts: dict[str, Any]) -> tuple[AttackOptions, str, Path]:
         model=opts["model"],
         wrap=opts["wrap"],
         model_dir=opts["model_dir"],
+        channels_last=opts.get("channels_last"),
         out=out_path,
         grid=Path(opts["grid"]) if opts["grid"] else None,
         config={k: (str(v) if isinstance(v, Path) else v) for k, v in opts.items()},

@@ -12,11 +12,12 @@ from typing import Annotated, Any
 
 import typer
 
-from advcli.cli import render
+from advcli.cli import common, render
 from advcli.cli.common import CONFIG_HELP, DEVICE_HELP, FORMAT_HELP, FORMATS, handle_errors, resolve_options
 from advcli.config import Norm, parse_choice, parse_eps
 from advcli.data.datasets import SUBSET_HELP, Subset
 from advcli.errors import UsageError
+from advcli.models.layout import AUTO_DEFAULT
 from advcli.models.user import MODEL_HELP, WRAP_HELP
 from advcli.robustbench.zoo import MODEL_DIR_HELP
 from advcli.stages.audit.limits import ALL_CHECKS, QUICK_CHECKS, CheckName, parse_checks, thresholds_table
@@ -64,6 +65,7 @@ def audit_options(opts: dict[str, Any]) -> Any:
         model=opts["model"],
         wrap=opts["wrap"],
         model_dir=opts["model_dir"],
+        channels_last=opts.get("channels_last"),
         amp=amp,
         batch_size=int(opts["batch_size"]),
         seed=int(opts["seed"]),
@@ -146,6 +148,7 @@ def audit_cmd(
     model: Annotated[str | None, typer.Option("--model", help=MODEL_HELP)] = None,
     wrap: Annotated[str | None, typer.Option("--wrap", help=WRAP_HELP)] = None,
     model_dir: Annotated[str | None, typer.Option("--model-dir", help=MODEL_DIR_HELP)] = None,
+    channels_last: Annotated[bool | None, common.channels_last_option(AUTO_DEFAULT)] = None,
     amp: Annotated[str | None, typer.Option(
         "--amp", help="Precision check: compare fp32 with this autocast dtype, none, bf16 or fp16 "
         "(fp16 needs CUDA) (default: the training run's --amp from the checkpoint; fp32 training "

@@ -8,11 +8,12 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from advcli.cli import render
+from advcli.cli import common, render
 from advcli.cli.common import CONFIG_HELP, DEVICE_HELP, FORMAT_HELP, FORMATS, handle_errors, resolve_options
 from advcli.config import Norm, parse_choice, parse_eps, parse_eps_list
 from advcli.data.datasets import SUBSET_HELP, Subset
 from advcli.errors import UsageError
+from advcli.models.layout import AUTO_DEFAULT
 from advcli.models.user import MODEL_HELP, WRAP_HELP, check_user_options
 from advcli.results import EvalResult
 from advcli.robustbench.zoo import MODEL_DIR_HELP
@@ -86,6 +87,7 @@ def eval_options(opts: dict[str, Any]) -> Any:
         config={k: (str(v) if isinstance(v, Path) else v) for k, v in opts.items()},
         progress_file=progress_path_for(opts["out"]) if opts["out"] else None,
         resume=bool(opts["resume"]),
+        channels_last=opts.get("channels_last"),
     )
 
 
@@ -188,6 +190,7 @@ def eval_cmd(
     model: Annotated[str | None, typer.Option("--model", help=MODEL_HELP)] = None,
     wrap: Annotated[str | None, typer.Option("--wrap", help=WRAP_HELP)] = None,
     model_dir: Annotated[str | None, typer.Option("--model-dir", help=MODEL_DIR_HELP)] = None,
+    channels_last: Annotated[bool | None, common.channels_last_option(AUTO_DEFAULT)] = None,
     out: Annotated[Path | None, typer.Option(
         "--out", "-o", help="Result file to write (YAML, schema advcli.results/1).")] = None,
     format: Annotated[str, typer.Option("--format", help=FORMAT_HELP)] = "table",

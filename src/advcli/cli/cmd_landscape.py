@@ -10,11 +10,12 @@ from typing import Annotated, Any
 
 import typer
 
-from advcli.cli import render
+from advcli.cli import common, render
 from advcli.cli.common import CONFIG_HELP, DEVICE_HELP, FORMAT_HELP, FORMATS, handle_errors, resolve_options
 from advcli.config import DEFAULT_EPS, Norm, parse_choice, parse_eps
 from advcli.data.datasets import SUBSET_HELP, Subset
 from advcli.errors import UsageError
+from advcli.models.user import MODEL_HELP, WRAP_HELP, check_user_options
 from advcli.robustbench.zoo import MODEL_DIR_HELP
 
 DATA_KINDS = ("clean", "pgd", "fgsm", "fgsm-rs", "stadv")
@@ -51,9 +52,9 @@ FLATNESS_SEEDS_HELP = (
 @handle_errors
 def landscape(
     ctx: typer.Context,
-    checkpoints: Annotated[list[Path], typer.Argument(
+    checkpoints: Annotated[list[Path] | None, typer.Argument(
         help="Checkpoints (.safetensors) or robustbench:NAME models; several are drawn on shared "
-        "axes.", show_default=False)],
+        "axes. With --model, the weights of its module (optional).", show_default=False)] = None,
     dim: Annotated[int, typer.Option(
         "--dim", help="Number of directions: 1 (a curve) or 2 (contour and surface).")] = 1,
     range_: Annotated[str, typer.Option("--range", help=RANGE_HELP)] = "-1:1",
@@ -108,6 +109,11 @@ def landscape(
         "--data-dir", help="Where torchvision datasets live.")] = None,
     model_dir: Annotated[str | None, typer.Option("--model-dir", help=MODEL_DIR_HELP)] = None,
     device: Annotated[str, typer.Option("--device", help=DEVICE_HELP)] = "auto",
+    channels_last: Annotated[bool | None, common.channels_last_option(
+        "on on the CPU for advcli architectures, off for outside code (--model, --wrap, robustbench "
+        "models)")] = None,
+    model: Annotated[str | None, typer.Option("--model", help=MODEL_HELP)] = None,
+    wrap: Annotated[str | None, typer.Option("--wrap", help=WRAP_HELP)] = None,
     out: Annotated[Path, typer.Option(
         "--out", help="YAML file of the grid and flatness numbers (read by `advcli compare`).")
     ] = Path("landscape.yaml"),
@@ -125,7 +131,7 @@ def landscape(
     from advcli.stages.landscape import run_landscape, write_landscape
 
     dev = resolve_device(opts["device"])
-    run = run_landscape(opts["checkpoints"], lopts, device=dev, reporter=render.RichReporter())
+    run = run_landscape(opts["checkpoints"] or [], lopts, device=dev, reporter=render.RichReporter())
     for line in run.warnings:
         render.warn_line(line)
     doc, written = write_landscape(run, opts["out"], opts["plot"])
@@ -168,8 +174,7 @@ def landscape_options(opts: dict[str, Any]) -> tuple[Any, str]:
     if subset is Subset.first and opts["adv_data"]:
         raise UsageError("--subset first picks clean test examples; --adv-data uses the set's own "
                          "first N: drop --subset")
-    if not opts["checkpoints"]:
-        raise UsageError("give at least one checkpoint")
+    check_user_options({**opts, "checkpoint": (opts["checkpoints"] or [None])[0]})
     if int(opts["flatness_seeds"]) < 1:
         raise UsageError(f"--flatness-seeds must be a count >= 1, got {opts['flatness_seeds']}")
     lo, hi = _parse_range(opts["range_"])
@@ -185,6 +190,7 @@ def landscape_options(opts: dict[str, Any]) -> tuple[Any, str]:
         hessian_iterations=int(opts["hessian_iters"]),
         batch_size=int(opts["batch_size"]),
         attack_seed=int(opts["seed"]),
+        channels_last=opts.get("channels_last"),
     )
     settings.check()
     spec = None
@@ -223,6 +229,8 @@ def landscape_options(opts: dict[str, Any]) -> tuple[Any, str]:
         dataset=opts["dataset"] or None,
         data_dir=opts["data_dir"],
         model_dir=opts["model_dir"],
+        model=opts["model"],
+        wrap=opts["wrap"],
     )
     return lopts, fmt
 

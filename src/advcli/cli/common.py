@@ -59,3 +59,12 @@ def resolve_options(ctx: typer.Context, values: dict[str, Any]) -> dict[str, Any
     alias = {name.rstrip("_"): name for name in given}
     file_values = {alias.get(k, k): v for k, v in load_config_file(Path(config)).items()}
     return merge_config(file_values, given, explicit, stage=ctx.command.name or "", path=config)
+
+
+def channels_last_option(default: str) -> Any:
+    """`--channels-last/--no-channels-last`, None when neither is given (the command's `default`,
+    described in the help)."""
+    from advcli.models.layout import CHANNELS_LAST_HELP
+
+    return typer.Option("--channels-last/--no-channels-last",
+                        help=CHANNELS_LAST_HELP.format(default=default), show_default=False)

@@ -51,19 +51,23 @@ def dataset_for_checkpoints(
         val_split=int(cfg.get("val_split", 0) or 0) if same else 0,
     )
     for m, name in zip(metas, names, strict=True):
-        classes = int(m.get("num_classes", data.num_classes))
-        if classes != data.num_classes:
-            raise DataError(
-                f"{name!r} was trained on {classes} classes but {data.name} has "
-                f"{data.num_classes}; pass the matching --dataset"
-            )
-        shape = m.get("input_shape")
-        if shape and list(shape) != list(data.input_shape):
-            raise DataError(
-                f"{name!r} expects images of shape {list(shape)} but {data.name} has "
-                f"{list(data.input_shape)}; pass the matching --dataset"
-            )
+        check_fits(m, name, data)
     return data
+
+
+def check_fits(
+    meta: Mapping[str, Any], name: str, data: ImageData, *, hint: str = "pass the matching --dataset"
+) -> None:
+    """A DataError unless the checkpoint (`meta`, named `name`) was made for `data`'s class count
+    and image shape: checked from the metadata, before any image goes through the model."""
+    classes = int(meta.get("num_classes", data.num_classes))
+    if classes != data.num_classes:
+        raise DataError(f"{name!r} was trained on {classes} classes but {data.name} has "
+                        f"{data.num_classes}; {hint}")
+    shape = meta.get("input_shape")
+    if shape and list(shape) != list(data.input_shape):
+        raise DataError(f"{name!r} expects images of shape {list(shape)} but {data.name} has "
+                        f"{list(data.input_shape)}; {hint}")
 
 
 def dataset_for_checkpoint(

@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from advcli.models.layout import input_layout, model_layout
 from advcli.progress import NullReporter, Reporter
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -60,38 +61,34 @@ class PointValue:
 
 
 def make_batches(
-    x: torch.Tensor, y: torch.Tensor, batch_size: int, device: torch.device
+    x: torch.Tensor, y: torch.Tensor, batch_size: int, device: torch.device,
+    channels_last: bool | None = None,
 ) -> list[Batch]:
-    """Split the subset into batches once, on the device, in the fast layout for the device."""
-    fmt = _memory_format(device)
+    """Split the subset into batches once, on the device, in the layout `fast_layout` runs
+    the model in (`channels_last`: None = the fast one for the device)."""
+    cl = use_fast_layout(device, channels_last)
     out = []
     for i in range(0, len(y), batch_size):
         xb = x[i : i + batch_size].to(device=device, dtype=torch.float32)
-        out.append((xb.contiguous(memory_format=fmt), y[i : i + batch_size].to(device)))
+        out.append((input_layout(xb, cl), y[i : i + batch_size].to(device)))
     return out
 
 
-def _memory_format(device: torch.device) -> torch.memory_format:
+def use_fast_layout(device: torch.device, channels_last: bool | None) -> bool:
+    """Whether the landscape runs in channels_last: as asked, else on the CPU only."""
+    if channels_last is not None:
+        return bool(channels_last)
     # oneDNN convolutions on the CPU run ~1.5-2x faster in channels_last; on CUDA in fp32 the
     # layout matters little and the default keeps every kernel on its well-trodden path.
-    return torch.channels_last if device.type == "cpu" else torch.contiguous_format
+    return device.type == "cpu"
 
 
 @contextmanager
-def fast_layout(model: nn.Module, device: torch.device) -> Iterator[nn.Module]:
-    """The model in the fast memory layout for `device`; the original layout restored after."""
-    fmt = _memory_format(device)
-    four_d = [p for p in list(model.parameters()) + list(model.buffers()) if p.dim() == 4]
-    was_contiguous = all(p.is_contiguous() for p in four_d)
-    if fmt is torch.contiguous_format or not four_d:
+def fast_layout(model: nn.Module, device: torch.device,
+                channels_last: bool | None = None) -> Iterator[nn.Module]:
+    """The model in the layout `make_batches` chose; its own layout restored after."""
+    with model_layout(model, use_fast_layout(device, channels_last)):
         yield model
-        return
-    model.to(memory_format=fmt)
-    try:
-        yield model
-    finally:
-        if was_contiguous:
-            model.to(memory_format=torch.contiguous_format)
 
 
 def _bn_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:

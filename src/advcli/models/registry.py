@@ -68,6 +68,15 @@ def resolve_arch(name: str) -> str:
     return key
 
 
+ZOO_ARCH_PREFIX = "robustbench:"
+
+
+def outside_arch(arch: object) -> bool:
+    """Whether a checkpoint's arch is built by code outside advcli (robustbench's model zoo):
+    its model is a guest as `--model`'s module is, run in its own layout on NCHW inputs."""
+    return str(arch or "").startswith(ZOO_ARCH_PREFIX)
+
+
 def build_model(
     arch: str,
     num_classes: int = 10,
@@ -76,7 +85,7 @@ def build_model(
 ) -> Classifier:
     """A fresh, randomly initialised model (seed torch before calling for determinism); an
     arch `robustbench:DATASET/THREAT/NAME` is built by robustbench's model zoo."""
-    if str(arch).startswith("robustbench:"):
+    if outside_arch(arch):
         from advcli.robustbench.zoo import build_architecture
 
         return Classifier(build_architecture(arch), mean, std)

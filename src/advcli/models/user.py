@@ -46,6 +46,7 @@ from torch import nn
 
 from advcli.errors import AdvcliError, UsageError
 from advcli.io import sha256_file
+from advcli.models.registry import outside_arch
 
 if TYPE_CHECKING:
     from advcli.checkpoint import LoadedCheckpoint
@@ -208,8 +209,10 @@ def _call(fn: Any, code: UserCode, *args: Any) -> nn.Module:
 def load_user_model(spec: str, weights: str | Path | None = None, *,
                     device: torch.device | str = "cpu") -> tuple[nn.Module, UserCode]:
     """`--model FILE.py:CALLABLE`: the module `CALLABLE()` builds (imported and built with torch
-    seeded to 0; `device` is where it will run, whose random state is kept too), in eval mode,
-    with the safetensors `weights` loaded into it when given (every key must match)."""
+    seeded to 0; `device` is where it will run, whose random state is kept too), with the
+    safetensors `weights` loaded into it when given (every key must match). Its modes are left
+    as the code set them: stages run it in eval mode and restore each module's own flag after
+    (`advcli.attacks.base.attack_mode`)."""
     with seeded_build(device):
         fn, code = load_callable(spec, option="--model")
         model = _call(fn, code)
@@ -225,17 +228,17 @@ def load_user_model(spec: str, weights: str | Path | None = None, *,
                 f"{sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}; save the module's "
                 "own state_dict with safetensors"
             )
-    return model.eval(), replace(code, weights_sha256=state_dict_sha256(model))
+    return model, replace(code, weights_sha256=state_dict_sha256(model))
 
 
 def wrap_model(model: nn.Module, spec: str, *,
                device: torch.device | str = "cpu") -> tuple[nn.Module, UserCode]:
     """`--wrap FILE.py:CALLABLE`: `CALLABLE(model)` (imported and built with torch seeded to 0,
-    as `load_user_model`), in eval mode."""
+    modes left as the code set them, as `load_user_model`)."""
     with seeded_build(device):
         fn, code = load_callable(spec, option="--wrap")
         wrapped = _call(fn, code, model)
-    return wrapped.eval(), replace(code, weights_sha256=state_dict_sha256(wrapped))
+    return wrapped, replace(code, weights_sha256=state_dict_sha256(wrapped))
 
 
 @dataclass
@@ -261,6 +264,13 @@ class Target:
     @property
     def wrap(self) -> UserCode | None:
         return self._role("wrap")
+
+    @property
+    def outside(self) -> bool:
+        """Whether code from outside advcli's registry is measured (`--model`, `--wrap`, a
+        RobustBench model by name or imported): a guest, whose inputs stay NCHW and whose
+        layout, dtype and modes advcli leaves alone."""
+        return bool(self.code) or outside_arch(self.meta.get("arch"))
 
     @property
     def name(self) -> str:
@@ -323,7 +333,7 @@ class Target:
             data = dataset_for_checkpoint(self.meta, name=self.name, dataset=dataset, data_dir=data_dir)
         xs, ys = data.split(split)
         index = test_subset(ys, n, seed=seed, subset=subset, dataset=data.name)
-        if (self.code or check_output) and len(index):
+        if (self.outside or check_output) and len(index):
             name = self.code[-1].spec if self.code else self.name
             check_logits(self.model, to_float(xs[index[:2]]).to(device), data.num_classes, name)
         return data, index
@@ -339,10 +349,12 @@ def load_target(checkpoint: str | Path | LoadedCheckpoint | None, *, model: str 
                 wrap: str | None = None, device: torch.device | str = "cpu", dataset: str | None = None,
                 norm: Any = None, model_dir: str | Path | None = None) -> Target:
     """The checkpoint's model, or `model`'s module (weights from `checkpoint` when given, and
-    the metadata it holds), wrapped by `wrap`; on `device`, in eval mode. A RobustBench model
-    named `robustbench:NAME` (as `checkpoint` or `model`; `dataset`, `norm` and `model_dir`
-    choose its zoo entry and weights folder, see `advcli.robustbench.zoo`) is outside code
-    like `model`'s module: it goes the same way."""
+    the metadata it holds), wrapped by `wrap`; on `device`. A checkpoint's model is in eval
+    mode; user code is left in the modes it set (stages run it under `attack_mode`), and never
+    converted to another dtype or memory format. A RobustBench model named `robustbench:NAME`
+    (as `checkpoint` or `model`; `dataset`, `norm` and `model_dir` choose its zoo entry and
+    weights folder, see `advcli.robustbench.zoo`) is outside code like `model`'s module: it
+    goes the same way (robustbench hands it over in eval mode)."""
     from advcli.checkpoint import LoadedCheckpoint, load_checkpoint, read_metadata
     from advcli.robustbench.zoo import is_zoo_spec
 
@@ -366,19 +378,39 @@ def load_target(checkpoint: str | Path | LoadedCheckpoint | None, *, model: str 
         ckpt = checkpoint if isinstance(checkpoint, LoadedCheckpoint) else load_checkpoint(checkpoint, device)
         target = Target(model=ckpt.model, base=ckpt.model, meta=ckpt.meta, checkpoint=Path(ckpt.path),
                         sha256=ckpt.sha256, code=[])
-    target.base.to(device).eval()
+    target.base.to(device)
     if wrap:
         target.model, code = wrap_model(target.base, wrap, device=device)
         target.code.append(code)
-        target.model.to(device).eval()
+        target.model.to(device)
     return target
 
 
-def check_logits(model: nn.Module, x: torch.Tensor, num_classes: int, name: str) -> None:
-    """One forward pass on `x`: user code must return logits [len(x), num_classes]."""
-    with torch.no_grad():
+def check_logits(model: nn.Module, x: torch.Tensor, num_classes: int | None, name: str) -> None:
+    """One forward pass on `x` in eval mode (each module's flag restored after): user code must
+    return logits [len(x), num_classes] (None: any number of columns)."""
+    from advcli.attacks.base import attack_mode
+
+    with attack_mode(model), torch.no_grad():
         out = model(x)
-    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape != (len(x), num_classes):
-        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise AdvcliError(f"{name} returned {shape} for {len(x)} images; it must return logits of shape "
-                          f"[N, {num_classes}] (one row per image, one column per class)")
+    classes = num_classes if num_classes is not None else "classes"
+    if (not isinstance(out, torch.Tensor) or out.dim() != 2 or len(out) != len(x)
+            or (num_classes is not None and out.shape[1] != num_classes)):
+        raise AdvcliError(f"{name} returned {describe_output(out)} for {len(x)} images; it must "
+                          f"return logits of shape [N, {classes}] (one row per image, one column per "
+                          "class), not a tuple or dict of outputs")
+
+
+def describe_output(out: Any) -> str:
+    """What a forward pass returned, in a few words: "a tensor of shape (2, 10)", "tuple of
+    2 tensors", "dict with keys 'logits', 'features'"."""
+    if isinstance(out, torch.Tensor):
+        return f"a tensor of shape {tuple(out.shape)}"
+    if isinstance(out, (tuple, list)):
+        kinds = {type(v).__name__ for v in out}
+        what = "tensors" if kinds == {"Tensor"} else "items"
+        return f"{type(out).__name__} of {len(out)} {what}"
+    if isinstance(out, Mapping):
+        keys = ", ".join(repr(k) for k in list(out)[:5])
+        return f"{type(out).__name__} with keys {keys}"
+    return type(out).__name__

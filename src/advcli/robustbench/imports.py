@@ -5,7 +5,9 @@ normalisation (the zoo's models take [0, 1] pixels and normalise inside themselv
 `(x - 0) / 1` is `x` exactly, so the logits equal robustbench's bit for bit). Its arch,
 `robustbench:DATASET/THREAT/NAME`, lets `load_checkpoint` rebuild the architecture from
 robustbench's model_zoo without the download code; the metadata records the robustbench
-version, the weights file's sha256 and the leaderboard's threat model.
+version, the weights file's sha256 and the leaderboard's threat model. That arch also keeps the
+imported model outside code (`Target.outside`), as the model by name is: its inputs stay NCHW
+and its layout is left alone unless `--channels-last` asks.
 """
 
 from __future__ import annotations

@@ -41,10 +41,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from advcli.advset import load_adv_set
+from advcli.advset import AdvSet, load_adv_set
 from advcli.attacks import AttackSpec, build_attack
 from advcli.attacks.base import Attack, Keep
 from advcli.attacks.registry import build_training_attack
+from advcli.checkpoint import LoadedCheckpoint
 from advcli.config import Eps, Norm, parse_choice
 from advcli.data import ImageData, to_float
 from advcli.data.datasets import train_subset
@@ -61,6 +62,7 @@ from advcli.stages.train import (
     TrainResult,
     fit,
     load_training_data,
+    read_inputs,
     watched,
 )
 
@@ -150,30 +152,39 @@ def threat_metadata(t: ThreatModel, attack: Attack) -> dict[str, Any]:
     }
 
 
+def load_static_set(adv_path: str | Path) -> AdvSet:
+    """`--adv-data`: a fixed adversarial set of training images (read before the dataset is)."""
+    adv = load_adv_set(adv_path)
+    if adv.split != "train":
+        raise UsageError(
+            f"--adv-data {str(adv_path)!r} was made from the {adv.split!r} split; training needs "
+            "`advcli attack --split train`"
+        )
+    return adv
+
+
 def static_union(
-    data: ImageData, adv_path: str | Path, n_pairs: int | None = None
+    data: ImageData, adv_set: AdvSet | str | Path, n_pairs: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
-    """The 1:1 union of a fixed adversarial set and the clean training images it was made from.
+    """The 1:1 union of a fixed adversarial set (or its path) and the clean training images it
+    was made from.
 
     Returns float images [2N,3,H,W] (clean first, then adversarial), labels and the set's
     metadata. The clean half is taken at the set's own source indices, so the mix is exactly 1:1.
     `n_pairs` keeps that many clean/adversarial pairs (class-balanced, `train_subset`), so a
     subset never splits a pair.
     """
-    adv = load_adv_set(adv_path)
+    adv = adv_set if isinstance(adv_set, AdvSet) else load_static_set(adv_set)
     meta = adv.meta
-    split = adv.split
-    if split != "train":
-        raise UsageError(
-            f"--adv-data {str(adv_path)!r} was made from the {split!r} split; training needs "
-            "`advcli attack --split train`"
-        )
     idx, x_adv, y_adv = adv.index, adv.x_adv, adv.y
     if int(idx.max()) >= len(data.train_y) or not torch.equal(data.train_y[idx], y_adv):
         raise DataError(
-            f"--adv-data {str(adv_path)!r} does not match this training set (indices or labels differ); "
+            f"--adv-data {str(adv.path)!r} does not match this training set (indices or labels differ); "
             "was it made with the same --dataset and --val-split?"
         )
+    if list(x_adv.shape[1:]) != data.input_shape:
+        raise DataError(f"--adv-data {str(adv.path)!r} holds images of shape {list(x_adv.shape[1:])} but "
+                        f"{data.name} has {data.input_shape}; was it made with the same --dataset?")
     if n_pairs:
         keep = train_subset(y_adv, n_pairs)
         idx, x_adv, y_adv = idx[keep], x_adv[keep], y_adv[keep]
@@ -266,10 +277,17 @@ def run_adv_train(
     reporter: Reporter | None = None, step_hooks: list[StepHook] | None = None, end_hooks: list[EndHook] | None = None,
     tensorboard: str | None = None,
 ) -> TrainResult:
-    """`advcli adv-train`: load the dataset, then `adv_fit`, watched (stages.train.watched)."""
+    """`advcli adv-train`: read the input files, load the dataset, then `adv_fit`, watched
+    (stages.train.watched)."""
+    init = read_inputs(opts, resume=resume)
+    static = None
+    if adv.adv_data:
+        check_static_options(adv)
+        static = load_static_set(adv.adv_data)
     with watched(opts, tensorboard) as watch:
         return adv_fit(opts, adv, load_training_data(opts), device, resume=resume, reporter=reporter,
-                       step_hooks=[*(step_hooks or []), watch.on_step], end_hooks=[*(end_hooks or []), watch.on_epoch])
+                       init=init, static=static, step_hooks=[*(step_hooks or []), watch.on_step],
+                       end_hooks=[*(end_hooks or []), watch.on_epoch])
 
 
 def adv_fit(
@@ -282,15 +300,18 @@ def adv_fit(
     reporter: Reporter | None = None,
     step_hooks: list[StepHook] | None = None,
     end_hooks: list[EndHook] | None = None,
+    init: LoadedCheckpoint | None = None,
+    static: AdvSet | None = None,
 ) -> TrainResult:
-    """`fit` with the batch perturbation of `adv` (or on the static set `adv.adv_data`);
-    `step_hooks`/`end_hooks` are passed through to `fit`."""
+    """`fit` with the batch perturbation of `adv` (or on the static set `adv.adv_data`, or
+    `static` when the caller read it already); `step_hooks`/`end_hooks` and `init` (the
+    `--init-from` checkpoint, read already) are passed through to `fit`."""
     reporter = reporter or NullReporter()
     watch = {"step_hooks": step_hooks, "end_hooks": end_hooks}
     t = adv.threat
     if adv.adv_data:
         check_static_options(adv)
-        x_tr, y_tr, set_meta = static_union(data, adv.adv_data, n_pairs=opts.n_train)
+        x_tr, y_tr, set_meta = static_union(data, static or adv.adv_data, n_pairs=opts.n_train)
         attack_info = set_meta.get("attack") or {}
         threat = {
             "norm": attack_info.get("norm"), "eps": attack_info.get("eps"), "eps_text": attack_info.get("eps_text"),
@@ -299,7 +320,7 @@ def adv_fit(
             "adv_data": str(adv.adv_data), "adv_data_sha256": sha256_file(adv.adv_data),
         }
         return fit(
-            opts, data, device, train_x=x_tr, train_y=y_tr, resume=resume, reporter=reporter,
+            opts, data, device, train_x=x_tr, train_y=y_tr, resume=resume, reporter=reporter, init=init,
             extra_meta={"threat_model": threat}, **watch,
         )
 
@@ -326,6 +347,7 @@ def adv_fit(
         hooks.append(_overfit_hook(t, data, device, on_overfit, reporter, opts.seed))
     return fit(
         opts, data, device, perturber=perturber if t.fraction > 0 else None, epoch_hooks=hooks,
-        resume=resume, reporter=reporter, keep_best="val_robust_accuracy" if keep is KeepEpoch.best else None,
+        resume=resume, reporter=reporter, init=init,
+        keep_best="val_robust_accuracy" if keep is KeepEpoch.best else None,
         extra_meta={"threat_model": threat_metadata(t, attack)}, **watch,
     )

@@ -51,6 +51,7 @@ from advcli.data import to_float
 from advcli.data.datasets import Subset
 from advcli.errors import UsageError
 from advcli.io import plain
+from advcli.models.layout import input_layout, model_layout
 from advcli.progress import NullReporter, Reporter
 from advcli.results import ATTACK_SCHEMA
 
@@ -115,6 +116,7 @@ def run_attack(
     seed: int = 0,
     device: torch.device | str | None = None,
     reporter: Reporter | None = None,
+    channels_last: bool = False,
 ) -> AttackOutcome:
     """Attack (x, y) in batches. x: uint8 or float [N, C, H, W] on the CPU (converted per batch,
     so a whole training set never exists as floats twice); targets: the target classes when
@@ -149,10 +151,10 @@ def run_attack(
     t0 = time.perf_counter()
     reporter.start(f"{attack.name} attack", total=n)
     try:
-        with attack_mode(model), full_precision(device):
+        with attack_mode(model), full_precision(device), model_layout(model, channels_last):
             for start in range(0, n, batch_size):
                 stop = min(start + batch_size, n)
-                xb = to_float(x[start:stop]).to(device)
+                xb = input_layout(to_float(x[start:stop]).to(device), channels_last)
                 yb = y[start:stop].to(device)
                 goal = yb if targets is None else targets[start:stop].to(device)
                 run = attack.run(model, xb, goal, generator)
@@ -232,6 +234,7 @@ class AttackOptions:
     model: str | None = None  # --model FILE.py:CALLABLE (the checkpoint, if any, holds its weights)
     wrap: str | None = None  # --wrap FILE.py:CALLABLE around the loaded model
     model_dir: str | None = None  # weights folder of a robustbench:NAME model
+    channels_last: bool | None = None  # NHWC model and inputs; None = off (NCHW, as given)
     out: Path = Path("adv.safetensors")
     grid: Path | None = None
     config: dict[str, Any] = field(default_factory=dict)
@@ -287,8 +290,10 @@ def attack_checkpoint(
     xs, ys = data.split(opts.split)
     x, y = xs[index], ys[index]
 
+    channels_last = bool(opts.channels_last)
     outcome = run_attack(target.model, x, y, opts.spec, index=index, batch_size=opts.batch_size,
-                         seed=opts.seed, device=device, reporter=reporter)
+                         seed=opts.seed, device=device, reporter=reporter,
+                         channels_last=channels_last)
     label = target.label(opts.label)
     ckpt_path = None if target.checkpoint is None else str(target.checkpoint)
     user_code = target.user_code()
@@ -300,7 +305,7 @@ def attack_checkpoint(
         user_code=user_code,
         data={"dataset": data.name, "split": opts.split, "n": int(y.shape[0]), "seed": int(opts.seed),
               "subset": Subset(opts.subset).value, "index_sha256": index_sha256(index)},
-        provenance=provenance(opts.seed, {"device": str(device)}),
+        provenance=provenance(opts.seed, {"device": str(device), "channels_last": channels_last}),
         outputs={"adv": str(opts.out), "grid": str(opts.grid) if opts.grid else None},
     )
     adv_meta: dict[str, Any] = {

@@ -51,7 +51,7 @@ import hashlib
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +67,7 @@ from advcli.config import DEFAULT_EPS, Eps, Norm, parse_choice, parse_eps
 from advcli.data.datasets import Subset
 from advcli.errors import AdvcliError, UsageError
 from advcli.eval_progress import ChunkRecord, EvalProgress, start_progress
+from advcli.models.layout import input_layout, model_layout, use_channels_last
 from advcli.models.user import Target, load_target
 from advcli.progress import NullReporter, Reporter
 from advcli.provenance import provenance
@@ -112,6 +113,7 @@ class EvalOptions:
     config: dict[str, Any] = field(default_factory=dict)
     progress_file: Path | None = None  # where finished chunks are recorded (beside -o)
     resume: bool = False  # continue from `progress_file` instead of refusing to overwrite it
+    channels_last: bool | None = None  # NHWC attacks; None = on for advcli architectures only
 
 
 # --------------------------------------------------------------------------- threat model
@@ -141,13 +143,24 @@ def predict_flags(
     """Per-example correctness of the model's predictions (x on any device, float [0, 1]), in
     fp32."""
     out = np.zeros(len(y), dtype=bool)
-    model.eval()
-    with torch.no_grad(), full_precision(device):
+    with attack_mode(model), torch.no_grad(), full_precision(device):
         for i in range(0, len(y), batch_size):
             xb = x[i:i + batch_size].to(device, non_blocking=True)
             yb = y[i:i + batch_size].to(device, non_blocking=True)
             out[i:i + batch_size] = (model(xb).argmax(1) == yb).cpu().numpy()
     return out
+
+
+def chance_note(accuracy: float, num_classes: int) -> str | None:
+    """A warning when clean accuracy is near chance: the usual cause is a model that expects
+    another input range or normalisation than [0, 1] images (its own normalisation inside)."""
+    chance = 1.0 / num_classes if num_classes > 1 else 0.0
+    if not chance or accuracy > 1.5 * chance:
+        return None
+    return (f"clean accuracy {100 * accuracy:.2f}% is near chance ({100 * chance:.2f}% for "
+            f"{num_classes} classes): check the input range and normalisation; the model gets "
+            "[0, 1] NCHW float32 images and must normalise them itself (a model that expects "
+            "[0, 255] or normalised inputs scores near chance)")
 
 
 def _perturbation(x_adv: torch.Tensor, x: torch.Tensor, norm: Norm) -> float:
@@ -190,10 +203,12 @@ def pgd_entry(
     keep: Keep | str = Keep.first_success,
     progress: EvalProgress | None = None,
     estimator: Estimator | None = None,
+    channels_last: bool = True,
 ) -> Entry:
     """PGD on the clean-correct examples only; flags = clean AND not fooled, under `keep`'s
     rule (first-success: by no iterate). Chunk b is the b-th batch of the clean-correct
-    examples, its random start seeded by (seed, b); finished chunks are kept in `progress`."""
+    examples, its random start seeded by (seed, b); finished chunks are kept in `progress`.
+    `channels_last` runs the model and its inputs in NHWC (`advcli.models.layout`)."""
     from advcli.attacks import AttackSpec, attack_record, build_attack
 
     spec = AttackSpec(name="pgd", norm=norm, eps=eps, steps=steps, step_size=step_size,
@@ -207,7 +222,7 @@ def pgd_entry(
 
     def work(b: int) -> ChunkRecord:
         idx = torch.from_numpy(todo[b * batch_size:(b + 1) * batch_size])
-        xb = x[idx].to(device).contiguous(memory_format=torch.channels_last)
+        xb = input_layout(x[idx].to(device), channels_last)
         yb = y[idx].to(device)
         generator = stream_generator(seed, b, 0, Stream.eval_attack)
         # The attack's own verdict on the image it keeps: no forward pass of our own.
@@ -218,14 +233,12 @@ def pgd_entry(
 
     reporter.start(f"pgd-{steps} {norm.value} eps={eps.text}", total=len(todo))
     reporter.advance(sum(len(r.flags) for r in progress.done(key).values()))
-    # NHWC for the attack loop: 1.3-1.7x faster PGD on CPU convolutions (benchmarks/run.py,
-    # eval-pgd); results differ from NCHW only by float rounding. Restored in `finally`.
-    model.to(memory_format=torch.channels_last)
+    # NHWC (when asked) for the attack loop: results differ from NCHW only by float rounding.
     try:
-        done = run_chunks(key, n_chunks, work, progress,
-                          _after_round("pgd", reporter, estimator, advance=True))
+        with model_layout(model, channels_last):
+            done = run_chunks(key, n_chunks, work, progress,
+                              _after_round("pgd", reporter, estimator, advance=True))
     finally:
-        model.to(memory_format=torch.contiguous_format)
         reporter.finish()
     flags = clean.copy()
     if n_chunks:
@@ -349,6 +362,9 @@ def clean_images_of(adv: AdvSet, data: Any, split: str) -> torch.Tensor:
     if not torch.equal(ys[index].to(torch.int64), adv.y.to(torch.int64)):
         raise AdvSetError(f"the labels in {str(adv.path)!r} differ from {data.name}/{split} at its "
                           "indices; it was made from other data (re-create it with `advcli attack`)")
+    if list(adv.x_adv.shape[1:]) != list(xs.shape[1:]):
+        raise AdvSetError(f"{str(adv.path)!r} holds images of shape {list(adv.x_adv.shape[1:])} but "
+                          f"{data.name} has {list(xs.shape[1:])}; it was made from other data")
     return to_float(xs[index])
 
 
@@ -411,12 +427,20 @@ def evaluate(
     """Clean, PGD per eps, AutoAttack per eps and the worst case on (x, y); x float [0, 1].
 
     `progress` holds what a killed run finished (its clean flags and chunks are reused) and
-    receives every chunk as it finishes; None keeps them in memory."""
-    reporter = reporter or NullReporter()
+    receives every chunk as it finishes; None keeps them in memory. The model runs in eval
+    mode, every module's own flag restored afterwards (`attack_mode`); PGD runs it in NHWC
+    when `opts.channels_last` is not False (`run_eval` resolves None for outside code)."""
     if opts.batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1, got {opts.batch_size}")
-    progress = _in_memory(progress)
-    model.to(device).eval()
+    model.to(device)
+    with attack_mode(model):
+        return _evaluate(model, x, y, norm=norm, eps_list=eps_list, opts=opts, device=device,
+                         reporter=reporter or NullReporter(), progress=_in_memory(progress))
+
+
+def _evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, norm: Norm,
+              eps_list: Sequence[Eps], opts: EvalOptions, device: torch.device,
+              reporter: Reporter, progress: EvalProgress) -> list[Entry]:
     if progress.clean is not None and len(progress.clean) == len(y):
         # Reused, not recomputed: PGD's chunks are cut from the clean-correct examples.
         clean = progress.clean
@@ -439,7 +463,7 @@ def evaluate(
                           restarts=opts.restarts, step_size=opts.step_size,
                           batch_size=opts.batch_size, seed=opts.seed, device=device,
                           reporter=reporter, keep=opts.keep, progress=progress,
-                          estimator=estimator)
+                          estimator=estimator, channels_last=opts.channels_last is not False)
             reporter.log(f"pgd-{opts.pgd_steps} {norm.value} eps={eps.text}: "
                          f"{100 * e.accuracy:.2f}% ({e.time_s:.1f}s)")
             entries.append(e)
@@ -476,6 +500,7 @@ class _Setup:
     and the fingerprint a progress file is checked against."""
 
     target: Target
+    opts: EvalOptions  # channels_last resolved for the target
     norm: Norm
     eps_list: list[Eps]
     eps_source: str
@@ -514,7 +539,7 @@ def _result_options(opts: EvalOptions, norm: Norm, eps_list: Sequence[Eps],
         "aa_version": opts.aa_version, "aa_attacks": opts.aa_attacks,
         "aa_restarts": opts.aa_restarts, "batch_size": opts.batch_size, "seed": opts.seed,
         "adv_data": None if opts.adv_data is None else str(opts.adv_data),
-        "label": opts.label, "device": device.type,
+        "label": opts.label, "device": device.type, "channels_last": opts.channels_last,
     }
 
 
@@ -537,6 +562,7 @@ def _setup(checkpoint: str | Path | LoadedCheckpoint | None, opts: EvalOptions,
 
     target = load_target(checkpoint, model=opts.model, wrap=opts.wrap, device=device, dataset=opts.dataset,
                          norm=opts.norm, model_dir=opts.model_dir)
+    opts = replace(opts, channels_last=use_channels_last(opts.channels_last, outside=target.outside))
     norm, eps_list, eps_source = resolve_threat(target.meta, opts.norm, opts.eps)
     data, idx = target.examples(dataset=opts.dataset, data_dir=opts.data_dir, split=opts.split,
                                 n=opts.n, seed=opts.seed, subset=opts.subset, device=device,
@@ -557,7 +583,7 @@ def _setup(checkpoint: str | Path | LoadedCheckpoint | None, opts: EvalOptions,
     }
     if target.code:  # absent otherwise, so progress files of plain checkpoints stay valid
         fingerprint["user_code"] = _user_code_identity(target)
-    return _Setup(target, norm, eps_list, eps_source, data, x, y, ihash, esha, fingerprint)
+    return _Setup(target, opts, norm, eps_list, eps_source, data, x, y, ihash, esha, fingerprint)
 
 
 def _progress_on_every_rank(opts: EvalOptions, fingerprint: dict[str, Any]) -> EvalProgress:
@@ -600,13 +626,18 @@ def run_eval(
     reporter = reporter or NullReporter()
     t0 = time.perf_counter()
     st = _setup(checkpoint, opts, device, reporter, data)
-    target, meta, data, y, ihash = st.target, st.target.meta, st.data, st.y, st.ihash
+    opts, target, meta, data, y, ihash = st.opts, st.target, st.target.meta, st.data, st.y, st.ihash
     adv = None if opts.adv_data is None else load_adv_set(opts.adv_data, dataset=data.name)
+    # Checked against the data before the first attack, so a foreign set costs no run.
+    adv_clean = None if adv is None else clean_images_of(adv, data, opts.split)
     progress = _progress_on_every_rank(opts, st.fingerprint)
     entries = evaluate(target.model, st.x, y, norm=st.norm, eps_list=st.eps_list, opts=opts,
                        device=device, reporter=reporter, progress=progress)
-    if adv is not None:
-        entry = transfer_entry(target.model, adv, clean_images_of(adv, data, opts.split),
+    note = chance_note(entries[0].accuracy, data.num_classes) if len(y) else None
+    if note:
+        entries[0].warnings.append(note)
+    if adv is not None and adv_clean is not None:
+        entry = transfer_entry(target.model, adv, adv_clean,
                                batch_size=opts.batch_size, device=device)
         if entry.index_sha256 == ihash:
             entry.index_sha256 = None  # the same examples as the rest of the file
@@ -616,7 +647,7 @@ def run_eval(
     entries += worst_entries(entries, ihash)
     threat = meta.get("threat_model") if isinstance(meta.get("threat_model"), dict) else None
     extra: dict[str, Any] = {"checkpoint_sha256": target.sha256, "device": str(device),
-                             "options": opts.config,
+                             "options": opts.config, "channels_last": opts.channels_last,
                              "varies_between_runs": list(VARIES_BETWEEN_RUNS)}
     if progress.reused:
         extra["resumed"] = {"progress_file": str(progress.path),
@@ -739,7 +770,7 @@ def plan_eval(
     clean_chunks = 0 if clean_known else math.ceil(n / opts.batch_size)
     clean_seconds: float | None = 0.0 if clean_known else None
     if n and (clean_chunks or (opts.pgd and "pgd" not in estimator.rates)):
-        model = st.target.model.to(device).eval()
+        model = st.target.model.to(device)
         batch = min(opts.batch_size, n)
         t_fwd, t_grad = _time_passes(model, st.x[:batch], st.y[:batch], device)
         clean_seconds = clean_chunks * t_fwd

@@ -33,7 +33,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +42,7 @@ import torch
 import yaml
 from torch import nn
 
-from advcli.advset import load_adv_set
+from advcli.advset import AdvSet, AdvSetError, load_adv_set
 from advcli.attacks import AttackSpec, attack_record, build_attack
 from advcli.checkpoint import LoadedCheckpoint, load_checkpoint
 from advcli.data import ImageData, test_subset, to_float
@@ -68,7 +68,10 @@ from advcli.landscape.grid import (
     evaluate_grid,
     fast_layout,
     make_batches,
+    use_fast_layout,
 )
+from advcli.models.registry import outside_arch
+from advcli.models.user import check_logits, load_target
 from advcli.progress import NullReporter, Reporter
 from advcli.provenance import provenance
 from advcli.results import index_sha256, trained_with_text
@@ -93,6 +96,11 @@ class LandscapeSettings:
     attack_seed: int = 0
     # Evaluate a BatchNorm-folded copy where that computes the same function (faster).
     fold_bn: bool = True
+    channels_last: bool | None = None  # NHWC model and inputs; None = on the CPU only
+
+    def layout(self, device: torch.device) -> bool:
+        """Whether the landscape runs in channels_last on `device`."""
+        return use_fast_layout(device, self.channels_last)
 
     def check(self) -> None:
         if self.dim not in (1, 2):
@@ -167,13 +175,14 @@ def compute_landscape(
     rep = reporter or NullReporter()
     start = time.perf_counter()
     coords = settings.coords()
-    batches = make_batches(x, y, settings.batch_size, device)
+    cl = settings.layout(device)
+    batches = make_batches(x, y, settings.batch_size, device, cl)
     bn_batches = None
     if bn_x is not None:
         # Labels are not used to re-estimate statistics.
         no_labels = torch.zeros(len(bn_x), dtype=torch.int64)
-        bn_batches = make_batches(bn_x, no_labels, settings.batch_size, device)
-    with fast_layout(model, device):
+        bn_batches = make_batches(bn_x, no_labels, settings.batch_size, device, cl)
+    with fast_layout(model, device, cl):
         # Same function, fewer passes: evaluate a BatchNorm-folded copy when only conv/linear
         # weights move and the statistics are frozen (see advcli.landscape.fold).
         folded = None
@@ -307,6 +316,8 @@ class LandscapeOptions:
     dataset: str | None = None
     data_dir: str | None = None
     model_dir: str | None = None  # weights folder of robustbench:NAME checkpoints
+    model: str | None = None  # --model FILE.py:CALLABLE (each checkpoint, if any, holds its weights)
+    wrap: str | None = None  # --wrap FILE.py:CALLABLE around each loaded model
 
 
 @dataclass
@@ -334,9 +345,10 @@ class _Subset:
     bn_x: torch.Tensor | None  # clean images for --bn recompute on fixed adversarial examples
     attack: Any
     record: dict[str, Any]
+    num_classes: int | None = None  # the dataset's, where the subset was drawn from it
 
 
-def _load(path: str | Path, opts: LandscapeOptions, device: torch.device) -> LoadedCheckpoint:
+def _load_checkpoint(path: str | Path, opts: LandscapeOptions, device: torch.device) -> LoadedCheckpoint:
     from advcli.robustbench.zoo import is_zoo_spec
 
     if is_zoo_spec(path):
@@ -388,9 +400,10 @@ def _subset(
             "subset": Subset(opts.subset).value, "index_sha256": index_sha256(index),
             "attack": attack_info, "adv_data": None,
         }
-        return _Subset(to_float(images.test_x[index]), y, None, attack, record)
+        return _Subset(to_float(images.test_x[index]), y, None, attack, record, images.num_classes)
 
     adv = load_adv_set(opts.adv_data)
+    _check_adv_fits(adv, loaded)
     made_by = adv.attack.get("name")
     if opts.data != "clean" and made_by and made_by != opts.data:
         raise UsageError(
@@ -420,6 +433,22 @@ def _subset(
         },
     }
     return _Subset(adv.x_adv[:k].float(), adv.y[:k], bn_x, None, record)
+
+
+def _check_adv_fits(adv: AdvSet, loaded: Sequence[LoadedCheckpoint]) -> None:
+    """The fixed set's images and labels must be what every checkpoint takes: checked from the
+    metadata, before the first point is computed."""
+    shape = list(adv.x_adv.shape[1:])
+    labels = int(adv.y.max()) + 1 if len(adv.y) else 0
+    for c in loaded:
+        want = c.meta.get("input_shape")
+        if want and list(want) != shape:
+            raise AdvSetError(f"--adv-data {str(adv.path)!r} holds images of shape {shape} but {str(c.path)!r} "
+                              f"expects {list(want)}; make the set from the checkpoints' data")
+        classes = int(c.meta.get("num_classes", labels))
+        if labels > classes:
+            raise AdvSetError(f"--adv-data {str(adv.path)!r} has labels up to {labels - 1} but {str(c.path)!r} "
+                              f"has {classes} classes; make the set from the checkpoints' data")
 
 
 def _directions(
@@ -481,6 +510,27 @@ def _directions(
     ), record, new, seeds
 
 
+def _load(checkpoints: Sequence[str | Path | LoadedCheckpoint], opts: LandscapeOptions,
+          device: torch.device) -> tuple[list[LoadedCheckpoint], list[list[dict[str, str]]]]:
+    """The models, and per model the user code that built it (none without --model/--wrap):
+    `--model` and `--wrap` go through `load_target` as in eval, once per checkpoint (whose
+    weights the `--model` module gets), or once without one."""
+    if not (opts.model or opts.wrap):
+        return [c if isinstance(c, LoadedCheckpoint) else _load_checkpoint(c, opts, device)
+                for c in checkpoints], []
+    loaded, codes = [], []
+    for c in list(checkpoints) or [None]:
+        target = load_target(c, model=opts.model, wrap=opts.wrap, device=device, dataset=opts.dataset,
+                             model_dir=opts.model_dir)
+        if c is None:
+            target.require_dataset(opts.dataset)
+        meta = {**target.meta, "label": target.label(), "arch": target.arch}
+        loaded.append(LoadedCheckpoint(model=target.model, meta=meta,  # type: ignore[arg-type]
+                                       path=Path(target.name), sha256=target.sha256))  # type: ignore[arg-type]
+        codes.append(target.user_code())
+    return loaded, codes
+
+
 def run_landscape(
     checkpoints: Sequence[str | Path | LoadedCheckpoint],
     opts: LandscapeOptions,
@@ -494,23 +544,31 @@ def run_landscape(
 
     `data` (an `advcli.data.ImageData`) skips loading the dataset (tests, notebooks).
     """
-    if not checkpoints:
-        raise UsageError("give at least one checkpoint")
+    if not checkpoints and not opts.model:
+        raise UsageError("give at least one checkpoint, or --model FILE.py:CALLABLE")
     if opts.n < 1:
         raise UsageError(f"--n must be a positive number of examples, got {opts.n}")
     if opts.flatness_seeds < 1:
         raise UsageError(f"--flatness-seeds must be a count >= 1, got {opts.flatness_seeds}")
     opts.settings.check()
-    loaded = [c if isinstance(c, LoadedCheckpoint) else _load(c, opts, device) for c in checkpoints]
+    loaded, user_code = _load(checkpoints, opts, device)
+    settings = opts.settings
+    outside = bool(user_code) or any(outside_arch(c.meta.get("arch")) for c in loaded)
+    if outside and settings.channels_last is None:  # outside code keeps its layout
+        settings = replace(settings, channels_last=False)
     warnings: list[str] = []
-    subset = _subset(loaded, opts, data, warnings)
+    # The directions file is read before the data is loaded: a bad file costs a second.
     directions_for, directions_record, new, seeds = _directions(loaded, opts, warnings)
+    subset = _subset(loaded, opts, data, warnings)
+    for c, code in zip(loaded, user_code, strict=False):
+        check_logits(c.model, subset.x[:2].to(device), subset.num_classes,
+                     code[-1]["file"] + ":" + code[-1]["callable"])
     result = compute_landscapes(
         list(zip(checkpoint_labels(loaded), [c.model for c in loaded], strict=True)),
         subset.x,
         subset.y,
         directions_for,
-        opts.settings,
+        settings,
         device=device,
         attack=subset.attack,
         bn_x=subset.bn_x,
@@ -519,19 +577,21 @@ def run_landscape(
     )
     return LandscapeRun(
         result=result,
-        settings=opts.settings,
+        settings=settings,
         checkpoints=[
             {
                 "path": str(c.path),
                 "sha256": c.sha256,
                 "arch": c.meta.get("arch"),
                 "trained_with": trained_with_text(c.meta.get("threat_model")),
+                **({"user_code": code} if code else {}),
             }
-            for c in loaded
+            for c, code in zip(loaded, user_code or [[]] * len(loaded), strict=True)
         ],
         data=subset.record,
         directions=directions_record,
-        provenance=provenance(opts.seed, {"device": str(device)}),
+        provenance=provenance(opts.seed, {"device": str(device),
+                                          "channels_last": settings.layout(device)}),
         warnings=warnings,
         new_directions=new,
         new_directions_meta={"seed": opts.directions_seed, "arch": loaded[0].meta.get("arch")},

@@ -39,12 +39,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from advcli import distributed
-from advcli.checkpoint import load_checkpoint, model_metadata, save_checkpoint
+from advcli.checkpoint import LoadedCheckpoint, load_checkpoint, model_metadata, save_checkpoint
 from advcli.config import Augment, Schedule, parse_choice
 from advcli.data import ImageData, load_dataset
 from advcli.data.datasets import train_subset
 from advcli.data.loaders import train_batches
-from advcli.errors import UsageError
+from advcli.errors import CheckpointError, UsageError
 from advcli.history import history_path_for, write_history
 from advcli.metrics_log import RunWatch
 from advcli.models import Classifier, build_model
@@ -56,6 +56,7 @@ from advcli.stages.train_state import (
     SaveEvery,
     TrainState,
     load_state,
+    read_state_header,
     resume_state_path,
     save_state,
     state_path_for,
@@ -280,10 +281,12 @@ class Setup:
 def setup(
     opts: TrainOptions, data: ImageData, device: torch.device,
     train_x: torch.Tensor | None = None, train_y: torch.Tensor | None = None,
+    init: LoadedCheckpoint | None = None,
 ) -> Setup:
-    """Check the options, seed the global RNGs, build the model (or load `--init-from`), wrap
-    it for torchrun/--compile, and build the optimizer. `train_x/train_y` replace the training
-    set (already cut to --n-train by the caller); otherwise it is `data`'s, cut to --n-train."""
+    """Check the options, seed the global RNGs, build the model (or start from `--init-from`:
+    `init` when the caller read it already), wrap it for torchrun/--compile, and build the
+    optimizer. `train_x/train_y` replace the training set (already cut to --n-train by the
+    caller); otherwise it is `data`'s, cut to --n-train."""
     info = distributed.current()
     if opts.epochs < 1 or opts.batch_size < 1:
         raise UsageError("--epochs and --batch-size must be at least 1")
@@ -303,12 +306,12 @@ def setup(
     random.seed(stream_seed(opts.seed, 0, 0, Stream.python_global))
     model: Classifier = build_model(opts.arch, data.num_classes, data.mean, data.std)
     parent_sha = None
-    if opts.init_from:
-        parent = load_checkpoint(opts.init_from)
-        if parent.meta["arch"] != model_arch(opts.arch) or int(parent.meta["num_classes"]) != data.num_classes:
+    parent = init if init is not None else load_init(opts)
+    if parent is not None:
+        if int(parent.meta["num_classes"]) != data.num_classes:
             raise UsageError(
-                f"--init-from {opts.init_from!r} is a {parent.meta['arch']} with {parent.meta['num_classes']} "
-                f"classes, but this run builds {opts.arch} for {data.num_classes}; pass --arch {parent.meta['arch']}"
+                f"--init-from {opts.init_from!r} has {parent.meta['num_classes']} classes, but {data.name} "
+                f"has {data.num_classes}; pass the --dataset it was trained on"
             )
         model.load_state_dict(parent.model.state_dict())
         parent_sha = parent.sha256
@@ -481,6 +484,30 @@ def measure_epoch(
     return stop
 
 
+def load_init(opts: TrainOptions) -> LoadedCheckpoint | None:
+    """The `--init-from` checkpoint (None without it), its arch checked against `--arch`."""
+    if not opts.init_from:
+        return None
+    try:
+        parent = load_checkpoint(opts.init_from)
+    except CheckpointError as exc:
+        raise CheckpointError(f"--init-from: {exc}") from exc
+    if parent.meta["arch"] != model_arch(opts.arch):
+        raise UsageError(f"--init-from {opts.init_from!r} is a {parent.meta['arch']}, but this run builds "
+                         f"{opts.arch}; pass --arch {parent.meta['arch']}")
+    return parent
+
+
+def read_inputs(opts: TrainOptions, *, resume: bool) -> LoadedCheckpoint | None:
+    """Read the files a run starts from before its dataset is loaded, so that a bad one costs a
+    second: the `--resume` state's header and the `--init-from` checkpoint (returned, for `fit`)."""
+    if resume:
+        state = resume_state_path(opts.out)
+        if state is not None:
+            read_state_header(state)
+    return load_init(opts)
+
+
 def load_training_data(opts: TrainOptions) -> ImageData:
     """The dataset the options name, with its --val-split held out."""
     return load_dataset(opts.dataset, opts.data_dir, opts.download, opts.seed, val_split=opts.val_split)
@@ -492,8 +519,9 @@ def run_train(
     tensorboard: str | None = None,
 ) -> TrainResult:
     """`advcli train`: load the dataset, then `fit`, watched (see `watched`)."""
+    init = read_inputs(opts, resume=resume)
     with watched(opts, tensorboard) as watch:
-        return fit(opts, load_training_data(opts), device, resume=resume, reporter=reporter,
+        return fit(opts, load_training_data(opts), device, resume=resume, reporter=reporter, init=init,
                    step_hooks=[*(step_hooks or []), watch.on_step], end_hooks=[*(end_hooks or []), watch.on_epoch])
 
 
@@ -519,17 +547,19 @@ def fit(
     resume: bool = False,
     reporter: Reporter | None = None,
     keep_best: str | None = None,
+    init: LoadedCheckpoint | None = None,
 ) -> TrainResult:
     """Train `opts.arch` on `data` and write the checkpoint (+ state and history files).
 
     `train_x/train_y` override the training set (e.g. the 1:1 clean + static adversarial
     union). `keep_best` names a history metric (e.g. "val_robust_accuracy"): the checkpoint
-    written is then the epoch with its highest value instead of the last epoch.
+    written is then the epoch with its highest value instead of the last epoch. `init`: the
+    `--init-from` checkpoint when the caller read it already (`read_inputs`).
     """
     t0 = time.perf_counter()
     info = distributed.current()
     reporter = (reporter or NullReporter()) if info.is_main else NullReporter()
-    s = setup(opts, data, device, train_x, train_y)
+    s = setup(opts, data, device, train_x, train_y, init=init)
     notes: list[str] = []
     state_path = state_path_for(opts.out)
     config = resume_config(opts, extra_meta)

@@ -48,7 +48,7 @@ from advcli import distributed
 from advcli.errors import CheckpointError, UsageError
 from advcli.history import beside
 from advcli.stages.weight_average import WeightAverage
-from advcli.tensorfile import load_tensors, save_tensors
+from advcli.tensorfile import load_tensors, read_metadata, save_tensors
 
 SCHEMA = "advcli.train-state/2"
 # /1 (before mid-epoch saves) is read as an end-of-epoch state without a config to compare.
@@ -227,6 +227,18 @@ def save_state(
     })
 
 
+def read_state_header(path: str | Path) -> dict[str, Any]:
+    """The metadata of a training-state file, from its header: a missing, corrupt or foreign
+    file fails here, in a second, before any data is loaded."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"--resume: no training state {str(path)!r}; run without --resume first")
+    meta = read_metadata(path)
+    if meta.get("schema") not in READABLE:
+        raise CheckpointError(f"{str(path)!r} is not an advcli training-state file")
+    return meta
+
+
 def load_state(
     path: str | Path, model: nn.Module, opt: torch.optim.Optimizer, *,
     scaler: torch.amp.GradScaler | None = None, ema: WeightAverage | None = None,
@@ -235,11 +247,8 @@ def load_state(
     """Restore the weights, their average, optimizer buffers, loss scaler and global RNGs saved
     by `save_state`; `config` (this run's) must equal the saved one."""
     path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"--resume: no training state {str(path)!r}; run without --resume first")
+    read_state_header(path)
     tensors, meta = load_tensors(path)
-    if meta.get("schema") not in READABLE:
-        raise CheckpointError(f"{str(path)!r} is not an advcli training-state file")
     _check_config(path, meta.get("config"), config)
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     if ema is not None:

@@ -11,8 +11,7 @@ gradient path to the input (a step through numpy or PIL) are attacked through
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from torch import nn
 
 from advcli.config import Eps, Norm
 from advcli.data.datasets import Subset
+from advcli.models.layout import input_layout, model_layout
 from advcli.progress import Reporter
 from advcli.stages.audit.limits import ALL_CHECKS, CheckName
 
@@ -49,6 +49,7 @@ class AuditOptions:
     model: str | None = None  # FILE.py:CALLABLE
     wrap: str | None = None  # FILE.py:CALLABLE
     model_dir: str | None = None  # weights folder of a robustbench:NAME model
+    channels_last: bool | None = None  # NHWC attacks; None = on for advcli architectures only
     amp: str | None = None  # None: the training run's --amp, from the checkpoint
     batch_size: int = 256
     seed: int = 0
@@ -98,16 +99,6 @@ class Expectation(nn.Module):
         return torch.stack([self.model(x) for _ in range(self.samples)]).mean(0)
 
 
-@contextmanager
-def channels_last(model: nn.Module) -> Iterator[None]:
-    # NHWC: 1.3-1.7x faster attacks on CPU convolutions (see stages/evaluate.py); restored after.
-    model.to(memory_format=torch.channels_last)
-    try:
-        yield
-    finally:
-        model.to(memory_format=torch.contiguous_format)
-
-
 @dataclass
 class AuditContext:
     """The audited model, its examples, and the white-box flags at the threat model."""
@@ -128,6 +119,7 @@ class AuditContext:
     randomised: bool = False
     probe_notes: list[str] = field(default_factory=list)
     whitebox: dict[str, np.ndarray] = field(default_factory=dict)  # name -> robust flags
+    channels_last: bool = True  # attacks run the model and inputs in NHWC (advcli.models.layout)
 
     @property
     def n(self) -> int:
@@ -184,10 +176,10 @@ class AuditContext:
         bs = self.opts.batch_size
         self.reporter.start(f"{label} {self.norm.value} eps={self.eps.text}", total=len(todo))
         try:
-            with channels_last(model):
+            with model_layout(model, self.channels_last):
                 for b, start in enumerate(range(0, len(todo), bs)):
                     idx = torch.from_numpy(todo[start:start + bs])
-                    xb = self.x[idx].to(self.device).contiguous(memory_format=torch.channels_last)
+                    xb = input_layout(self.x[idx].to(self.device), self.channels_last)
                     yb = self.y[idx].to(self.device)
                     g = torch.Generator().manual_seed(stream_seed(self.opts.seed, purpose, b))
                     with autocast if autocast is not None else nullcontext():

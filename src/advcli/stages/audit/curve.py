@@ -33,7 +33,8 @@ from torch import nn
 
 from advcli.audit_file import CheckResult
 from advcli.config import Eps, Norm
-from advcli.stages.audit.context import AuditContext, accuracy, channels_last, margin, stream_seed
+from advcli.models.layout import input_layout, model_layout
+from advcli.stages.audit.context import AuditContext, accuracy, margin, stream_seed
 from advcli.stages.audit.limits import CheckName, judge
 
 GREY = 0.5
@@ -112,17 +113,17 @@ def run(ctx: AuditContext) -> CheckResult:
     kept = ctx.x.clone()
     ctx.reporter.start(f"curve: pgd-{steps} at {len(grid)} eps, warm-started", total=len(grid) * len(todo))
     try:
-        with attack_mode(ctx.model), channels_last(ctx.model):
+        with attack_mode(ctx.model), model_layout(ctx.model, ctx.channels_last):
             for k, e in enumerate(grid):
                 for b, start in enumerate(range(0, len(todo), bs)):
                     idx = torch.from_numpy(todo[start:start + bs])
-                    xb = ctx.x[idx].to(ctx.device).contiguous(memory_format=torch.channels_last)
+                    xb = input_layout(ctx.x[idx].to(ctx.device), ctx.channels_last)
                     yb = ctx.y[idx].to(ctx.device)
                     if k == 0:
                         g = torch.Generator().manual_seed(stream_seed(ctx.opts.seed, 11, b))
                         x0 = random_start(xb, ctx.norm, e.value, g)
                     else:
-                        x0 = kept[idx].to(ctx.device).contiguous(memory_format=torch.channels_last)
+                        x0 = input_layout(kept[idx].to(ctx.device), ctx.channels_last)
                     x_adv, fooled = warm_pgd(ctx.model, xb, yb, x0, norm=ctx.norm, eps=e.value, steps=steps)
                     kept[idx] = x_adv.float().cpu().contiguous()
                     attack_fooled[k, idx.numpy()] = fooled.cpu().numpy()

@@ -20,10 +20,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from advcli.attacks.base import attack_mode
 from advcli.audit_file import AuditResult, CheckResult
 from advcli.checkpoint import LoadedCheckpoint, load_checkpoint
-from advcli.errors import UsageError
-from advcli.models.user import check_logits, load_target
+from advcli.data.for_checkpoint import check_fits
+from advcli.errors import CheckpointError, UsageError
+from advcli.models.layout import use_channels_last
+from advcli.models.user import Target, check_logits, load_target
 from advcli.progress import NullReporter, Reporter
 from advcli.stages.audit import black_box, convergence, curve, gradients, precision, single_step, transfer
 from advcli.stages.audit.context import AuditContext, AuditOptions, ZeroGradientPath, accuracy
@@ -53,12 +56,6 @@ def run_audit(
 
 def _audit(checkpoint: str | Path | LoadedCheckpoint | None, opts: AuditOptions, device: torch.device,
            reporter: Reporter, data: Any) -> AuditResult:
-    from advcli.data import to_float
-    from advcli.data.datasets import Subset
-    from advcli.provenance import provenance
-    from advcli.results import DataInfo, ModelInfo, index_sha256, trained_with_text
-    from advcli.stages.evaluate import examples_sha256, resolve_threat
-
     t0 = time.perf_counter()
     for name in ("n", "batch_size", "pgd_steps", "curve_steps", "strong_steps", "strong_restarts",
                  "square_n", "eot_samples"):
@@ -69,7 +66,22 @@ def _audit(checkpoint: str | Path | LoadedCheckpoint | None, opts: AuditOptions,
         raise UsageError("--amp fp16 needs a CUDA device (--device cuda); use --amp bf16 on the CPU")
     target = load_target(checkpoint, model=opts.model, wrap=opts.wrap, device=device, dataset=opts.dataset,
                          norm=opts.norm, model_dir=opts.model_dir)
+    # Every input is read before the first attack: a bad surrogate costs a second, not the audit.
+    surrogate = _load_surrogate(opts, device)
+    with attack_mode(target.model):  # every module's own training flag comes back afterwards
+        return _audit_target(target, surrogate, opts, t0=t0, device=device, reporter=reporter, data=data)
+
+
+def _audit_target(target: Target, surrogate: LoadedCheckpoint | None, opts: AuditOptions, *, t0: float,
+                  device: torch.device, reporter: Reporter, data: Any) -> AuditResult:
+    from advcli.data import to_float
+    from advcli.data.datasets import Subset
+    from advcli.provenance import provenance
+    from advcli.results import DataInfo, ModelInfo, index_sha256, trained_with_text
+    from advcli.stages.evaluate import examples_sha256, resolve_threat
+
     base, model, meta = target.base, target.model, target.meta
+    channels_last = use_channels_last(opts.channels_last, outside=target.outside)
     norm, eps_list, eps_source = resolve_threat(meta, opts.norm, [opts.eps] if opts.eps else None)
     eps = eps_list[0]
     if eps.value <= 0:
@@ -79,6 +91,8 @@ def _audit(checkpoint: str | Path | LoadedCheckpoint | None, opts: AuditOptions,
                                 data=data, check_output=True)
     split_x, split_y = data.split(opts.split)
     x, y = to_float(split_x[idx]), split_y[idx].long()
+    if surrogate is not None:
+        _check_surrogate(surrogate, data, x[:2].to(device))
     reporter.log(f"audit: {norm.value} eps {eps.text} ({eps_source}), {len(y)} examples of "
                  f"{data.name}/{opts.split}, checks {', '.join(c.value for c in opts.checks)}")
 
@@ -91,14 +105,15 @@ def _audit(checkpoint: str | Path | LoadedCheckpoint | None, opts: AuditOptions,
     ctx = AuditContext(model=model, base=base if opts.wrap else None, x=x, y=y, clean=np.zeros(len(y), dtype=bool),
                        norm=norm, eps=eps, opts=opts, device=device, reporter=reporter,
                        num_classes=data.num_classes, meta=meta, graph_cut=graph_cut,
-                       randomised=randomised is not None, probe_notes=[randomised] if randomised else [])
+                       randomised=randomised is not None, probe_notes=[randomised] if randomised else [],
+                       channels_last=channels_last)
     ctx.clean = ctx.predict(model, x) == y.numpy()
     results: dict[CheckName, CheckResult] = {}
     for check in RUN_ORDER:
         if check not in opts.checks:
             continue
         if check is CheckName.transfer:
-            res = transfer.run(ctx, _surrogates(opts, ctx, data, device))
+            res = transfer.run(ctx, _surrogates(surrogate, ctx))
         else:
             res = {CheckName.gradients: gradients.run, CheckName.curve: curve.run,
                    CheckName.single_step: single_step.run, CheckName.convergence: convergence.run,
@@ -128,15 +143,30 @@ def _audit(checkpoint: str | Path | LoadedCheckpoint | None, opts: AuditOptions,
         seed=opts.seed,
         time_s=time.perf_counter() - t0,
         provenance=provenance(opts.seed, {"checkpoint_sha256": target.sha256, "device": str(device),
-                                          "user_code": codes, "options": opts.config}),
+                                          "user_code": codes, "options": opts.config,
+                                          "channels_last": channels_last}),
     )
 
 
-def _surrogates(opts: AuditOptions, ctx: AuditContext, data: Any, device: torch.device) -> dict[str, nn.Module]:
+def _load_surrogate(opts: AuditOptions, device: torch.device) -> LoadedCheckpoint | None:
+    if opts.surrogate is None or CheckName.transfer not in opts.checks:
+        return None
+    try:
+        return load_checkpoint(opts.surrogate, device)
+    except CheckpointError as exc:
+        raise CheckpointError(f"--surrogate: {exc}") from exc
+
+
+def _check_surrogate(sur: LoadedCheckpoint, data: Any, x: torch.Tensor) -> None:
+    """The surrogate must fit the audited data: from its metadata, then one forward pass."""
+    hint = "pass a --surrogate trained on the audited data"
+    check_fits(sur.meta, str(sur.path), data, hint=hint)
+    check_logits(sur.model, x, data.num_classes, f"--surrogate {str(sur.path)!r}")
+
+
+def _surrogates(sur: LoadedCheckpoint | None, ctx: AuditContext) -> dict[str, nn.Module]:
     out: dict[str, nn.Module] = {}
-    if opts.surrogate is not None:
-        sur = load_checkpoint(opts.surrogate, device)
-        check_logits(sur.model, ctx.x[:2].to(device), data.num_classes, str(opts.surrogate))
+    if sur is not None:
         out[f"surrogate {sur.path.name}"] = sur.model
     if ctx.base is not None:
         out["unwrapped model (BPDA)"] = ctx.base
