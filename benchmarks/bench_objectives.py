@@ -14,13 +14,13 @@ from collections.abc import Callable
 from contextlib import nullcontext
 
 import torch
-from advcli.train.objectives import AWP, DEFAULT_AWP_GAMMA, DEFAULT_BETA, objective_fn
 from harness import EPS, Context, Ratio, batch_of, compare, emit, fresh_model, info, interleaved, ms, pgd
 
 from advcli.attacks.trades import TradesKL
 from advcli.config import Norm
 from advcli.train.adversarial import AttackPerturber
 from advcli.train.loop import adversarial_part, mixed_cross_entropy, model_forward
+from advcli.train.objectives import AWP, DEFAULT_AWP_GAMMA, DEFAULT_BETA, objective_fn
 
 NAME = "objectives"
 

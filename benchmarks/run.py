@@ -67,6 +67,7 @@ import bench_memory  # noqa: E402
 import bench_objectives  # noqa: E402
 import bench_options  # noqa: E402
 import bench_pgd_step  # noqa: E402
+import bench_robustbench  # noqa: E402
 import torch  # noqa: E402
 from harness import SIZES, Context, Ratio, Sizes, info, pair_ratio, synthetic_data, tune_malloc  # noqa: E402
 
@@ -77,7 +78,7 @@ __all__ = ["BENCHMARKS", "RUNNERS", "Ratio", "main", "pair_ratio"]
 
 # In the order they run and print.
 MODULES = (bench_pgd_step, bench_adv_train, bench_eval_pgd, bench_augment, bench_autoattack, bench_memory,
-           bench_options, bench_compile, bench_objectives)
+           bench_options, bench_compile, bench_objectives, bench_robustbench)
 RUNNERS: dict[str, Callable[[Context], None]] = {m.NAME: m.run for m in MODULES}
 BENCHMARKS = tuple(RUNNERS)
 

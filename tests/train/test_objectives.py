@@ -10,7 +10,6 @@ import math
 
 import pytest
 import torch
-from advcli.train.objectives import AWP, ObjectiveOptions, mart_loss, strongest_wrong_class, trades_loss
 from torch import nn
 from typer.testing import CliRunner
 
@@ -24,6 +23,7 @@ from advcli.train import adversarial as adv_train
 from advcli.train import objectives
 from advcli.train.adversarial import AdvOptions, ThreatModel, adv_fit
 from advcli.train.loop import TrainOptions, model_forward, setup
+from advcli.train.objectives import AWP, ObjectiveOptions, mart_loss, strongest_wrong_class, trades_loss
 
 CPU = torch.device("cpu")
 runner = CliRunner()

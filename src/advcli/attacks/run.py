@@ -234,6 +234,7 @@ class AttackOptions:
     label: str | None = None
     model: str | None = None  # --model FILE.py:CALLABLE (the checkpoint, if any, holds its weights)
     wrap: str | None = None  # --wrap FILE.py:CALLABLE around the loaded model
+    model_dir: str | None = None  # weights folder of a robustbench:NAME model
     channels_last: bool | None = None  # NHWC model and inputs; None = off (NCHW, as given)
     out: Path = Path("adv.safetensors")
     grid: Path | None = None
@@ -279,7 +280,8 @@ def attack_checkpoint(
     from advcli.models.user import load_target
     from advcli.provenance import provenance
 
-    target = load_target(checkpoint, model=opts.model, wrap=opts.wrap, device=device)
+    target = load_target(checkpoint, model=opts.model, wrap=opts.wrap, device=device, dataset=opts.dataset,
+                         norm=opts.spec.norm, model_dir=opts.model_dir)
     meta = target.meta
     ckpt_label = target.base_label()
     trained_with = trained_with_text(meta.get("threat_model"))

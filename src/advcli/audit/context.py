@@ -48,6 +48,7 @@ class AuditOptions:
     surrogate: Path | None = None
     model: str | None = None  # FILE.py:CALLABLE
     wrap: str | None = None  # FILE.py:CALLABLE
+    model_dir: str | None = None  # weights folder of a robustbench:NAME model
     channels_last: bool | None = None  # NHWC attacks; None = on for advcli architectures only
     amp: str | None = None  # None: the training run's --amp, from the checkpoint
     batch_size: int = 256

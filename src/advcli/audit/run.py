@@ -64,7 +64,8 @@ def _audit(checkpoint: str | Path | LoadedCheckpoint | None, opts: AuditOptions,
             raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
     if opts.amp == "fp16" and device.type != "cuda" and CheckName.precision in opts.checks:
         raise UsageError("--amp fp16 needs a CUDA device (--device cuda); use --amp bf16 on the CPU")
-    target = load_target(checkpoint, model=opts.model, wrap=opts.wrap, device=device)
+    target = load_target(checkpoint, model=opts.model, wrap=opts.wrap, device=device, dataset=opts.dataset,
+                         norm=opts.norm, model_dir=opts.model_dir)
     # Every input is read before the first attack: a bad surrogate costs a second, not the audit.
     surrogate = _load_surrogate(opts, device)
     with attack_mode(target.model):  # every module's own training flag comes back afterwards

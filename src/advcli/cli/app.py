@@ -13,6 +13,7 @@ from advcli.cli.cmd_audit import audit_cmd
 from advcli.cli.cmd_check_loader import check_loader
 from advcli.cli.cmd_compare import compare
 from advcli.cli.cmd_eval import eval_cmd
+from advcli.cli.cmd_export import app as export_app
 from advcli.cli.cmd_import import import_
 from advcli.cli.cmd_info import info
 from advcli.cli.cmd_landscape import landscape
@@ -45,6 +46,7 @@ app.command("landscape")(landscape)
 app.command("audit")(audit_cmd)
 # Command groups: `advcli plot history ...`.
 app.add_typer(plot_app, name="plot")
+app.add_typer(export_app, name="export")
 
 
 def _version(value: bool) -> None:

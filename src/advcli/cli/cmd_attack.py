@@ -19,6 +19,7 @@ from advcli.data.datasets import SUBSET_HELP, Subset
 from advcli.errors import UsageError
 from advcli.io import all_or_nothing
 from advcli.models.user import MODEL_HELP, WRAP_HELP, check_user_options
+from advcli.robustbench.zoo import MODEL_DIR_HELP
 
 if TYPE_CHECKING:
     from advcli.attacks.run import AttackOptions
@@ -94,6 +95,7 @@ def attack_cmd(
         help="Name in tables (default: the checkpoint's label, plus ' + DEFENCE' with --wrap).")] = None,
     model: Annotated[str | None, typer.Option("--model", help=MODEL_HELP)] = None,
     wrap: Annotated[str | None, typer.Option("--wrap", help=WRAP_HELP)] = None,
+    model_dir: Annotated[str | None, typer.Option("--model-dir", help=MODEL_DIR_HELP)] = None,
     channels_last: Annotated[bool | None, common.channels_last_option("off")] = None,
     dataset: Annotated[
         str | None,
@@ -206,6 +208,7 @@ def _check_options(opts: dict[str, Any]) -> tuple[AttackOptions, str, Path]:
         label=opts["label"],
         model=opts["model"],
         wrap=opts["wrap"],
+        model_dir=opts["model_dir"],
         channels_last=opts.get("channels_last"),
         out=out_path,
         grid=Path(opts["grid"]) if opts["grid"] else None,

@@ -20,6 +20,7 @@ from advcli.data.datasets import SUBSET_HELP, Subset
 from advcli.errors import UsageError
 from advcli.models.layout import AUTO_DEFAULT
 from advcli.models.user import MODEL_HELP, WRAP_HELP
+from advcli.robustbench.zoo import MODEL_DIR_HELP
 
 SPLITS = ("test", "train", "val")
 AMPS = ("none", "bf16", "fp16")
@@ -63,6 +64,7 @@ def audit_options(opts: dict[str, Any]) -> Any:
         surrogate=Path(opts["surrogate"]) if opts["surrogate"] else None,
         model=opts["model"],
         wrap=opts["wrap"],
+        model_dir=opts["model_dir"],
         channels_last=opts.get("channels_last"),
         amp=amp,
         batch_size=int(opts["batch_size"]),
@@ -145,6 +147,7 @@ def audit_cmd(
         "its PGD examples must not beat the white-box attacks.")] = None,
     model: Annotated[str | None, typer.Option("--model", help=MODEL_HELP)] = None,
     wrap: Annotated[str | None, typer.Option("--wrap", help=WRAP_HELP)] = None,
+    model_dir: Annotated[str | None, typer.Option("--model-dir", help=MODEL_DIR_HELP)] = None,
     channels_last: Annotated[bool | None, common.channels_last_option(AUTO_DEFAULT)] = None,
     amp: Annotated[str | None, typer.Option(
         "--amp", help="Precision check: compare fp32 with this autocast dtype, none, bf16 or fp16 "

@@ -16,6 +16,7 @@ from advcli.errors import UsageError
 from advcli.formats.results import EvalResult
 from advcli.models.layout import AUTO_DEFAULT
 from advcli.models.user import MODEL_HELP, WRAP_HELP, check_user_options
+from advcli.robustbench.zoo import MODEL_DIR_HELP
 
 if TYPE_CHECKING:
     from advcli.evaluate.run import EvalPlan
@@ -82,6 +83,7 @@ def eval_options(opts: dict[str, Any]) -> Any:
         label=opts["label"],
         model=opts["model"],
         wrap=opts["wrap"],
+        model_dir=opts["model_dir"],
         config={k: (str(v) if isinstance(v, Path) else v) for k, v in opts.items()},
         progress_file=progress_path_for(opts["out"]) if opts["out"] else None,
         resume=bool(opts["resume"]),
@@ -187,6 +189,7 @@ def eval_cmd(
         "' + DEFENCE' with --wrap).")] = None,
     model: Annotated[str | None, typer.Option("--model", help=MODEL_HELP)] = None,
     wrap: Annotated[str | None, typer.Option("--wrap", help=WRAP_HELP)] = None,
+    model_dir: Annotated[str | None, typer.Option("--model-dir", help=MODEL_DIR_HELP)] = None,
     channels_last: Annotated[bool | None, common.channels_last_option(AUTO_DEFAULT)] = None,
     out: Annotated[Path | None, typer.Option(
         "--out", "-o", help="Result file to write (YAML, schema advcli.results/1).")] = None,

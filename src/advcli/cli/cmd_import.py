@@ -12,6 +12,7 @@ from advcli.cli.common import CONFIG_HELP, handle_errors, resolve_options
 from advcli.config import Norm, parse_choice, parse_eps
 from advcli.errors import UsageError
 from advcli.models.import_weights import import_weights, save_import
+from advcli.robustbench.zoo import MODEL_DIR_HELP, is_zoo_spec
 
 
 def _floats(text: str | None, name: str) -> list[float] | None:
@@ -34,7 +35,9 @@ def import_(
     ctx: typer.Context,
     weights: Annotated[
         Path,
-        typer.Argument(help="A PyTorch state dict (.pt/.pth), loaded with weights_only=True.",
+        typer.Argument(help="A PyTorch state dict (.pt/.pth), loaded with weights_only=True; or "
+                       "robustbench:NAME, a RobustBench model zoo entry (--dataset and --norm choose "
+                       "the zoo, default cifar10 linf; needs advcli[robustbench]).",
                        show_default=False),
     ],
     arch: Annotated[
@@ -71,6 +74,7 @@ def import_(
     eps: Annotated[
         str | None, typer.Option("--eps", help="Threat-model eps, e.g. 8/255 (with --norm).")
     ] = None,
+    model_dir: Annotated[str | None, typer.Option("--model-dir", help=MODEL_DIR_HELP)] = None,
     config: Annotated[Path | None, typer.Option("--config", help=CONFIG_HELP)] = None,
 ) -> None:
     """Import an outside PyTorch state dict as a self-describing advcli checkpoint.
@@ -79,6 +83,9 @@ def import_(
     with torch.load(weights_only=True): plain tensors only, never pickled code.
     """
     opts = resolve_options(ctx, locals())
+    if is_zoo_spec(opts["weights"]):
+        _import_zoo(opts)
+        return
     if not opts["arch"]:
         raise UsageError("--arch is required (e.g. --arch resnet18)")
     if not opts["dataset"]:
@@ -111,4 +118,25 @@ def import_(
         f"imported {opts['weights']} -> {out_path} (arch {result.meta['arch']}, "
         f"{result.num_classes} classes, source sha256 {result.source_sha256[:12]})",
         markup=False, highlight=False,
+    )
+
+
+def _import_zoo(opts: dict) -> None:
+    from advcli.robustbench.imports import import_zoo
+
+    if not opts["out"]:
+        raise UsageError("--out is required (e.g. -o model.safetensors)")
+    for name in ("arch", "mean", "std", "eps", "num_classes"):
+        if opts[name]:
+            raise UsageError(f"--{name.replace('_', '-')} does not apply to robustbench:NAME: the zoo "
+                             "entry defines the architecture and its threat model")
+    out_path = Path(opts["out"])
+    config_record = {k: (str(v) if isinstance(v, Path) else v) for k, v in opts.items() if k != "ctx"}
+    result = import_zoo(str(opts["weights"]), dataset=opts["dataset"] or None, norm=opts["norm"],
+                        model_dir=opts["model_dir"], label=opts["label"], config=config_record)
+    save_import(out_path, result)
+    rb = result.meta["robustbench"]
+    render.out.print(
+        f"imported {result.meta['arch']} -> {out_path} (robustbench {rb['version']}, weights sha256 "
+        f"{result.source_sha256[:12]})", markup=False, highlight=False,
     )

@@ -16,6 +16,7 @@ from advcli.config import DEFAULT_EPS, Norm, parse_choice, parse_eps
 from advcli.data.datasets import SUBSET_HELP, Subset
 from advcli.errors import UsageError
 from advcli.models.user import MODEL_HELP, WRAP_HELP, check_user_options
+from advcli.robustbench.zoo import MODEL_DIR_HELP
 
 DATA_KINDS = ("clean", "pgd", "fgsm", "fgsm-rs", "stadv")
 DATA_HELP = (
@@ -52,8 +53,8 @@ FLATNESS_SEEDS_HELP = (
 def landscape(
     ctx: typer.Context,
     checkpoints: Annotated[list[Path] | None, typer.Argument(
-        help="Checkpoints (.safetensors); several are drawn on shared axes. With --model, the "
-        "weights of its module (optional).", show_default=False)] = None,
+        help="Checkpoints (.safetensors) or robustbench:NAME models; several are drawn on shared "
+        "axes. With --model, the weights of its module (optional).", show_default=False)] = None,
     dim: Annotated[int, typer.Option(
         "--dim", help="Number of directions: 1 (a curve) or 2 (contour and surface).")] = 1,
     range_: Annotated[str, typer.Option("--range", help=RANGE_HELP)] = "-1:1",
@@ -106,9 +107,11 @@ def landscape(
         "--dataset", help="Dataset override (default: the one recorded in the checkpoints).")] = None,
     data_dir: Annotated[str | None, typer.Option(
         "--data-dir", help="Where torchvision datasets live.")] = None,
+    model_dir: Annotated[str | None, typer.Option("--model-dir", help=MODEL_DIR_HELP)] = None,
     device: Annotated[str, typer.Option("--device", help=DEVICE_HELP)] = "auto",
     channels_last: Annotated[bool | None, common.channels_last_option(
-        "on on the CPU for advcli architectures, off for outside code (--model, --wrap)")] = None,
+        "on on the CPU for advcli architectures, off for outside code (--model, --wrap, robustbench "
+        "models)")] = None,
     model: Annotated[str | None, typer.Option("--model", help=MODEL_HELP)] = None,
     wrap: Annotated[str | None, typer.Option("--wrap", help=WRAP_HELP)] = None,
     out: Annotated[Path, typer.Option(
@@ -225,6 +228,7 @@ def landscape_options(opts: dict[str, Any]) -> tuple[Any, str]:
         flatness_seeds=int(opts["flatness_seeds"]),
         dataset=opts["dataset"] or None,
         data_dir=opts["data_dir"],
+        model_dir=opts["model_dir"],
         model=opts["model"],
         wrap=opts["wrap"],
     )

@@ -110,6 +110,7 @@ class EvalOptions:
     label: str | None = None
     model: str | None = None  # --model FILE.py:CALLABLE (the checkpoint, if any, holds its weights)
     wrap: str | None = None  # --wrap FILE.py:CALLABLE around the loaded model
+    model_dir: str | None = None  # weights folder of a robustbench:NAME model
     config: dict[str, Any] = field(default_factory=dict)
     progress_file: Path | None = None  # where finished chunks are recorded (beside -o)
     resume: bool = False  # continue from `progress_file` instead of refusing to overwrite it
@@ -560,7 +561,8 @@ def _setup(checkpoint: str | Path | LoadedCheckpoint | None, opts: EvalOptions,
            device: torch.device, reporter: Reporter, data: Any) -> _Setup:
     from advcli.data import to_float
 
-    target = load_target(checkpoint, model=opts.model, wrap=opts.wrap, device=device)
+    target = load_target(checkpoint, model=opts.model, wrap=opts.wrap, device=device, dataset=opts.dataset,
+                         norm=opts.norm, model_dir=opts.model_dir)
     opts = replace(opts, channels_last=use_channels_last(opts.channels_last, outside=target.outside))
     norm, eps_list, eps_source = resolve_threat(target.meta, opts.norm, opts.eps)
     data, idx = target.examples(dataset=opts.dataset, data_dir=opts.data_dir, split=opts.split,

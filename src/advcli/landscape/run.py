@@ -72,6 +72,7 @@ from advcli.landscape.grid import (
     use_fast_layout,
 )
 from advcli.models.checkpoint import LoadedCheckpoint, load_checkpoint
+from advcli.models.registry import outside_arch
 from advcli.models.user import check_logits, load_target
 from advcli.progress import NullReporter, Reporter
 from advcli.provenance import provenance
@@ -315,6 +316,7 @@ class LandscapeOptions:
     flatness_seeds: int = 1  # flatness along the seeds s, s+1, ..., s+K-1 (K = this count)
     dataset: str | None = None
     data_dir: str | None = None
+    model_dir: str | None = None  # weights folder of robustbench:NAME checkpoints
     model: str | None = None  # --model FILE.py:CALLABLE (each checkpoint, if any, holds its weights)
     wrap: str | None = None  # --wrap FILE.py:CALLABLE around each loaded model
 
@@ -345,6 +347,16 @@ class _Subset:
     attack: Any
     record: dict[str, Any]
     num_classes: int | None = None  # the dataset's, where the subset was drawn from it
+
+
+def _load_checkpoint(path: str | Path, opts: LandscapeOptions, device: torch.device) -> LoadedCheckpoint:
+    from advcli.robustbench.zoo import is_zoo_spec
+
+    if is_zoo_spec(path):
+        from advcli.robustbench.imports import load_zoo_checkpoint
+
+        return load_zoo_checkpoint(path, dataset=opts.dataset, model_dir=opts.model_dir, device=device)
+    return load_checkpoint(path, device)
 
 
 def checkpoint_labels(loaded: Sequence[LoadedCheckpoint]) -> list[str]:
@@ -512,11 +524,12 @@ def _load(checkpoints: Sequence[str | Path | LoadedCheckpoint], opts: LandscapeO
     `--model` and `--wrap` go through `load_target` as in eval, once per checkpoint (whose
     weights the `--model` module gets), or once without one."""
     if not (opts.model or opts.wrap):
-        return [c if isinstance(c, LoadedCheckpoint) else load_checkpoint(c, device)
+        return [c if isinstance(c, LoadedCheckpoint) else _load_checkpoint(c, opts, device)
                 for c in checkpoints], []
     loaded, codes = [], []
     for c in list(checkpoints) or [None]:
-        target = load_target(c, model=opts.model, wrap=opts.wrap, device=device)
+        target = load_target(c, model=opts.model, wrap=opts.wrap, device=device, dataset=opts.dataset,
+                             model_dir=opts.model_dir)
         if c is None:
             target.require_dataset(opts.dataset)
         meta = {**target.meta, "label": target.label(), "arch": target.arch}
@@ -548,7 +561,8 @@ def run_landscape(
     opts.settings.check()
     loaded, user_code = _load(checkpoints, opts, device)
     settings = opts.settings
-    if user_code and settings.channels_last is None:  # outside code keeps its layout
+    outside = bool(user_code) or any(outside_arch(c.meta.get("arch")) for c in loaded)
+    if outside and settings.channels_last is None:  # outside code keeps its layout
         settings = replace(settings, channels_last=False)
     warnings: list[str] = []
     # The directions file is read before the data is loaded: a bad file costs a second.

@@ -1,10 +1,11 @@
 """The memory layout attacks run the measured model in.
 
 NHWC (channels_last) makes CPU convolutions 1.3-1.7x faster (benchmarks/run.py, eval-pgd), so
-advcli's own architectures run in it by default. Outside code (`--model`, `--wrap`) is a guest:
-it gets contiguous NCHW float32 inputs and keeps its own layout unless the user opts in with
-`--channels-last`, because research code commonly flattens with `.view(n, -1)`, which fails on
-an NHWC tensor. `model_layout` restores every tensor it converted to the very storage it had.
+advcli's own architectures run in it by default. Outside code (`--model`, `--wrap`, RobustBench
+zoo models by name or imported) is a guest: it gets contiguous NCHW float32 inputs and keeps its
+own layout unless the user opts in with `--channels-last`, because research code commonly
+flattens with `.view(n, -1)`, which fails on an NHWC tensor. `model_layout` restores every
+tensor it converted to the very storage it had.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ CHANNELS_LAST_HELP = (
     "Changes the memory format of the model and inputs; research code that flattens with .view "
     "may fail. Default: {default}. Recorded in the result as `channels_last`."
 )
-AUTO_DEFAULT = "on for advcli architectures, off for outside code (--model, --wrap)"
+AUTO_DEFAULT = "on for advcli architectures, off for outside code (--model, --wrap, robustbench models)"
 
 
 def use_channels_last(option: bool | None, *, outside: bool) -> bool:

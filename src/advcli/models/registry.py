@@ -68,11 +68,25 @@ def resolve_arch(name: str) -> str:
     return key
 
 
+ZOO_ARCH_PREFIX = "robustbench:"
+
+
+def outside_arch(arch: object) -> bool:
+    """Whether a checkpoint's arch is built by code outside advcli (robustbench's model zoo):
+    its model is a guest as `--model`'s module is, run in its own layout on NCHW inputs."""
+    return str(arch or "").startswith(ZOO_ARCH_PREFIX)
+
+
 def build_model(
     arch: str,
     num_classes: int = 10,
     mean: Sequence[float] = (0.0, 0.0, 0.0),
     std: Sequence[float] = (1.0, 1.0, 1.0),
 ) -> Classifier:
-    """A fresh, randomly initialised model (seed torch before calling for determinism)."""
+    """A fresh, randomly initialised model (seed torch before calling for determinism); an
+    arch `robustbench:DATASET/THREAT/NAME` is built by robustbench's model zoo."""
+    if outside_arch(arch):
+        from advcli.robustbench.zoo import build_architecture
+
+        return Classifier(build_architecture(arch), mean, std)
     return Classifier(_constructor(resolve_arch(arch))(num_classes), mean, std)

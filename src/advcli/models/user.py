@@ -46,6 +46,7 @@ from torch import nn
 
 from advcli.errors import AdvcliError, UsageError
 from advcli.io import sha256_file
+from advcli.models.registry import outside_arch
 
 if TYPE_CHECKING:
     from advcli.models.checkpoint import LoadedCheckpoint
@@ -56,7 +57,9 @@ MODEL_HELP = (
     "CODE IN FILE.py. Its weights come from the checkpoint argument (safetensors, keys must "
     "match) or from the code itself, which runs with torch seeded to 0 (random initialisation "
     "is reproducible). Recorded: the file's sha256 (that file only, not modules it imports) "
-    "and the built module's weights_sha256."
+    "and the built module's weights_sha256. Or robustbench:NAME: a RobustBench model zoo entry "
+    "(--dataset and --norm choose the zoo, default cifar10 linf; weights under --model-dir; "
+    "needs advcli[robustbench])."
 )
 WRAP_HELP = (
     "FILE.py:CALLABLE: evaluate CALLABLE(model), an nn.Module around the loaded model (a "
@@ -149,10 +152,15 @@ def check_user_options(opts: Mapping[str, Any]) -> None:
     """The boundary checks of a command taking `checkpoint`, `--model`, `--wrap` and
     `--dataset` (eval, attack): the specs' form, something to load, and the data for a
     `--model` that has no checkpoint to say which dataset it was trained on."""
+    from advcli.robustbench.zoo import is_zoo_spec
+
+    zoo = is_zoo_spec(opts.get("model")) or is_zoo_spec(opts.get("checkpoint"))
+    if is_zoo_spec(opts.get("model")) and opts.get("checkpoint") is not None:
+        raise UsageError("--model robustbench:NAME brings its own weights; drop the checkpoint argument")
     for option in ("model", "wrap"):
-        if opts.get(option):
+        if opts.get(option) and not (option == "model" and zoo):
             parse_spec(opts[option], option=f"--{option}")
-    if opts.get("checkpoint") is None:
+    if opts.get("checkpoint") is None and not zoo:
         if not opts.get("model"):
             raise UsageError("name the checkpoint (.safetensors), or pass --model FILE.py:CALLABLE")
         if not opts.get("dataset"):
@@ -259,9 +267,10 @@ class Target:
 
     @property
     def outside(self) -> bool:
-        """Whether code from outside advcli's registry is measured (`--model`, `--wrap`): a
-        guest, whose inputs stay NCHW and whose layout, dtype and modes advcli leaves alone."""
-        return bool(self.code)
+        """Whether code from outside advcli's registry is measured (`--model`, `--wrap`, a
+        RobustBench model by name or imported): a guest, whose inputs stay NCHW and whose
+        layout, dtype and modes advcli leaves alone."""
+        return bool(self.code) or outside_arch(self.meta.get("arch"))
 
     @property
     def name(self) -> str:
@@ -272,9 +281,12 @@ class Target:
 
     @property
     def arch(self) -> str | None:
-        """The checkpoint's arch, or `user:FILE.py:CALLABLE` for `--model`."""
+        """The checkpoint's arch, `user:FILE.py:CALLABLE` for `--model`, or a zoo model's
+        `robustbench:DATASET/THREAT/NAME`."""
         user = self.user_model
-        return f"user:{user.spec}" if user is not None else self.meta.get("arch")
+        if user is None:
+            return self.meta.get("arch")
+        return getattr(user, "arch", None) or f"user:{user.spec}"
 
     def base_label(self) -> str:
         """The label before `--wrap`: the checkpoint's (its metadata's label, else its file
@@ -321,7 +333,7 @@ class Target:
             data = dataset_for_checkpoint(self.meta, name=self.name, dataset=dataset, data_dir=data_dir)
         xs, ys = data.split(split)
         index = test_subset(ys, n, seed=seed, subset=subset, dataset=data.name)
-        if (self.code or check_output) and len(index):
+        if (self.outside or check_output) and len(index):
             name = self.code[-1].spec if self.code else self.name
             check_logits(self.model, to_float(xs[index[:2]]).to(device), data.num_classes, name)
         return data, index
@@ -334,14 +346,27 @@ class Target:
 
 
 def load_target(checkpoint: str | Path | LoadedCheckpoint | None, *, model: str | None = None,
-                wrap: str | None = None, device: torch.device | str = "cpu") -> Target:
+                wrap: str | None = None, device: torch.device | str = "cpu", dataset: str | None = None,
+                norm: Any = None, model_dir: str | Path | None = None) -> Target:
     """The checkpoint's model, or `model`'s module (weights from `checkpoint` when given, and
     the metadata it holds), wrapped by `wrap`; on `device`. A checkpoint's model is in eval
     mode; user code is left in the modes it set (stages run it under `attack_mode`), and never
-    converted to another dtype or memory format."""
+    converted to another dtype or memory format. A RobustBench model named `robustbench:NAME`
+    (as `checkpoint` or `model`; `dataset`, `norm` and `model_dir` choose its zoo entry and
+    weights folder, see `advcli.robustbench.zoo`) is outside code like `model`'s module: it
+    goes the same way (robustbench hands it over in eval mode)."""
     from advcli.models.checkpoint import LoadedCheckpoint, load_checkpoint, read_metadata
+    from advcli.robustbench.zoo import is_zoo_spec
 
-    if model:
+    zoo = model if is_zoo_spec(model) else checkpoint if is_zoo_spec(checkpoint) else None
+    if zoo is not None:
+        from advcli.robustbench.zoo import load_zoo_model, resolve, zoo_meta
+
+        entry = resolve(str(zoo), dataset=dataset, norm=norm)
+        base, code = load_zoo_model(entry, model_dir)
+        target = Target(model=base, base=base, meta=zoo_meta(entry), checkpoint=None, sha256=None,
+                        code=[code])
+    elif model:
         path = None if checkpoint is None else Path(str(getattr(checkpoint, "path", checkpoint)))
         base, code = load_user_model(model, weights=path, device=device)
         target = Target(model=base, base=base, meta=read_metadata(path) if path is not None else {},
