@@ -49,7 +49,7 @@ def _seeded_weights(root: Path) -> Path:
 
 
 def run(ctx: Context) -> None:
-    from advcli.robustbench._package import MissingExtraError, import_robustbench
+    from advcli.models.robustbench._package import MissingExtraError, import_robustbench
 
     try:
         rb = import_robustbench()

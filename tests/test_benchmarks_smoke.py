@@ -62,7 +62,7 @@ def test_every_benchmark_runs_at_smoke_size(
     out_json = tmp_path / "bench.json"
     # compile is left out here: it needs a C compiler and a minute (tests/train/test_train.py covers --compile);
     # robustbench too: standard AutoAttack on a PreActResNet-18 takes a minute even on 2 images
-    # (tests/test_robustbench.py covers robustbench:NAME in eval).
+    # (tests/models/test_robustbench.py covers robustbench:NAME in eval).
     left_out = {"compile", "robustbench"}
     only = ",".join(b for b in bench.BENCHMARKS if b not in left_out)
     code = bench.main(["--size", "smoke", "--no-cache", "--device", "cpu", "--only", only, "--json", str(out_json)])

@@ -27,7 +27,7 @@ from advcli.cli.app import app
 from advcli.data import test_subset, to_float
 from advcli.evaluate.run import examples_sha256
 from advcli.formats.results import decode_flags
-from advcli.models.user import seeded_build, state_dict_sha256
+from advcli.models.user_code import seeded_build, state_dict_sha256
 
 RESEARCH = Path(__file__).parent / "research"
 MODELS = RESEARCH / "models.py"

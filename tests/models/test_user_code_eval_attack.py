@@ -65,7 +65,8 @@ def _flags(entry: dict) -> np.ndarray:
 def _wrapped_sha256(ckpt: Path, spec: str) -> str:
     """The weights_sha256 of the checkpoint's model inside the wrap `spec`, built here."""
     from advcli.models.checkpoint import load_checkpoint
-    from advcli.models.user import state_dict_sha256, wrap_model
+    from advcli.models.user import wrap_model
+    from advcli.models.user_code import state_dict_sha256
 
     wrapped, code = wrap_model(load_checkpoint(ckpt).model, spec)
     assert code.weights_sha256 == state_dict_sha256(wrapped)
@@ -156,7 +157,8 @@ def test_building_user_code_leaves_the_callers_random_state_alone(tiny_ckpt: Pat
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     import torch
 
-    from advcli.models.user import load_user_model, state_dict_sha256, wrap_model
+    from advcli.models.user import load_user_model, wrap_model
+    from advcli.models.user_code import state_dict_sha256
 
     state = torch.random.get_rng_state()
     model, code = load_user_model(f"{USER_MODEL}:tiny")

@@ -18,8 +18,8 @@ from advcli.config import DEFAULT_EPS, Eps, Norm, parse_choice, parse_eps
 from advcli.data.datasets import SUBSET_HELP, Subset
 from advcli.errors import UsageError
 from advcli.io import all_or_nothing
+from advcli.models.robustbench.zoo import MODEL_DIR_HELP
 from advcli.models.user import MODEL_HELP, WRAP_HELP, check_user_options
-from advcli.robustbench.zoo import MODEL_DIR_HELP
 
 if TYPE_CHECKING:
     from advcli.attacks.run import AttackOptions

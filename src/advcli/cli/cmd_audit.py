@@ -19,8 +19,8 @@ from advcli.config import Norm, parse_choice, parse_eps
 from advcli.data.datasets import SUBSET_HELP, Subset
 from advcli.errors import UsageError
 from advcli.models.layout import AUTO_DEFAULT
+from advcli.models.robustbench.zoo import MODEL_DIR_HELP
 from advcli.models.user import MODEL_HELP, WRAP_HELP
-from advcli.robustbench.zoo import MODEL_DIR_HELP
 
 SPLITS = ("test", "train", "val")
 AMPS = ("none", "bf16", "fp16")

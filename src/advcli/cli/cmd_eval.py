@@ -15,8 +15,8 @@ from advcli.data.datasets import SUBSET_HELP, Subset
 from advcli.errors import UsageError
 from advcli.formats.results import EvalResult
 from advcli.models.layout import AUTO_DEFAULT
+from advcli.models.robustbench.zoo import MODEL_DIR_HELP
 from advcli.models.user import MODEL_HELP, WRAP_HELP, check_user_options
-from advcli.robustbench.zoo import MODEL_DIR_HELP
 
 if TYPE_CHECKING:
     from advcli.evaluate.run import EvalPlan

@@ -44,7 +44,7 @@ def robustbench_cmd(
     leaderboard has no track for, and a field the result cannot know (give its flag).
     """
     from advcli.formats.results import load_results
-    from advcli.robustbench.export import EntryFields, export_entry
+    from advcli.models.robustbench.export import EntryFields, export_entry
 
     fields = EntryFields(name=name, authors=authors, venue=venue, link=link, architecture=architecture,
                          additional_data=additional_data, number_forward_passes=number_forward_passes,

@@ -12,7 +12,7 @@ from advcli.cli.common import CONFIG_HELP, handle_errors, resolve_options
 from advcli.config import Norm, parse_choice, parse_eps
 from advcli.errors import UsageError
 from advcli.models.import_weights import import_weights, save_import
-from advcli.robustbench.zoo import MODEL_DIR_HELP, is_zoo_spec
+from advcli.models.robustbench.zoo import MODEL_DIR_HELP, is_zoo_spec
 
 
 def _floats(text: str | None, name: str) -> list[float] | None:
@@ -122,7 +122,7 @@ def import_(
 
 
 def _import_zoo(opts: dict) -> None:
-    from advcli.robustbench.imports import import_zoo
+    from advcli.models.robustbench.imports import import_zoo
 
     if not opts["out"]:
         raise UsageError("--out is required (e.g. -o model.safetensors)")

@@ -15,8 +15,8 @@ from advcli.cli.common import CONFIG_HELP, DEVICE_HELP, FORMAT_HELP, FORMATS, ha
 from advcli.config import DEFAULT_EPS, Norm, parse_choice, parse_eps
 from advcli.data.datasets import SUBSET_HELP, Subset
 from advcli.errors import UsageError
+from advcli.models.robustbench.zoo import MODEL_DIR_HELP
 from advcli.models.user import MODEL_HELP, WRAP_HELP, check_user_options
-from advcli.robustbench.zoo import MODEL_DIR_HELP
 
 DATA_KINDS = ("clean", "pgd", "fgsm", "fgsm-rs", "stadv")
 DATA_HELP = (

@@ -350,10 +350,10 @@ class _Subset:
 
 
 def _load_checkpoint(path: str | Path, opts: LandscapeOptions, device: torch.device) -> LoadedCheckpoint:
-    from advcli.robustbench.zoo import is_zoo_spec
+    from advcli.models.robustbench.zoo import is_zoo_spec
 
     if is_zoo_spec(path):
-        from advcli.robustbench.imports import load_zoo_checkpoint
+        from advcli.models.robustbench.imports import load_zoo_checkpoint
 
         return load_zoo_checkpoint(path, dataset=opts.dataset, model_dir=opts.model_dir, device=device)
     return load_checkpoint(path, device)

@@ -86,7 +86,7 @@ def build_model(
     """A fresh, randomly initialised model (seed torch before calling for determinism); an
     arch `robustbench:DATASET/THREAT/NAME` is built by robustbench's model zoo."""
     if outside_arch(arch):
-        from advcli.robustbench.zoo import build_architecture
+        from advcli.models.robustbench.zoo import build_architecture
 
         return Classifier(build_architecture(arch), mean, std)
     return Classifier(_constructor(resolve_arch(arch))(num_classes), mean, std)

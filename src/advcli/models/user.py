@@ -35,8 +35,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import sys
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -47,6 +46,7 @@ from torch import nn
 from advcli.errors import AdvcliError, UsageError
 from advcli.io import sha256_file
 from advcli.models.registry import outside_arch
+from advcli.models.user_code import UserCode, seeded_build, state_dict_sha256
 
 if TYPE_CHECKING:
     from advcli.models.checkpoint import LoadedCheckpoint
@@ -73,65 +73,6 @@ WRAP_HELP = (
 DATASETS = "cifar10, cifar100, svhn, synthetic or folder:PATH"
 
 
-@dataclass(frozen=True)
-class UserCode:
-    """Where a user callable came from: `path:callable` and the file's sha256, and what it
-    built: `weights_sha256` of the module its role produced (`state_dict_sha256`)."""
-
-    path: str
-    callable: str
-    sha256: str
-    role: str  # "model" or "wrap"
-    weights_sha256: str | None = None
-
-    @property
-    def spec(self) -> str:
-        return f"{self.path}:{self.callable}"
-
-    @property
-    def short(self) -> str:
-        """How labels name the code: the file's stem and the callable, `net:build`."""
-        return f"{Path(self.path).stem}:{self.callable}"
-
-    def to_dict(self) -> dict[str, str]:
-        """The record results keep (`user_code:` of eval, attack and audit files)."""
-        d = {"role": self.role, "file": self.path, "callable": self.callable, "sha256": self.sha256}
-        if self.weights_sha256 is not None:
-            d["weights_sha256"] = self.weights_sha256
-        return d
-
-
-def state_dict_sha256(module: nn.Module) -> str:
-    """sha256 over `module.state_dict()`: each entry's name, dtype, shape and bytes, in order.
-
-    Two modules with equal hashes hold the same parameters and buffers bit for bit, whatever
-    device they live on."""
-    h = hashlib.sha256()
-    for name, value in module.state_dict().items():
-        if not isinstance(value, torch.Tensor):  # `get_extra_state` may return anything
-            h.update(f"{name}\0extra\0{value!r}\0".encode())
-            continue
-        if isinstance(value, nn.parameter.UninitializedTensorMixin):  # lazy modules before use
-            h.update(f"{name}\0uninitialized\0".encode())
-            continue
-        t = value.detach()
-        h.update(f"{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
-        # Raw bytes of any dtype (bfloat16 and bool included) without going through numpy's types.
-        h.update(t.cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
-
-
-@contextmanager
-def seeded_build(device: torch.device | str = "cpu") -> Iterator[None]:
-    """Run user code with torch seeded to 0, so random initialisation is reproducible, and
-    leave the caller's random state as it was (the CPU's and the target CUDA device's)."""
-    dev = torch.device(device)
-    cuda = [dev.index if dev.index is not None else torch.cuda.current_device()] if dev.type == "cuda" else []
-    with torch.random.fork_rng(devices=cuda):
-        torch.manual_seed(0)
-        yield
-
-
 def parse_spec(spec: str, *, option: str) -> tuple[Path, str]:
     """`FILE.py:CALLABLE` -> (path, name); a UsageError naming `option` for anything else."""
     text = str(spec).strip()
@@ -152,7 +93,7 @@ def check_user_options(opts: Mapping[str, Any]) -> None:
     """The boundary checks of a command taking `checkpoint`, `--model`, `--wrap` and
     `--dataset` (eval, attack): the specs' form, something to load, and the data for a
     `--model` that has no checkpoint to say which dataset it was trained on."""
-    from advcli.robustbench.zoo import is_zoo_spec
+    from advcli.models.robustbench.zoo import is_zoo_spec
 
     zoo = is_zoo_spec(opts.get("model")) or is_zoo_spec(opts.get("checkpoint"))
     if is_zoo_spec(opts.get("model")) and opts.get("checkpoint") is not None:
@@ -353,14 +294,14 @@ def load_target(checkpoint: str | Path | LoadedCheckpoint | None, *, model: str 
     mode; user code is left in the modes it set (stages run it under `attack_mode`), and never
     converted to another dtype or memory format. A RobustBench model named `robustbench:NAME`
     (as `checkpoint` or `model`; `dataset`, `norm` and `model_dir` choose its zoo entry and
-    weights folder, see `advcli.robustbench.zoo`) is outside code like `model`'s module: it
+    weights folder, see `advcli.models.robustbench.zoo`) is outside code like `model`'s module: it
     goes the same way (robustbench hands it over in eval mode)."""
     from advcli.models.checkpoint import LoadedCheckpoint, load_checkpoint, read_metadata
-    from advcli.robustbench.zoo import is_zoo_spec
+    from advcli.models.robustbench.zoo import is_zoo_spec
 
     zoo = model if is_zoo_spec(model) else checkpoint if is_zoo_spec(checkpoint) else None
     if zoo is not None:
-        from advcli.robustbench.zoo import load_zoo_model, resolve, zoo_meta
+        from advcli.models.robustbench.zoo import load_zoo_model, resolve, zoo_meta
 
         entry = resolve(str(zoo), dataset=dataset, norm=norm)
         base, code = load_zoo_model(entry, model_dir)

@@ -31,8 +31,8 @@ from torch import nn
 
 from advcli.errors import AdvcliError, CheckpointError, UsageError
 from advcli.io import sha256_file
-from advcli.models.user import UserCode, seeded_build, state_dict_sha256
-from advcli.robustbench._package import import_robustbench, robustbench_version
+from advcli.models.robustbench._package import import_robustbench, robustbench_version
+from advcli.models.user_code import UserCode, seeded_build, state_dict_sha256
 
 PREFIX = "robustbench:"
 DEFAULT_MODEL_DIR = "./models"  # robustbench.utils.load_model's default
@@ -80,7 +80,7 @@ class ZooEntry:
         return self.threat_model.lower()
 
     def eps_text(self) -> str:
-        from advcli.robustbench.leaderboard import find_entry
+        from advcli.models.robustbench.leaderboard import find_entry
 
         row = find_entry(self.name, self.dataset, self.threat_model)
         return row.eps_text if row is not None and row.eps_text else _DEFAULT_EPS.get(

@@ -24,10 +24,10 @@ from advcli.config import parse_eps
 from advcli.errors import AdvcliError, CheckpointError, UsageError
 from advcli.formats.results import DataInfo, Entry, EvalResult, ModelInfo, load_results, save_results
 from advcli.io import sha256_file
-from advcli.robustbench import leaderboard
-from advcli.robustbench._package import INSTALL_HINT, MissingExtraError, import_robustbench
+from advcli.models.robustbench import leaderboard
+from advcli.models.robustbench._package import INSTALL_HINT, MissingExtraError, import_robustbench
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SHARED_MODEL_INFO = REPO.parent / "shared" / "published" / "robustbench" / "model_info"
 SHIPPED = ("cifar10/Linf", "cifar10/L2", "cifar100/Linf", "imagenet/Linf")
 # Three architectures of the cifar10 Linf zoo; `save` is how the file stores the state dict
@@ -98,8 +98,8 @@ def test_zoo_name_and_imported_checkpoint_equal_robustbench_bit_for_bit(
         rb, model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str) -> None:
     from advcli.models.checkpoint import load_checkpoint, read_metadata
     from advcli.models.import_weights import save_import
+    from advcli.models.robustbench.imports import import_zoo
     from advcli.models.user import load_target
-    from advcli.robustbench.imports import import_zoo
 
     reference = rb.utils.load_model(name, model_dir=str(model_dir), dataset="cifar10", threat_model="Linf")
     target = load_target(f"robustbench:{name}", model_dir=model_dir, dataset="cifar10")
@@ -127,8 +127,8 @@ def test_zoo_name_and_imported_checkpoint_equal_robustbench_bit_for_bit(
 
 
 def test_model_option_form_and_wrong_norm_named(rb, model_dir: Path) -> None:
+    from advcli.models.robustbench.zoo import resolve
     from advcli.models.user import load_target
-    from advcli.robustbench.zoo import resolve
 
     target = load_target(None, model="robustbench:Wong2020Fast", model_dir=model_dir)
     assert target.arch == "robustbench:cifar10/Linf/Wong2020Fast"
@@ -140,7 +140,7 @@ def test_model_option_form_and_wrong_norm_named(rb, model_dir: Path) -> None:
 
 
 def test_unknown_name_lists_the_closest(rb) -> None:
-    from advcli.robustbench.zoo import resolve
+    from advcli.models.robustbench.zoo import resolve
 
     with pytest.raises(UsageError, match=r"no cifar10 Linf model 'Wong2020Fats'; closest: Wong2020Fast"):
         resolve("robustbench:Wong2020Fats")
@@ -286,7 +286,7 @@ def _watch_loads(rb, monkeypatch: pytest.MonkeyPatch) -> _Watch:
 @pytest.fixture(scope="module")
 def imported_ckpt(rb, model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     from advcli.models.import_weights import save_import
-    from advcli.robustbench.imports import import_zoo
+    from advcli.models.robustbench.imports import import_zoo
 
     out = tmp_path_factory.mktemp("rbimport") / "wong.safetensors"
     save_import(out, import_zoo("robustbench:Wong2020Fast", model_dir=model_dir))

@@ -19,7 +19,7 @@ from advcli.config import parse_eps
 from advcli.models import Classifier
 from advcli.models.checkpoint import LoadedCheckpoint, model_metadata
 from advcli.models.import_weights import ImportResult
-from advcli.robustbench.zoo import input_shape, load_zoo_model, resolve
+from advcli.models.robustbench.zoo import input_shape, load_zoo_model, resolve
 
 IDENTITY = ([0.0, 0.0, 0.0], [1.0, 1.0, 1.0])
 

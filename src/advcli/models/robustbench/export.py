@@ -18,8 +18,8 @@ from typing import Any
 
 from advcli.errors import AdvcliError
 from advcli.formats.results import EvalResult
-from advcli.robustbench.leaderboard import TEST_SIZE, LeaderboardEntry, find_entry
-from advcli.robustbench.zoo import PREFIX
+from advcli.models.robustbench.leaderboard import TEST_SIZE, LeaderboardEntry, find_entry
+from advcli.models.robustbench.zoo import PREFIX
 
 # The leaderboard tracks' threat models.
 TRACK_EPS = {("cifar10", "Linf"): "8/255", ("cifar100", "Linf"): "8/255", ("imagenet", "Linf"): "4/255",
