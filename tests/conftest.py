@@ -13,6 +13,7 @@ from advcli.train.loop import TrainOptions, fit
 
 REPO = Path(__file__).resolve().parents[1]
 CIFAR_ZIP = REPO.parent / "shared" / "data" / "cifar10-jpeg.zip"
+MODEL_INFO = REPO.parent / "shared" / "published" / "robustbench" / "model_info"
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -41,11 +42,22 @@ def tiny_ckpt(tmp_path_factory: pytest.TempPathFactory, synthetic_data: ImageDat
     return out
 
 
+def _shared(path: Path) -> Path:
+    """A file or folder of the shared data; skipped on a laptop without it, a failure in CI."""
+    if not path.exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"CI is set but {path} is missing")
+        pytest.skip(f"{path} not present")
+    return path
+
+
 @pytest.fixture(scope="session")
 def cifar_zip() -> Path:
-    """The shared CIFAR-10 JPEG zip; skipped on a laptop without it, a failure in CI."""
-    if not CIFAR_ZIP.is_file():
-        if os.environ.get("CI"):
-            pytest.fail(f"CI is set but {CIFAR_ZIP} is missing")
-        pytest.skip(f"{CIFAR_ZIP} not present")
-    return CIFAR_ZIP
+    """The shared CIFAR-10 JPEG zip."""
+    return _shared(CIFAR_ZIP)
+
+
+@pytest.fixture(scope="session")
+def shared_model_info() -> Path:
+    """The shared copy of robustbench's model_info/ (the leaderboard entries), unchanged."""
+    return _shared(MODEL_INFO)

@@ -28,7 +28,6 @@ from advcli.models.robustbench import leaderboard
 from advcli.models.robustbench._package import INSTALL_HINT, MissingExtraError, import_robustbench
 
 REPO = Path(__file__).resolve().parents[2]
-SHARED_MODEL_INFO = REPO.parent / "shared" / "published" / "robustbench" / "model_info"
 SHIPPED = ("cifar10/Linf", "cifar10/L2", "cifar100/Linf", "imagenet/Linf")
 # Three architectures of the cifar10 Linf zoo; `save` is how the file stores the state dict
 # (robustbench unwraps `state_dict` and strips `module.`, as for the files it serves).
@@ -345,15 +344,6 @@ def test_imported_zoo_checkpoint_is_outside_code(rb, imported_ckpt: Path, tiny_c
 
 
 # --------------------------------------------------------------------------- leaderboard
-
-@pytest.fixture(scope="module")
-def shared_model_info() -> Path:
-    if not SHARED_MODEL_INFO.is_dir():
-        if os.environ.get("CI"):
-            pytest.fail(f"CI is set but {SHARED_MODEL_INFO} is missing")
-        pytest.skip(f"{SHARED_MODEL_INFO} not present")
-    return SHARED_MODEL_INFO
-
 
 def test_every_shared_entry_parses_to_typed_numbers(shared_model_info: Path) -> None:
     files = sorted(shared_model_info.glob("*/*/*.json"))

@@ -89,6 +89,25 @@ def compare(
             show_default=False,
         ),
     ] = None,
+    leaderboard: Annotated[
+        bool,
+        typer.Option(
+            "--leaderboard/--no-leaderboard",
+            help="Beside each measured RobustBench model (robustbench:NAME, or a checkpoint from "
+            "`advcli import robustbench:NAME`), its leaderboard entry as a published row: clean, "
+            "AutoAttack and the paper's reported accuracy, cited with venue and link; only when "
+            "the table measures it at the leaderboard's norm and eps (a note says otherwise).",
+        ),
+    ] = True,
+    leaderboard_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--leaderboard-dir",
+            help="Read the leaderboard entries from this copy of robustbench's model_info/ "
+            "(DATASET/THREAT/NAME.json) instead of the one shipped with advcli.",
+            show_default=False,
+        ),
+    ] = None,
     format: Annotated[
         str,
         typer.Option(
@@ -118,6 +137,8 @@ def compare(
         alpha=float(opts["alpha"]),
         ci=bool(opts["ci"]),
         claims=load_claims(raw_claims),
+        leaderboard=bool(opts["leaderboard"]),
+        leaderboard_dir=None if opts["leaderboard_dir"] is None else Path(opts["leaderboard_dir"]),
     ))
     tables, verdicts = report.tables, report.claims
     if out_format is CompareFormat.table:

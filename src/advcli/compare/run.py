@@ -11,6 +11,9 @@ recipe's published claims against the tables.
 
 - Rows are labels, in the order the files were given; a published file (`published: true`)
   is its own row, placed just before the reproduced row of the same label, marked and cited.
+  A measured RobustBench model (`robustbench:NAME`, or a checkpoint imported from the zoo)
+  gets its leaderboard entry as such a row by itself (`leaderboard`), when the table measures
+  it at the leaderboard's threat model.
 - Files of one label are pooled per checkpoint (two eval runs of one checkpoint, say PGD and
   AutoAttack, fill one seed) and the seeds give mean ± sample std and n. One checkpoint in
   one column twice is one measurement when both files were made on the same examples (the
@@ -52,6 +55,7 @@ from advcli.audit.file import SCHEMA as AUDIT_SCHEMA
 from advcli.compare.audit_column import AuditEntry, audit_column, code_identity, read_audit_entry
 from advcli.compare.claims import Claim, ClaimResult, check_claims
 from advcli.compare.flatness import FlatnessSet, build_flatness_table, flatness_set
+from advcli.compare.leaderboard import leaderboard_rows
 from advcli.compare.matrix import build_matrix
 from advcli.compare.model import CompareTable, Metric
 from advcli.compare.ssim import build_ssim_table
@@ -87,9 +91,13 @@ def compare(
     worst: bool = False,
     alpha: float = 0.05,
     ci: bool = False,
+    leaderboard: bool = True,
+    leaderboard_dir: str | Path | None = None,
 ) -> list[CompareTable]:
     """Every table the inputs support: the accuracy table (or the matrix), the 1−SSIM table
-    and the flatness table."""
+    and the flatness table. `leaderboard`: the accuracy table adds each measured RobustBench
+    model's leaderboard entry (from `leaderboard_dir`, default the package's copy) as a
+    published row."""
     if not items:
         raise UsageError("compare needs at least one result file")
     if not 0 < alpha < 1:
@@ -106,8 +114,10 @@ def compare(
         tables.append(build_matrix(results, summaries, metric=metric, baseline=baseline,
                                    alpha=alpha, ci=ci))
     elif results:
-        tables.append(build_table(results, metric=metric, baseline=baseline, worst=worst,
-                                  alpha=alpha, ci=ci))
+        board, board_notes = leaderboard_rows(results, leaderboard_dir) if leaderboard else ([], [])
+        tables.append(build_table([*results, *board], metric=metric, baseline=baseline,
+                                  worst=worst, alpha=alpha, ci=ci))
+        tables[-1].notes += board_notes
         if audits:
             _add_audit_column(tables[-1], results, audits)
     elif baseline is not None:
@@ -149,6 +159,8 @@ class CompareOptions:
     alpha: float = 0.05
     ci: bool = False
     claims: list[Claim] = field(default_factory=list)
+    leaderboard: bool = True  # RobustBench leaderboard rows beside measured zoo models
+    leaderboard_dir: Path | None = None  # a model_info folder; None: the package's copy
 
 
 @dataclass
@@ -162,5 +174,6 @@ def run_compare(opts: CompareOptions) -> CompareReport:
 
     items = [load_input(p) for p in opts.files]
     tables = compare(items, metric=opts.metric, baseline=opts.baseline, matrix=opts.matrix,
-                     worst=opts.worst, alpha=opts.alpha, ci=opts.ci)
+                     worst=opts.worst, alpha=opts.alpha, ci=opts.ci,
+                     leaderboard=opts.leaderboard, leaderboard_dir=opts.leaderboard_dir)
     return CompareReport(tables, check_claims(opts.claims, tables))
