@@ -77,9 +77,9 @@ def _row_or_note(label: str, where: tuple[str, str, str], measured: Sequence[Eva
     if entry.eps is not None and (norm, round(entry.eps, 7)) in threats:
         return entry.as_result(label)
     theirs = "no eps" if entry.eps is None else _threat_text(norm, entry.eps_text)
-    ours = ", ".join(_threat_text(n, t) for (n, _), t in threats.items()) or "clean accuracy only"
+    ours = ", ".join(_threat_text(n, t) for (n, _), t in threats.items()) or "only clean accuracy"
     return (f"{label}: RobustBench leaderboard row {spelled} not shown: the leaderboard "
-            f"measures {theirs}, this table {ours}; evaluate at the leaderboard's threat model "
+            f"measures {theirs}, this row {ours}; evaluate at the leaderboard's threat model "
             "to set them side by side")
 
 
