@@ -349,20 +349,22 @@ def keep_first_success(best: Kept | None, new: Kept) -> Kept:
     )
 
 
-def _keep_rows(best: Kept | None, idx: torch.Tensor, new: Kept) -> Kept:
-    """`keep_first_success` on the rows `idx` of `best` (the examples still attacked), in
-    place; the first candidate covers every row and starts `best` as its own copy."""
-    if best is None:
-        return Kept(new.x.clone(), new.fooled.clone(), new.loss.clone())
-    merged = keep_first_success(Kept(best.x[idx], best.fooled[idx], best.loss[idx]), new)
-    best.x[idx], best.fooled[idx], best.loss[idx] = merged.x, merged.fooled, merged.loss
-    return best
+def _rows(kept: Kept, which: torch.Tensor) -> Kept:
+    return Kept(kept.x[which], kept.fooled[which], kept.loss[which])
+
+
+def _put_rows(into: Kept, idx: torch.Tensor, rows: Kept) -> None:
+    into.x[idx], into.fooled[idx], into.loss[idx] = rows.x, rows.fooled, rows.loss
 
 
 class LpAttack(Attack):
     """The loop FGSM, FGSM-RS and PGD share: from a start (random in the ball, or x itself),
     `steps` steepest-ascent steps of `step_size`, each projected onto the eps-ball and [0, 1];
     `restarts` independent runs; the kept iterate chosen by `keep`."""
+
+    # `first-success` stops attacking an example once it is fooled; False runs every example
+    # through every step (the reference the early exit is tested and benchmarked against).
+    early_exit: bool = True
 
     def __init__(
         self,
@@ -384,9 +386,6 @@ class LpAttack(Attack):
         self.targeted = bool(targeted)
         self.random_init = random_init
         self.keep = Keep.last if keep is None else parse_choice(Keep, keep, name="keep")
-        # `first-success` stops attacking an example once it is fooled; False runs every
-        # example through every step (the reference the early exit is tested against).
-        self.early_exit = True
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -448,10 +447,15 @@ class LpAttack(Attack):
         n = x.shape[0]
         if n == 0:
             return AttackRun(x.clone(), torch.zeros(0, dtype=torch.bool, device=x.device))
-        best: Kept | None = None
+        best: Kept | None = None  # every row, written when an example leaves or a restart ends
         for _ in range(self.restarts):
             start = random_start(x, self.norm, self.eps, generator) if self.random_init else x
-            idx = torch.arange(n, device=x.device) if best is None else (~best.fooled).nonzero().squeeze(1)
+            if best is None:
+                idx, cur = torch.arange(n, device=x.device), None
+            else:
+                idx = (~best.fooled).nonzero().squeeze(1)
+                cur = _rows(best, idx)
+            # `cur`: the kept candidate of the examples still attacked, row for row with `idx`.
             x0, y0, x_adv = x[idx], y[idx], start[idx]
             for step in range(self.steps + 1):
                 if not len(idx):
@@ -462,13 +466,18 @@ class LpAttack(Attack):
                     candidate = Kept(x_adv, hit, loss)
                 else:  # the final iterate has no gradient pass
                     candidate = score(model, x_adv, y0, self.targeted)
-                best = _keep_rows(best, idx, candidate)
+                cur = keep_first_success(cur, candidate)
+                if best is None:
+                    best = Kept(torch.empty_like(x_adv), torch.zeros_like(hit), torch.empty_like(loss))
                 if step == self.steps:
                     break
                 x_adv = project(x_adv + self.step_size * steepest_step(grad, self.norm), x0, self.norm, self.eps)
                 if bool(hit.any()):
+                    _put_rows(best, idx[hit], _rows(cur, hit))
                     stay = ~hit
-                    idx, x0, y0, x_adv = idx[stay], x0[stay], y0[stay], x_adv[stay]
+                    idx, x0, y0, x_adv, cur = idx[stay], x0[stay], y0[stay], x_adv[stay], _rows(cur, stay)
+            if cur is not None and len(idx):
+                _put_rows(best, idx, cur)
         assert best is not None  # restarts >= 1 and steps >= 1: the first start saw every example
         return AttackRun(best.x, best.fooled)
 
