@@ -17,13 +17,14 @@ import torch
 from torch import nn
 
 from advcli.attacks.base import full_precision
+from advcli.attacks.malt import evaluation_name
 from advcli.config import Eps, Norm
 from advcli.eval_progress import ChunkRecord, EvalProgress
 from advcli.progress import Reporter
 from advcli.results import Entry
 from advcli.stages.eval_chunks import Estimator, attack_key, run_chunks
 
-KIND = "fast"  # the estimator's and the plan's name for these chunks
+KIND = evaluation_name()  # the estimator's and the plan's name for these chunks
 
 
 def fast_entry(
