@@ -52,6 +52,7 @@ def measure(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.de
         t0, c0 = time.perf_counter(), time.process_time()
         fast = fast_entry(model, x, y, clean, **common)  # type: ignore[arg-type]
         t1, c1 = time.perf_counter(), time.process_time()
+        info(f"fast-eval: apgd-ce+malt-t3 {t1 - t0:.0f} s, robust {100 * fast.accuracy:.1f}%; standard AutoAttack next")
         aa = autoattack_entry(model, x, y, clean, version="standard", attacks=None, **common)  # type: ignore[arg-type]
         t2, c2 = time.perf_counter(), time.process_time()
     assert fast.flags is not None and aa.flags is not None
