@@ -12,7 +12,7 @@ Benchmarks (name: what is divided by what; target):
   adv-train   adv-train time per batch (the real `fit` loop with PGD-k) /
               (k-step PGD on a batch + one training step on a batch)                      <= 1.05
   eval-pgd    eval's clean + PGD-10 throughput / torchattacks PGD (clean pass, attack, final pass)
-              on the same model, examples, eps, step size and steps                        >= 1.3
+              on the same model, examples, eps, step size and steps                        >= 2
   augment     `device` augmentation images/s / `fixed` mode with 2 DataLoader workers     >= 10
   autoattack  eval's AutoAttack entry / pyautoattack called directly on the same model,
               points and seed (version custom, apgd-ce); a time ratio                      <= 1.05
@@ -23,6 +23,8 @@ Benchmarks (name: what is divided by what; target):
               compilation time of the first step                                            report
   objectives  one adv-train update with --objective trades / mart / --awp, vs PGD-AT
               (same model, batch, inner steps): the per-epoch cost of each objective       report
+  fast-eval   standard AutoAttack time / eval --fast-worst-case time on the same model and
+              points (--aa-n), with both robust accuracies and their disagreements         >= 5
 
 How a ratio is measured: every side gets one untimed warm-up call; then the sides run
 interleaved in ABBA order (A B, B A, A B, ...), `--repeats` times; the ratio of each pair is
@@ -63,6 +65,7 @@ import bench_augment  # noqa: E402
 import bench_autoattack  # noqa: E402
 import bench_compile  # noqa: E402
 import bench_eval_pgd  # noqa: E402
+import bench_fast_eval  # noqa: E402
 import bench_memory  # noqa: E402
 import bench_objectives  # noqa: E402
 import bench_options  # noqa: E402
@@ -78,7 +81,7 @@ __all__ = ["BENCHMARKS", "RUNNERS", "Ratio", "main", "pair_ratio"]
 
 # In the order they run and print.
 MODULES = (bench_pgd_step, bench_adv_train, bench_eval_pgd, bench_augment, bench_autoattack, bench_memory,
-           bench_options, bench_compile, bench_objectives, bench_robustbench)
+           bench_options, bench_compile, bench_objectives, bench_robustbench, bench_fast_eval)
 RUNNERS: dict[str, Callable[[Context], None]] = {m.NAME: m.run for m in MODULES}
 BENCHMARKS = tuple(RUNNERS)
 
@@ -106,7 +109,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, help="batch size of pgd-step, adv-train, eval-pgd, augment, options")
     p.add_argument("--repeats", type=int, help="interleaved pairs per ratio")
     p.add_argument("--eval-n", type=int, help="examples for eval-pgd")
-    p.add_argument("--aa-n", type=int, help="examples for autoattack")
+    p.add_argument("--aa-n", type=int, help="examples for autoattack and fast-eval")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] (default: auto)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads (default 1: on a shared machine two threads wait for each other at\n"

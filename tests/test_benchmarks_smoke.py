@@ -69,7 +69,8 @@ def test_every_benchmark_runs_at_smoke_size(
     assert code == 0  # no --strict: a missed target on a busy machine is not an error
     stdout = capsys.readouterr().out
     for label in ("[1] PGD step / forward", "[2] adv-train batch", "[3] eval PGD-10", "[4] device augmentation",
-                  "[5] eval --autoattack", "[6] adv-train peak memory", "speed-up of the adv-train step with bf16"):
+                  "[5] eval --autoattack", "[6] adv-train peak memory", "speed-up of the adv-train step with bf16",
+                  "[9] standard AutoAttack time / eval --fast-worst-case"):
         assert label in stdout, label
     assert "summary:" in stdout
 
@@ -78,8 +79,8 @@ def test_every_benchmark_runs_at_smoke_size(
     results = record["results"]
     assert {r["bench"] for r in results} == set(bench.BENCHMARKS) - left_out
     targets = {r["bench"]: r["target"] for r in results if r["target"]}
-    assert targets == {"pgd-step": "<= 2.1", "adv-train": "<= 1.05", "eval-pgd": ">= 1.3", "augment": ">= 10",
-                       "autoattack": "<= 1.05"}
+    assert targets == {"pgd-step": "<= 2.1", "adv-train": "<= 1.05", "eval-pgd": ">= 2", "augment": ">= 10",
+                       "autoattack": "<= 1.05", "fast-eval": ">= 5"}
     for r in results:
         assert math.isfinite(r["value"]) and r["value"] >= 0, r
         assert r["verdict"] in ("PASS", "FAIL", "report")

@@ -63,11 +63,13 @@ def test_two_rank_training_under_torchrun_writes_a_loadable_checkpoint(tmp_path)
 
 
 @pytest.mark.slow
-def test_sharded_eval_equals_single_process_eval(tmp_path, tiny_ckpt):
+@pytest.mark.parametrize("attack", [["--autoattack", "--aa-version", "custom", "--aa-attacks", "apgd-ce"],
+                                    ["--fast-worst-case"]], ids=["autoattack", "fast-worst-case"])
+def test_sharded_eval_equals_single_process_eval(tmp_path, tiny_ckpt, attack):
     from advcli.formats.results import load_results
 
     args = ["eval", str(tiny_ckpt), "--num-examples", "48", "--eps", "2/255", "--pgd-steps", "3", "--batch-size", "16",
-            "--autoattack", "--aa-version", "custom", "--aa-attacks", "apgd-ce", "--device", "cpu", "-q"]
+            *attack, "--device", "cpu", "-q"]
     single = subprocess.run([sys.executable, "-m", "advcli", *args, "-o", str(tmp_path / "one.yaml")],
                             cwd=tmp_path, capture_output=True, text=True, timeout=600,
                             # as many threads as each rank has: bit-identity needs the same kernels

@@ -18,7 +18,8 @@ Which iterate an Lp attack (FGSM, FGSM-RS, PGD) keeps is its `keep` rule (`Keep`
   clean image, counts as an iterate; restarts are searched in order), else the iterate with the
   highest objective. Every iterate is checked on the logits of its own gradient pass, and the
   final one with one forward pass, so an example fooled at any step of any restart is never
-  reported as robust. What `eval` and `attack` use to measure robustness.
+  reported as robust. What `eval` and `attack` use to measure robustness. A fooled example
+  leaves the batch (its kept image is final), so later steps cost only the examples standing.
 `Attack.run` returns the kept images with a per-example `fooled` flag (the model's verdict on
 the kept image, taken during the attack); under `first-success` it is "some iterate fooled it".
 
@@ -330,10 +331,22 @@ def keep_first_success(best: Kept | None, new: Kept) -> Kept:
     )
 
 
+def _rows(kept: Kept, which: torch.Tensor) -> Kept:
+    return Kept(kept.x[which], kept.fooled[which], kept.loss[which])
+
+
+def _put_rows(into: Kept, idx: torch.Tensor, rows: Kept) -> None:
+    into.x[idx], into.fooled[idx], into.loss[idx] = rows.x, rows.fooled, rows.loss
+
+
 class LpAttack(Attack):
     """The loop FGSM, FGSM-RS and PGD share: from a start (random in the ball, or x itself),
     `steps` steepest-ascent steps of `step_size`, each projected onto the eps-ball and [0, 1];
     `restarts` independent runs; the kept iterate chosen by `keep`."""
+
+    # `first-success` stops attacking an example once it is fooled; False runs every example
+    # through every step (the reference the early exit is tested and benchmarked against).
+    early_exit: bool = True
 
     def __init__(
         self,
@@ -390,6 +403,8 @@ class LpAttack(Attack):
     def _run(
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None
     ) -> AttackRun:
+        if self.keep is Keep.first_success and self.early_exit:
+            return self._run_until_fooled(model, x, y, generator)
         best: Kept | None = None
         for _ in range(self.restarts):
             last, kept = self._one_run(model, x, y, generator, track=self.keep is Keep.first_success)
@@ -399,6 +414,53 @@ class LpAttack(Attack):
             else:
                 best = new if best is None else keep_worst(best, new)
         assert best is not None  # restarts >= 1
+        return AttackRun(best.x, best.fooled)
+
+    def _run_until_fooled(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None
+    ) -> AttackRun:
+        """`first-success` with early exit: an example leaves the batch at its first fooling
+        iterate, whose image is final, so each step costs in proportion to the examples still
+        standing. The result is the loop above's: every random start is drawn for the whole
+        batch (the generator advances as it always did), and an example's iterates depend on
+        its own row only (the summed objective, per-example projections, eval-mode BatchNorm),
+        so in exact arithmetic they do not depend on who left. Float kernels may round a
+        smaller batch differently in the last bits."""
+        n = x.shape[0]
+        if n == 0:
+            return AttackRun(x.clone(), torch.zeros(0, dtype=torch.bool, device=x.device))
+        best: Kept | None = None  # every row, written when an example leaves or a restart ends
+        for _ in range(self.restarts):
+            start = random_start(x, self.norm, self.eps, generator) if self.random_init else x
+            if best is None:
+                idx, cur = torch.arange(n, device=x.device), None
+            else:
+                idx = (~best.fooled).nonzero().squeeze(1)
+                cur = _rows(best, idx)
+            # `cur`: the kept candidate of the examples still attacked, row for row with `idx`.
+            x0, y0, x_adv = x[idx], y[idx], start[idx]
+            for step in range(self.steps + 1):
+                if not len(idx):
+                    break
+                if step < self.steps:
+                    grad, loss, logits = input_grad(model, x_adv, y0, self.targeted)
+                    hit = fooled(logits, y0, self.targeted)
+                    candidate = Kept(x_adv, hit, loss)
+                else:  # the final iterate has no gradient pass
+                    candidate = score(model, x_adv, y0, self.targeted)
+                cur = keep_first_success(cur, candidate)
+                if best is None:
+                    best = Kept(torch.empty_like(x_adv), torch.zeros_like(hit), torch.empty_like(loss))
+                if step == self.steps:
+                    break
+                x_adv = project(x_adv + self.step_size * steepest_step(grad, self.norm), x0, self.norm, self.eps)
+                if bool(hit.any()):
+                    _put_rows(best, idx[hit], _rows(cur, hit))
+                    stay = ~hit
+                    idx, x0, y0, x_adv, cur = idx[stay], x0[stay], y0[stay], x_adv[stay], _rows(cur, stay)
+            if cur is not None and len(idx):
+                _put_rows(best, idx, cur)
+        assert best is not None  # restarts >= 1 and steps >= 1: the first start saw every example
         return AttackRun(best.x, best.fooled)
 
     def _perturb(

@@ -16,9 +16,10 @@ adversarial attacks"), for the Linf and the L2 ball.
   which batch it is in.
 
 The hot loop computes only the input gradient (`torch.autograd.grad` w.r.t. the input; the
-parameters do not require grad during the attack) and never synchronises with the host;
+parameters do not require grad during the attack). `last` never synchronises with the host;
 `first-success` checks each iterate on the logits of its gradient pass, so it adds one forward
-pass per restart (the last iterate), not one per step.
+pass per restart (the last iterate), not one per step, and a fooled example leaves the batch
+(one host sync per step), so a step costs in proportion to the examples still standing.
 """
 
 from __future__ import annotations

@@ -74,6 +74,7 @@ def eval_options(opts: dict[str, Any]) -> Any:
         aa_version=version,
         aa_attacks=attacks,
         aa_restarts=None if opts["aa_restarts"] is None else int(opts["aa_restarts"]),
+        fast_worst_case=bool(opts["fast_worst_case"]),
         adv_data=Path(opts["adv_data"]) if opts["adv_data"] else None,
         batch_size=int(opts["batch_size"]),
         seed=int(opts["seed"]),
@@ -170,6 +171,11 @@ def eval_cmd(
         "--aa-restarts", help="Restarts (count) of AutoAttack's untargeted APGD (apgd-ce, apgd-dlr) "
         "and FAB; default: the version's own (standard and rand 1, plus and custom 5, which on a "
         "robust model costs up to 5x the time). The number used is written to the result.")] = None,
+    fast_worst_case: Annotated[bool, typer.Option(
+        "--fast-worst-case/--no-fast-worst-case",
+        help="Run the fast worst-case evaluation at every eps: APGD-CE, then targeted APGD on the 3 "
+        "classes MALT ranks closest (linearised margin), on the points still standing; entry "
+        "apgd-ce+malt-t3. Not AutoAttack: for papers and leaderboards run --autoattack.")] = False,
     adv_data: Annotated[Path | None, typer.Option(
         "--adv-data", help="Also evaluate on a precomputed adversarial set (advcli attack "
         "--out), recording where it came from (transfer).")] = None,

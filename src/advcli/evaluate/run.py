@@ -18,6 +18,8 @@ set, and the per-example worst case. Returns an `EvalResult`; writing it is the 
 - AutoAttack runs through `advcli.attacks.autoattack.run_autoattack` (the authors' package);
   its flags are ANDed with our clean flags, its perturbation size is checked against eps, and
   its warnings are kept in the entry.
+- The fast worst-case evaluation (`--fast-worst-case`, `advcli.evaluate.fast`): APGD-CE then
+  MALT-targeted APGD, entry `apgd-ce+malt-t3`, chunked, seeded and resumed as AutoAttack is.
 - Transfer: the model's verdict on a precomputed adversarial set, ANDed with its verdict on the
   set's clean images (taken from the dataset by the set's indices); the accuracy on the
   adversarial images alone is kept as `adv_accuracy`.
@@ -101,6 +103,7 @@ class EvalOptions:
     aa_version: str = "standard"
     aa_attacks: list[str] | None = None
     aa_restarts: int | None = None
+    fast_worst_case: bool = False  # APGD-CE + MALT-targeted APGD (`advcli.evaluate.fast`)
     adv_data: Path | None = None
     batch_size: int = 256
     seed: int = 0
@@ -402,11 +405,16 @@ def plan_steps(opts: EvalOptions, norm: Norm, eps_list: Sequence[Eps], n: int,
     for eps in eps_list:
         todo = []
         if opts.pgd:
-            todo.append(("pgd", f"pgd-{opts.pgd_steps}", n_attacked))
+            todo.append(("pgd", "pgd", f"pgd-{opts.pgd_steps}", n_attacked))
         if opts.autoattack:
-            todo.append(("autoattack", f"autoattack {opts.aa_version}", n))
-        for kind, name, examples in todo:
-            key = attack_key(kind, norm, eps)
+            todo.append(("autoattack", "autoattack", f"autoattack {opts.aa_version}", n))
+        if opts.fast_worst_case:
+            from advcli.attacks.malt import evaluation_name
+            from advcli.evaluate.fast import KIND
+
+            todo.append((KIND, evaluation_name(), evaluation_name(), n))
+        for kind, attack, name, examples in todo:
+            key = attack_key(attack, norm, eps)
             steps.append(PlanStep(kind, key, f"{name} {norm.value} eps={eps.text}", examples,
                                   math.ceil(examples / opts.batch_size),
                                   len(progress.done(key))))
@@ -477,6 +485,15 @@ def _evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, norm: Norm,
             reporter.log(f"autoattack {opts.aa_version} {norm.value} eps={eps.text}: "
                          f"{100 * e.accuracy:.2f}% ({e.time_s:.1f}s)")
             entries.append(e)
+        if opts.fast_worst_case:
+            from advcli.evaluate.fast import fast_entry
+
+            e = fast_entry(model, x, y, clean, norm=norm, eps=eps, batch_size=opts.batch_size,
+                           seed=opts.seed, device=device, reporter=reporter, progress=progress,
+                           estimator=estimator)
+            reporter.log(f"{e.attack} {norm.value} eps={eps.text}: {100 * e.accuracy:.2f}% "
+                         f"({e.time_s:.1f}s)")
+            entries.append(e)
     return entries
 
 
@@ -541,6 +558,8 @@ def _result_options(opts: EvalOptions, norm: Norm, eps_list: Sequence[Eps],
         "aa_restarts": opts.aa_restarts, "batch_size": opts.batch_size, "seed": opts.seed,
         "adv_data": None if opts.adv_data is None else str(opts.adv_data),
         "label": opts.label, "device": device.type, "channels_last": opts.channels_last,
+        # Only when on, so that progress files written before the option existed still resume.
+        **({"fast_worst_case": True} if opts.fast_worst_case else {}),
     }
 
 
@@ -568,7 +587,7 @@ def _setup(checkpoint: str | Path | LoadedCheckpoint | None, opts: EvalOptions,
     data, idx = target.examples(dataset=opts.dataset, data_dir=opts.data_dir, split=opts.split,
                                 n=opts.n, seed=opts.seed, subset=opts.subset, device=device,
                                 data=data)
-    if opts.pgd or opts.autoattack:
+    if opts.pgd or opts.autoattack or opts.fast_worst_case:
         reporter.log(f"threat model {norm.value} eps {', '.join(e.text for e in eps_list)} "
                      f"({eps_source})")
     split_x, split_y = data.split(opts.split)
@@ -580,7 +599,7 @@ def _setup(checkpoint: str | Path | LoadedCheckpoint | None, opts: EvalOptions,
         "data": {"dataset": data.name, "split": opts.split, "subset": Subset(opts.subset).value,
                  "index_sha256": ihash, "examples_sha256": esha},
         "options": _result_options(opts, norm, eps_list, device),
-        "versions": _versions(opts.autoattack),
+        "versions": _versions(opts.autoattack or opts.fast_worst_case),
     }
     if target.code:  # absent otherwise, so progress files of plain checkpoints stay valid
         fingerprint["user_code"] = _user_code_identity(target)
