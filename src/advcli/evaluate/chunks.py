@@ -150,3 +150,25 @@ class Estimator:
         self.timed.add(kind)
         self.rates[kind] = seconds_per_chunk
         self.reporter.log(f"time estimate: {self.text()}")
+
+
+def max_perturbation(x_adv: torch.Tensor, x: torch.Tensor, norm: Norm) -> float:
+    d = (x_adv.detach().float().cpu() - x.detach().float().cpu()).flatten(1)
+    if d.numel() == 0:
+        return 0.0
+    per = d.abs().amax(1) if norm is Norm.linf else d.norm(dim=1)
+    return float(per.max())
+
+
+def in_memory(progress: EvalProgress | None) -> EvalProgress:
+    return progress if progress is not None else EvalProgress(None, {})
+
+
+def after_round(kind: str, reporter: Reporter, estimator: Estimator | None,
+                 advance: bool) -> Callable[[list[ChunkRecord], float], None]:
+    def report(records: list[ChunkRecord], per_chunk: float) -> None:
+        if advance:
+            reporter.advance(sum(len(r.flags) for r in records))
+        if estimator is not None:
+            estimator.chunk_timed(kind, per_chunk)
+    return report

@@ -19,7 +19,7 @@ from torch import nn
 from advcli.attacks.base import full_precision
 from advcli.attacks.malt import evaluation_name
 from advcli.config import Eps, Norm
-from advcli.evaluate.chunks import Estimator, attack_key, run_chunks
+from advcli.evaluate.chunks import Estimator, after_round, attack_key, in_memory, max_perturbation, run_chunks
 from advcli.evaluate.progress_file import ChunkRecord, EvalProgress
 from advcli.formats.results import Entry
 from advcli.progress import Reporter
@@ -43,10 +43,9 @@ def fast_entry(
     estimator: Estimator | None = None,
 ) -> Entry:
     from advcli.attacks import malt
-    from advcli.evaluate.run import _after_round, _in_memory, _perturbation
 
     name = malt.evaluation_name()
-    progress = _in_memory(progress)
+    progress = in_memory(progress)
     key = attack_key(name, norm, eps)
     n_chunks = math.ceil(len(y) / batch_size)
     # Read at call time, so that tests can shorten the attacks (the code path stays the same).
@@ -59,11 +58,11 @@ def fast_entry(
             res = malt.run_fast_worst_case(model, xd, yd, norm, eps, iterations=iterations,
                                            batch_size=batch_size, seed=seed + c, reporter=reporter)
         return ChunkRecord(flags=res.robust_flags.cpu().numpy().astype(bool),
-                           max_perturbation=_perturbation(res.x_adv, xd, norm), time_s=0.0,
+                           max_perturbation=max_perturbation(res.x_adv, xd, norm), time_s=0.0,
                            extra={"broken": dict(res.broken), "warnings": list(res.warnings)})
 
     done = run_chunks(key, n_chunks, work, progress,
-                      _after_round(KIND, reporter, estimator, advance=False))
+                      after_round(KIND, reporter, estimator, advance=False))
     chunks = [done[c] for c in range(n_chunks)]
     robust = np.concatenate([r.flags for r in chunks]) if chunks else np.zeros(0, dtype=bool)
     flags = robust & clean

@@ -53,7 +53,7 @@ from __future__ import annotations
 import hashlib
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -67,7 +67,7 @@ from advcli.attacks.base import Keep, attack_mode, full_precision
 from advcli.config import DEFAULT_EPS, Eps, Norm, parse_choice, parse_eps
 from advcli.data.datasets import Subset
 from advcli.errors import AdvcliError, UsageError
-from advcli.evaluate.chunks import Estimator, PlanStep, attack_key, run_chunks
+from advcli.evaluate.chunks import Estimator, PlanStep, after_round, attack_key, in_memory, max_perturbation, run_chunks
 from advcli.evaluate.progress_file import ChunkRecord, EvalProgress, start_progress
 from advcli.formats.advset import AdvSet, AdvSetError, load_adv_set
 from advcli.formats.results import (
@@ -167,28 +167,6 @@ def chance_note(accuracy: float, num_classes: int) -> str | None:
             "[0, 255] or normalised inputs scores near chance)")
 
 
-def _perturbation(x_adv: torch.Tensor, x: torch.Tensor, norm: Norm) -> float:
-    d = (x_adv.detach().float().cpu() - x.detach().float().cpu()).flatten(1)
-    if d.numel() == 0:
-        return 0.0
-    per = d.abs().amax(1) if norm is Norm.linf else d.norm(dim=1)
-    return float(per.max())
-
-
-def _in_memory(progress: EvalProgress | None) -> EvalProgress:
-    return progress if progress is not None else EvalProgress(None, {})
-
-
-def _after_round(kind: str, reporter: Reporter, estimator: Estimator | None,
-                 advance: bool) -> Callable[[list[ChunkRecord], float], None]:
-    def report(records: list[ChunkRecord], per_chunk: float) -> None:
-        if advance:
-            reporter.advance(sum(len(r.flags) for r in records))
-        if estimator is not None:
-            estimator.chunk_timed(kind, per_chunk)
-    return report
-
-
 def pgd_entry(
     model: nn.Module,
     x: torch.Tensor,
@@ -219,7 +197,7 @@ def pgd_entry(
                       restarts=restarts, keep=keep)
     attack = build_attack(spec)
     record = attack_record(spec, attack)
-    progress = _in_memory(progress)
+    progress = in_memory(progress)
     key = attack_key("pgd", norm, eps)
     todo = np.flatnonzero(clean)
     n_chunks = math.ceil(len(todo) / batch_size)
@@ -233,7 +211,7 @@ def pgd_entry(
         with full_precision(device):
             run = attack.run(model, xb, yb, generator=generator)
         return ChunkRecord(flags=(~run.fooled).cpu().numpy(),
-                           max_perturbation=_perturbation(run.x_adv, xb, norm), time_s=0.0)
+                           max_perturbation=max_perturbation(run.x_adv, xb, norm), time_s=0.0)
 
     reporter.start(f"pgd-{steps} {norm.value} eps={eps.text}", total=len(todo))
     reporter.advance(sum(len(r.flags) for r in progress.done(key).values()))
@@ -241,7 +219,7 @@ def pgd_entry(
     try:
         with model_layout(model, channels_last):
             done = run_chunks(key, n_chunks, work, progress,
-                              _after_round("pgd", reporter, estimator, advance=True))
+                              after_round("pgd", reporter, estimator, advance=True))
     finally:
         reporter.finish()
     flags = clean.copy()
@@ -277,7 +255,7 @@ def autoattack_entry(
     kept in `progress`."""
     from advcli.attacks.autoattack import run_autoattack
 
-    progress = _in_memory(progress)
+    progress = in_memory(progress)
     key = attack_key("autoattack", norm, eps)
     n_chunks = math.ceil(len(y) / batch_size)
 
@@ -290,12 +268,12 @@ def autoattack_entry(
                                  batch_size=batch_size, seed=seed + c, reporter=reporter,
                                  restarts=restarts)
         return ChunkRecord(flags=res.robust_flags.detach().cpu().numpy().astype(bool),
-                           max_perturbation=_perturbation(res.x_adv, xd, norm), time_s=0.0,
+                           max_perturbation=max_perturbation(res.x_adv, xd, norm), time_s=0.0,
                            extra={"warnings": list(res.warnings), "attacks": list(res.attacks),
                                   "restarts": res.restarts})
 
     done = run_chunks(key, n_chunks, work, progress,
-                      _after_round("autoattack", reporter, estimator, advance=False))
+                      after_round("autoattack", reporter, estimator, advance=False))
     chunks = [done[c] for c in range(n_chunks)]
     robust = np.concatenate([r.flags for r in chunks]) if chunks else np.zeros(0, dtype=bool)
     delta = max((r.max_perturbation for r in chunks), default=0.0)
@@ -444,7 +422,7 @@ def evaluate(
     model.to(device)
     with attack_mode(model):
         return _evaluate(model, x, y, norm=norm, eps_list=eps_list, opts=opts, device=device,
-                         reporter=reporter or NullReporter(), progress=_in_memory(progress))
+                         reporter=reporter or NullReporter(), progress=in_memory(progress))
 
 
 def _evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, norm: Norm,
