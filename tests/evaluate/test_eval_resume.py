@@ -236,6 +236,20 @@ def test_autoattack_eval_killed_twice_resumes_to_the_uninterrupted_result(
                     "result equals the uninterrupted one, but that says less here")
 
 
+def test_a_progress_file_from_before_the_layout_options_still_resumes(tiny_ckpt: Path, tmp_path: Path,
+                                                                      decoded_once) -> None:
+    """An advcli checkpoint runs NHWC without the fast evaluation, as every earlier release did:
+    neither option enters the fingerprint then, so a progress file written before they existed
+    resumes; running NCHW instead is another run and is refused by name."""
+    out = tmp_path / "r.yaml"
+    assert _eval(tiny_ckpt, out, "--no-autoattack", env={STOP_AFTER_ENV: "1"}).exit_code == 130
+    options = load_progress(progress_path_for(out)).fingerprint["options"]
+    assert "channels_last" not in options and "fast_worst_case" not in options
+    res = _eval(tiny_ckpt, out, "--no-autoattack", "--resume", "--no-channels-last")
+    assert res.exit_code == 2 and "--channels-last" in " ".join(res.output.split()), res.output
+    assert _eval(tiny_ckpt, out, "--no-autoattack", "--resume").exit_code == 0
+
+
 def test_resume_refusals(tiny_ckpt: Path, tmp_path: Path, fast_autoattack, decoded_once) -> None:
     from advcli.models.checkpoint import load_tensors, save_tensors
 

@@ -535,8 +535,10 @@ def _result_options(opts: EvalOptions, norm: Norm, eps_list: Sequence[Eps],
         "aa_version": opts.aa_version, "aa_attacks": opts.aa_attacks,
         "aa_restarts": opts.aa_restarts, "batch_size": opts.batch_size, "seed": opts.seed,
         "adv_data": None if opts.adv_data is None else str(opts.adv_data),
-        "label": opts.label, "device": device.type, "channels_last": opts.channels_last,
-        # Only when on, so that progress files written before the option existed still resume.
+        "label": opts.label, "device": device.type,
+        # Only when they differ from what earlier releases always did (NHWC, no fast evaluation),
+        # so that progress files written before these options existed still resume.
+        **({"channels_last": False} if opts.channels_last is False else {}),
         **({"fast_worst_case": True} if opts.fast_worst_case else {}),
     }
 
