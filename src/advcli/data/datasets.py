@@ -47,6 +47,16 @@ class Subset(str, enum.Enum):
     stratified = "stratified"  # the first n of stratified_order(labels, seed)
 
 
+class StreamMode(str, enum.Enum):
+    """`--stream`: decode images on the fly in DataLoader workers (`on`), decode the whole dataset
+    into memory once (`off`), or choose by the dataset (`auto`: streamed when it is too large to
+    cache or its images differ in size)."""
+
+    auto = "auto"
+    on = "on"
+    off = "off"
+
+
 SUBSET_HELP = (
     "Which N examples --n takes: stratified (the first N of advcli's fixed, seeded, "
     "class-interleaved order, so any N is class-balanced) or first (indices 0..N-1, the split in "
@@ -69,6 +79,10 @@ class ImageData:
     std: list[float] = field(default_factory=list)
     val_x: torch.Tensor | None = None
     val_y: torch.Tensor | None = None
+    # Streamed datasets: the x fields are lazy image sequences (advcli.data.stream) decoded and
+    # resized to image_size x image_size on access.
+    streamed: bool = False
+    image_size: int | None = None
 
     @property
     def num_classes(self) -> int:
@@ -257,6 +271,9 @@ def load_dataset(
     *,
     val_split: int = 0,
     use_cache: bool = True,
+    stream: StreamMode | str = StreamMode.auto,
+    image_size: int | None = None,
+    skip_bad: bool = False,
 ) -> ImageData:
     """Load a dataset by its `--dataset` spec; hold out `val_split` training images (seeded)."""
     spec = str(spec).strip()
