@@ -43,7 +43,7 @@ TRAIN = TrainOptions()
 RUN = RunOptions()
 
 Out = Annotated[Path, typer.Option("--out", "-o", help="Checkpoint to write (.safetensors); its .history.yaml, .state.safetensors (for --resume), .metrics.jsonl (per-step and per-epoch metrics, appended as it runs) and .history.png (redrawn every epoch) go beside it.")]
-Arch = Annotated[str, typer.Option("--arch", help="Model: tiny-cnn, small-cnn, simplenet, resnet18, resnet50, preact-resnet18, resnet32, wrn-28-10, wrn-34-10, resnet9 (a CPU-fast ResNet-9 of width 16; resnet9-wN for width N, 4-128).")]
+Arch = Annotated[str, typer.Option("--arch", help="Model: tiny-cnn, small-cnn, simplenet, resnet18, resnet50, preact-resnet18, resnet32, wrn-28-10, wrn-34-10, resnet9 (a CPU-fast ResNet-9 of width 16; resnet9-wN for width N, 4-128), torchvision:NAME (an ImageNet model from torchvision.models by its exact name, e.g. torchvision:resnet50, torchvision:wide_resnet50_2).")]
 Dataset = Annotated[str, typer.Option("--dataset", help="synthetic (built in, no files), cifar10, cifar100, svhn (torchvision, under --data-dir), or folder:PATH (image tree or .zip with train/<class>/ and test/<class>/).")]
 DataDir = Annotated[str, typer.Option("--data-dir", help="Folder of the torchvision datasets (cifar10, cifar100, svhn).")]
 Download = Annotated[bool, typer.Option("--download/--no-download", help="Let torchvision download a missing dataset into --data-dir.")]

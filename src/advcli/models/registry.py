@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from advcli.errors import UsageError
-from advcli.models import resnet, resnet9, small, wide_resnet
+from advcli.models import resnet, resnet9, small, torchvision_models, wide_resnet
 
 
 class Normalize(nn.Module):
@@ -59,12 +59,15 @@ def _constructor(key: str) -> Callable[[int], nn.Module]:
 
 
 def resolve_arch(name: str) -> str:
+    if torchvision_models.is_torchvision_arch(name):
+        return torchvision_models.resolve(name)  # torchvision's own spelling, `_` and all
     key = str(name).strip().lower().replace("_", "-")
     m = _RESNET9_WIDTH.fullmatch(key)
     if key not in ARCHS and not (m and int(m.group(1)) in resnet9.WIDTHS):
         widths = resnet9.WIDTHS
         raise UsageError(f"unknown arch {name!r}; valid values: {', '.join(ARCHS)}, "
-                         f"resnet9-wN (width N from {widths.start} to {widths.stop - 1})")
+                         f"resnet9-wN (width N from {widths.start} to {widths.stop - 1}), "
+                         f"{torchvision_models.PREFIX}NAME (an ImageNet model of torchvision's)")
     return key
 
 
@@ -84,9 +87,12 @@ def build_model(
     std: Sequence[float] = (1.0, 1.0, 1.0),
 ) -> Classifier:
     """A fresh, randomly initialised model (seed torch before calling for determinism); an
-    arch `robustbench:DATASET/THREAT/NAME` is built by robustbench's model zoo."""
+    arch `robustbench:DATASET/THREAT/NAME` is built by robustbench's model zoo, and
+    `torchvision:NAME` by torchvision.models (advcli's own model all the same: it trains it)."""
     if outside_arch(arch):
         from advcli.models.robustbench.zoo import build_architecture
 
         return Classifier(build_architecture(arch), mean, std)
+    if torchvision_models.is_torchvision_arch(arch):
+        return Classifier(torchvision_models.build(arch, num_classes), mean, std)
     return Classifier(_constructor(resolve_arch(arch))(num_classes), mean, std)
