@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import io
-import sys
 import tarfile
 from collections import Counter
 from pathlib import Path
@@ -13,17 +12,14 @@ from types import ModuleType
 import pytest
 from PIL import Image
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "jpeg_tree.py"
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 @pytest.fixture(scope="module")
 def jt() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("advcli_jpeg_tree", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses (and Pool workers) resolve it by name
-    spec.loader.exec_module(module)
-    return module
+    with pytest.MonkeyPatch.context() as mp:
+        mp.syspath_prepend(str(BENCHMARKS))
+        return importlib.import_module("jpeg_tree")
 
 
 def _files(root: Path, split: str) -> dict[str, bytes]:
