@@ -545,3 +545,87 @@ def test_speedrun_method_stays_out_of_the_other_recipes() -> None:
         assert values.get("attack") != "n-fgsm", path
         assert "ema" not in values, path
         assert not str(values.get("arch", "")).startswith("resnet9"), path
+
+
+# --------------------------------------------------------------------------- imagenet
+
+def _launched(output: str) -> list[tuple[list[str], list[str]]]:
+    """(launcher, advcli words) of each advcli command, `torchrun ... -m advcli` included."""
+    cmds = []
+    for line in output.replace("\\\n", " ").splitlines():
+        words = shlex.split(line.split(" > ")[0])
+        if words[:1] == ["advcli"]:
+            cmds.append(([], words))
+        elif words[:1] == ["torchrun"] and "-m" in words:
+            at = words.index("-m")
+            cmds.append((words[:at], words[at + 1:]))
+    return cmds
+
+
+def _imagenet_stages(scale: str) -> list[tuple[list[str], list[str]]]:
+    cmds = _launched(_dry_run("imagenet", scale))
+    assert cmds and cmds[-1][1][1] == "compare"
+    used = set()
+    for _, words in cmds:
+        assert words[0] == "advcli" and "--config" in words, words
+        cfg = words[words.index("--config") + 1]
+        assert _stage_of(RECIPES / "imagenet" / cfg) == words[1], words
+        used.add(cfg)
+    every = {f"{scale}/{p.name}" for p in (RECIPES / "imagenet" / scale).glob("*.yaml")}
+    assert every <= used, f"configs never used by `make {scale}`: {sorted(every - used)}"
+    return cmds
+
+
+def test_imagenet_quick_runs_every_stage_on_a_generated_streamed_folder() -> None:
+    out = _dry_run("imagenet", "quick")
+    [gen] = [ln for ln in out.replace("\\\n", " ").splitlines() if "benchmarks/jpeg_tree.py" in ln]
+    assert "--source ../../../shared/data/cifar10-jpeg.zip" in gen and "out/quick/data" in gen
+    cmds = _imagenet_stages("quick")
+    stages = [w[1] for _, w in cmds]
+    assert set(stages) == {"check-loader", "train", "adv-train", "eval", "attack", "audit",
+                           "landscape", "compare"}
+    assert stages[0] == "check-loader"  # the loader is checked before anything trains
+    for _, words in cmds:
+        if words[1] in ("check-loader", "train", "adv-train"):
+            assert words[words.index("--dataset") + 1] == "folder:out/quick/data"
+            assert words[words.index("--stream") + 1] == "on"
+            assert words[words.index("--image-size") + 1] == "64"
+    for name in ("standard.yaml", "fast-at.yaml"):
+        assert load_config_file(RECIPES / "imagenet" / "quick" / name)["arch"] == "torchvision:resnet18"
+
+
+def test_imagenet_full_is_the_official_fast_at_schedule_on_8_gpus() -> None:
+    import json
+
+    cmds = _imagenet_stages("full")
+    [(launcher, train)] = [(lw, w) for lw, w in cmds if w[1] == "adv-train"]
+    assert launcher == ["torchrun", "--nproc_per_node", "8"]
+    assert train[train.index("--stream") + 1] == "on" and train[train.index("--image-size") + 1] == "224"
+    cfg = _config("imagenet", "fast-at.yaml")
+    assert cfg["arch"] == "torchvision:resnet50" and cfg["attack"] == "fgsm-rs" and cfg["norm"] == "linf"
+    assert parse_eps(cfg["eps"]).value == pytest.approx(4 / 255)
+    assert parse_eps(cfg["step_size"]).value == pytest.approx(5 / 255)
+    assert cfg["epochs"] == 15 and cfg["batch_size"] * 8 == 512 and cfg["lr"] == 0.4
+    assert cfg["weight_decay"] == 0.0001 and cfg["momentum"] == 0.9
+    ev = _config("imagenet", "eval.yaml")
+    assert (ev["n"], ev["subset"], ev["aa_version"]) == (5000, "first", "standard") and ev["autoattack"]
+    assert parse_eps(ev["eps"]).value == pytest.approx(4 / 255)
+    # RobustBench's rows: the published file and the Makefile's expected numbers are the shared entries.
+    info = RECIPES.parents[1] / "shared" / "published" / "robustbench" / "model_info" / "imagenet" / "Linf"
+    if not info.is_dir():
+        pytest.skip(f"{info} not present")
+    entries = {n: json.loads((info / f"{n}.json").read_text()) for n in
+               ("Wong2020Fast", "Standard_R50", "Salman2020Do_R50")}
+    [published] = _published("imagenet")
+    assert published.entry("clean").accuracy == pytest.approx(float(entries["Wong2020Fast"]["clean_acc"]) / 100)
+    assert published.entry("autoattack", "linf", 4 / 255).accuracy == pytest.approx(
+        float(entries["Wong2020Fast"]["autoattack_acc"]) / 100)
+    header = " ".join(ln.lstrip("# ") for ln in (RECIPES / "imagenet" / "Makefile").read_text().splitlines())
+    for name, e in entries.items():
+        assert f"{name}" in header and f"{e['clean_acc']} " in header and f"{e['autoattack_acc']} %" in header
+    compare = [w for _, w in cmds if w[1] == "compare"][-1]
+    assert "published/robustbench/wong2020fast.yaml" in compare
+    assert {"out/full/results/Standard_R50.yaml", "out/full/results/Salman2020Do_R50.yaml"} <= set(compare)
+    evals = [w for _, w in cmds if w[1] == "eval"]
+    assert {w[2] for w in evals} >= {"robustbench:imagenet/Linf/Standard_R50",
+                                     "robustbench:imagenet/Linf/Salman2020Do_R50"}
