@@ -25,6 +25,7 @@ import io
 import os
 import re
 import tarfile
+import threading
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,6 +107,9 @@ class FileSource(Source):
             return fh.read()
 
 
+_OPEN_LOCK = threading.Lock()
+
+
 class _PerProcess(Source):
     """Holds one open file handle per process (fork copies would share a file position)."""
 
@@ -116,9 +120,10 @@ class _PerProcess(Source):
         raise NotImplementedError
 
     def handle(self) -> object:
-        if self._pid != os.getpid() or self._handle is None:
-            self._handle, self._pid = self._open(), os.getpid()
-        return self._handle
+        with _OPEN_LOCK:  # the indexing thread pool's first reads race to open it
+            if self._pid != os.getpid() or self._handle is None:
+                self._handle, self._pid = self._open(), os.getpid()
+            return self._handle
 
     def __getstate__(self) -> dict:
         return {k: v for k, v in self.__dict__.items() if k not in ("_handle", "_pid")}
@@ -158,16 +163,28 @@ class ShardSource(_PerProcess):
         return f"{self.shards[int(self.shard[i])]}:{self.keys[i].decode()}"
 
     def read(self, i: int) -> bytes:
+        # Positional reads (pread): the indexing thread pool reads one shard from several
+        # threads at once, and a shared seek position would interleave them.
         files = self.handle()
         s = int(self.shard[i])
         if s not in files:  # type: ignore[operator]
-            files[s] = open(self.shards[s], "rb")  # type: ignore[index]  # noqa: SIM115 - kept open
-        fh = files[s]  # type: ignore[index]
-        fh.seek(int(self.offset[i]))
-        data = fh.read(int(self.nbytes[i]))
-        if len(data) != int(self.nbytes[i]):
+            files[s] = os.open(self.shards[s], os.O_RDONLY | getattr(os, "O_BINARY", 0))  # type: ignore[index]
+        fd, n = files[s], int(self.nbytes[i])  # type: ignore[index]
+        data = _pread(fd, n, int(self.offset[i]))
+        if len(data) != n:
             raise OSError("the shard is shorter than its index says (truncated or rewritten)")
         return data
+
+
+_SEEK_LOCK = threading.Lock()
+
+
+def _pread(fd: int, n: int, offset: int) -> bytes:
+    if hasattr(os, "pread"):
+        return os.pread(fd, n, offset)
+    with _SEEK_LOCK:  # Windows
+        os.lseek(fd, offset, os.SEEK_SET)
+        return os.read(fd, n)
 
 
 @dataclass

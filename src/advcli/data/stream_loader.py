@@ -59,6 +59,10 @@ class StreamItems(Dataset):
     def __len__(self) -> int:
         return len(self.order)
 
+    def set_epoch(self, epoch: int) -> None:
+        """The DistributedSampler convention, for a loader kept across epochs."""
+        self.epoch = epoch
+
     def __getitem__(self, k: int) -> tuple[torch.Tensor, torch.Tensor] | _Bad:
         i = int(self.order[k])
         try:
