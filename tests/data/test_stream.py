@@ -69,6 +69,7 @@ def test_lazy_indexing_matches_tensor_semantics(tree):
     mask[[0, 9]] = True
     assert torch.equal(x[mask], full[mask])
     assert x[3].shape == (3, 16, 16) and torch.equal(x[3], full[3])
+    assert torch.equal(x[np.int64(3)], full[3]) and torch.equal(x[torch.tensor(3)], full[3])
     view = x.take(torch.tensor([9, 4, 4]))
     assert len(view) == 3 and torch.equal(view[:], full[[9, 4, 4]])
     assert torch.equal(view.take([2])[:], full[[4]])

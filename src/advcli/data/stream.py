@@ -67,8 +67,8 @@ class LazyImages:
         """The positions (0..len-1) that a tensor-style index selects."""
         if isinstance(key, slice):
             return torch.arange(len(self))[key]
-        if isinstance(key, int):
-            return torch.arange(len(self))[key].view(1)
+        if _is_scalar(key):
+            return torch.arange(len(self))[int(key)].view(1)  # type: ignore[call-overload]
         t = torch.as_tensor(key)
         if t.dtype == torch.bool:
             return torch.nonzero(t).flatten()
@@ -93,7 +93,7 @@ class LazyImages:
             out[j] = eval_view(self.load(int(pos[j])), r)
 
         parallel_map(put, range(len(pos)))
-        return out[0] if isinstance(key, int) else out
+        return out[0] if _is_scalar(key) else out
 
     def take(self, index: object) -> LazyImages:
         """A view of some images (nothing decoded); shares this split's record of bad files."""
@@ -118,6 +118,15 @@ class LazyImages:
 
         parallel_map(check, range(len(pos)))
         return pos[ok], [n for n in names if n is not None]
+
+
+def _is_scalar(key: object) -> bool:
+    # x[3], x[np.int64(3)] and x[torch.tensor(3)] give one image [3,R,R], as a tensor does.
+    if isinstance(key, bool):
+        return False
+    if isinstance(key, torch.Tensor):
+        return key.ndim == 0 and not key.is_floating_point() and key.dtype != torch.bool
+    return isinstance(key, int) or type(key).__name__.startswith(("int", "uint"))
 
 
 def parallel_map(fn: Callable[[int], None], items: Sequence[int], threads: int | None = None) -> None:
