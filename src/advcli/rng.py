@@ -45,6 +45,11 @@ class Stream(enum.IntEnum):
     hessian = 14  # the start vector of the landscape's Hessian power iteration
     train_subset = 15  # which --n-train images train and adv-train keep (seed 0: one fixed subset)
     val_split = 16  # which training images --val-split holds out
+    channel_stats = 17  # which training images a streamed dataset's mean/std is measured on
+    # A streamed training image's crop and flip: one stream per (seed, epoch, item), the item's
+    # index in the rank word, so an image's augmentation does not depend on the batch, worker or
+    # rank that loads it (and a mid-epoch resume redraws it exactly).
+    item_augment = 18
 
 
 def stream_seed(seed: int, epoch: int, rank: int, stream: Stream) -> int:

@@ -25,6 +25,8 @@ from torch.utils.data import DataLoader, get_worker_info
 from advcli.config import Augment
 from advcli.data.augment import NumpyAugmentDataset, device_augment
 from advcli.data.datasets import to_float
+from advcli.data.stream import LazyImages
+from advcli.data.stream_loader import stream_batches
 from advcli.rng import Stream, stream_generator, stream_seed
 
 
@@ -71,7 +73,7 @@ def worker_loader(
 
 
 def train_batches(
-    x_uint8: torch.Tensor,
+    x_uint8: torch.Tensor | LazyImages,
     y: torch.Tensor,
     *,
     augment: str | Augment,
@@ -91,6 +93,10 @@ def train_batches(
     (the DistributedSampler rule), and augmentation is seeded per rank. The first `skip`
     batches are made (augmentation included: the random streams advance as in a full epoch)
     but not yielded, so the rest are those an uninterrupted epoch yields after them.
+
+    A streamed split (`LazyImages`) is decoded by `workers` DataLoader processes with each
+    item's transform seeded by (seed, epoch, item) (`stream_loader`); `skip` then starts later
+    in the same order, decoding nothing it does not yield.
     """
     mode = Augment(augment)
     n = len(y)
@@ -99,11 +105,17 @@ def train_batches(
     if world_size > 1:
         per_rank = n // world_size
         perm = perm[rank : per_rank * world_size : world_size]
+    if mode is Augment.buggy:
+        # A script that seeds NumPy once at start and never draws in the parent: the workers
+        # (or, with workers=0, the main process) restart from this same state every epoch.
+        np.random.seed(stream_seed(seed, 0, 0, Stream.buggy_numpy) % 2**32)
+    if isinstance(x_uint8, LazyImages):
+        yield from stream_batches(
+            x_uint8, y, perm, mode=mode, batch_size=batch_size, workers=workers, seed=seed, epoch=epoch,
+            device=device, rank=rank, skip=skip, drop_last=drop_last, buggy_init=_buggy_init,
+        )
+        return
     if mode in (Augment.buggy, Augment.fixed):
-        if mode is Augment.buggy:
-            # A script that seeds NumPy once at start and never draws in the parent: the workers
-            # (or, with workers=0, the main process) restart from this same state every epoch.
-            np.random.seed(stream_seed(seed, 0, 0, Stream.buggy_numpy) % 2**32)
         xs, ys = x_uint8[perm], y[perm]
         loader = worker_loader(
             xs, ys, mode, batch_size, workers, seed, epoch, shuffle=False, rank=rank, drop_last=drop_last
