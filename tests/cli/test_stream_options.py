@@ -16,7 +16,8 @@ from advcli.audit import AuditOptions
 from advcli.audit.limits import CheckName
 from advcli.cli.app import app
 from advcli.data import ImageData
-from advcli.data.for_checkpoint import DataView, check_fits, dataset_for_checkpoint
+from advcli.data.for_checkpoint import check_fits, dataset_for_checkpoint
+from advcli.data.view import DataView
 from advcli.errors import DataError, UsageError
 from advcli.models.checkpoint import read_metadata
 from advcli.train.loop import TrainOptions, fit, setup

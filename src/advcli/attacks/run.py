@@ -48,7 +48,8 @@ from advcli.attacks import ROBUST_RULES, AttackSpec, attack_record, build_attack
 from advcli.attacks.base import attack_mode, full_precision, lp_norms
 from advcli.data import to_float
 from advcli.data.datasets import Subset
-from advcli.data.for_checkpoint import DataView, skipped_line, view_record
+from advcli.data.for_checkpoint import skipped_line, view_record
+from advcli.data.view import DataView
 from advcli.errors import UsageError
 from advcli.formats.results import ATTACK_SCHEMA
 from advcli.io import plain

@@ -54,7 +54,8 @@ from advcli.check_loader.probe import (
 from advcli.check_loader.report import AllModesReport, FindingKind, LoaderReport, ModeRow, Streams
 from advcli.config import Augment
 from advcli.data.datasets import load_dataset
-from advcli.data.for_checkpoint import DataView, is_lazy
+from advcli.data.for_checkpoint import is_lazy
+from advcli.data.view import DataView
 from advcli.errors import UsageError
 from advcli.progress import NullReporter, Reporter
 

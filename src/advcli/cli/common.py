@@ -126,7 +126,7 @@ def data_view(opts: dict[str, Any]) -> Any:
     """The `--stream`, `--image-size`, `--skip-bad` options as a `DataView` (checked when the
     dataset is known: `DataView.load_kwargs`)."""
     from advcli.data.datasets import StreamMode
-    from advcli.data.for_checkpoint import DataView
+    from advcli.data.view import DataView
 
     stream, size = opts.get("stream"), opts.get("image_size")
     if stream is not None:

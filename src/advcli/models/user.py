@@ -277,7 +277,8 @@ class Target:
         with `check_output`) must return logits for them: one forward pass on two."""
         from advcli.data import test_subset, to_float
         from advcli.data.datasets import check_subset
-        from advcli.data.for_checkpoint import DataView, dataset_for_checkpoint, drop_undecodable
+        from advcli.data.for_checkpoint import dataset_for_checkpoint, drop_undecodable
+        from advcli.data.view import DataView
 
         view = view or DataView()
         if data is None:
