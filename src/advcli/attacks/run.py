@@ -48,6 +48,8 @@ from advcli.attacks import ROBUST_RULES, AttackSpec, attack_record, build_attack
 from advcli.attacks.base import attack_mode, full_precision, lp_norms
 from advcli.data import to_float
 from advcli.data.datasets import Subset
+from advcli.data.for_checkpoint import skipped_line, view_record
+from advcli.data.view import DataView
 from advcli.errors import UsageError
 from advcli.formats.results import ATTACK_SCHEMA
 from advcli.io import plain
@@ -231,6 +233,7 @@ class AttackOptions:
     seed: int = 0
     dataset: str | None = None
     data_dir: str | None = None
+    view: DataView = field(default_factory=DataView)  # --stream, --image-size, --skip-bad
     label: str | None = None
     model: str | None = None  # --model FILE.py:CALLABLE (the checkpoint, if any, holds its weights)
     wrap: str | None = None  # --wrap FILE.py:CALLABLE around the loaded model
@@ -285,9 +288,11 @@ def attack_checkpoint(
     meta = target.meta
     ckpt_label = target.base_label()
     trained_with = trained_with_text(meta.get("threat_model"))
-    data, index = target.examples(dataset=opts.dataset, data_dir=opts.data_dir, split=opts.split,
-                                  n=opts.n, seed=opts.seed, subset=opts.subset, device=device,
-                                  data=data)
+    data, index, skipped = target.examples(dataset=opts.dataset, data_dir=opts.data_dir, split=opts.split,
+                                           n=opts.n, seed=opts.seed, subset=opts.subset, device=device,
+                                           data=data, view=opts.view)
+    if skipped and reporter is not None:
+        reporter.log(skipped_line(skipped))
     xs, ys = data.split(opts.split)
     x, y = xs[index], ys[index]
 
@@ -305,7 +310,8 @@ def attack_checkpoint(
                     "trained_with": trained_with, "arch": target.arch},
         user_code=user_code,
         data={"dataset": data.name, "split": opts.split, "n": int(y.shape[0]), "seed": int(opts.seed),
-              "subset": Subset(opts.subset).value, "index_sha256": index_sha256(index)},
+              "subset": Subset(opts.subset).value, "index_sha256": index_sha256(index),
+              **view_record(data, skipped)},
         provenance=provenance(opts.seed, {"device": str(device), "channels_last": channels_last}),
         outputs={"adv": str(opts.out), "grid": str(opts.grid) if opts.grid else None},
     )

@@ -23,6 +23,7 @@ from torch import nn
 from advcli.audit.limits import ALL_CHECKS, CheckName
 from advcli.config import Eps, Norm
 from advcli.data.datasets import Subset
+from advcli.data.view import DataView
 from advcli.models.layout import input_layout, model_layout
 from advcli.progress import Reporter
 
@@ -56,6 +57,7 @@ class AuditOptions:
     split: str = "test"
     dataset: str | None = None
     data_dir: str | None = None
+    view: DataView = field(default_factory=DataView)  # --stream, --image-size, --skip-bad
     label: str | None = None
     config: dict[str, Any] = field(default_factory=dict)
 

@@ -76,6 +76,7 @@ def _audit_target(target: Target, surrogate: LoadedCheckpoint | None, opts: Audi
                   device: torch.device, reporter: Reporter, data: Any) -> AuditResult:
     from advcli.data import to_float
     from advcli.data.datasets import Subset
+    from advcli.data.for_checkpoint import skipped_line, view_record
     from advcli.evaluate.run import examples_sha256, resolve_threat
     from advcli.formats.results import DataInfo, ModelInfo, index_sha256, trained_with_text
     from advcli.provenance import provenance
@@ -86,11 +87,14 @@ def _audit_target(target: Target, surrogate: LoadedCheckpoint | None, opts: Audi
     eps = eps_list[0]
     if eps.value <= 0:
         raise UsageError("--eps must be > 0")
-    data, idx = target.examples(dataset=opts.dataset, data_dir=opts.data_dir, split=opts.split,
-                                n=opts.n, seed=opts.seed, subset=opts.subset, device=device,
-                                data=data, check_output=True)
+    data, idx, skipped = target.examples(dataset=opts.dataset, data_dir=opts.data_dir, split=opts.split,
+                                         n=opts.n, seed=opts.seed, subset=opts.subset, device=device,
+                                         data=data, check_output=True, view=opts.view)
+    if skipped:
+        reporter.log(skipped_line(skipped))
     split_x, split_y = data.split(opts.split)
-    x, y = to_float(split_x[idx]), split_y[idx].long()
+    x_uint8 = split_x[idx]  # decoded once: a streamed split decodes on every access
+    x, y = to_float(x_uint8), split_y[idx].long()
     if surrogate is not None:
         _check_surrogate(surrogate, data, x[:2].to(device))
     reporter.log(f"audit: {norm.value} eps {eps.text} ({eps_source}), {len(y)} examples of "
@@ -134,8 +138,8 @@ def _audit_target(target: Target, surrogate: LoadedCheckpoint | None, opts: Audi
                         seed=meta.get("seed") if isinstance(meta.get("seed"), int) else None,
                         threat_model=threat),
         data=DataInfo(dataset=data.name, split=opts.split, n=len(y), seed=opts.seed,
-                      subset=Subset(opts.subset).value,
-                      index_sha256=index_sha256(idx.numpy()), examples_sha256=examples_sha256(split_x[idx], y)),
+                      subset=Subset(opts.subset).value, **view_record(data, skipped),
+                      index_sha256=index_sha256(idx.numpy()), examples_sha256=examples_sha256(x_uint8, y)),
         threat_model={"norm": norm.value, "eps": eps.value, "eps_text": eps.text, "source": eps_source},
         clean_accuracy=accuracy(ctx.clean),
         checks=checks,

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from advcli.check_loader.analysis import ADVCLI_BUGGY_FIX, analyse, fix_for_rng_attributes
@@ -53,6 +53,9 @@ from advcli.check_loader.probe import (
 )
 from advcli.check_loader.report import AllModesReport, FindingKind, LoaderReport, ModeRow, Streams
 from advcli.config import Augment
+from advcli.data.datasets import load_dataset
+from advcli.data.for_checkpoint import is_lazy
+from advcli.data.view import DataView
 from advcli.errors import UsageError
 from advcli.progress import NullReporter, Reporter
 
@@ -163,24 +166,41 @@ _ADVCLI_DRAWS: dict[Augment, list[str] | None] = {
 }
 
 
+# A streamed training set is decoded and augmented in DataLoader workers in every mode, each
+# item's crop and flip drawn from a generator seeded by (seed, epoch, index), except `buggy`.
+_STREAMED_DRAWS: dict[Augment, list[str] | None] = {
+    Augment.none: None,
+    Augment.buggy: ["numpy.random (global state)"],
+    Augment.fixed: ["torch.Generator"],
+    Augment.device: ["torch.Generator"],
+}
+
+
 def check_advcli(
     mode: Augment | str, *, workers: int = 4, epochs: int = 2, samples: int = 64,
     ranks: int = 1, persistent: Sequence[bool] | None = None, seed: int = 0,
-    reporter: Reporter | None = None,
+    reporter: Reporter | None = None, images: Any = None,
 ) -> LoaderReport:
-    """Check advcli's own training pipeline for one `--augment` mode on tiny probe images."""
+    """Check advcli's own training pipeline for one `--augment` mode on tiny probe images, or on
+    the first training images `images` of a dataset (a uint8 tensor, or a streamed split: then
+    through the streaming pipeline)."""
     mode = Augment(mode)
     _check_counts(workers, epochs, samples, ranks, 0)
     reporter = reporter or NullReporter()
-    uses_workers = mode in (Augment.buggy, Augment.fixed)
+    streamed = images is not None and is_lazy(images)
+    uses_workers = streamed or mode in (Augment.buggy, Augment.fixed)
     n_workers = workers if uses_workers else 0
     notes: list[str] = []
     if not uses_workers:
         notes.append(f"--augment {mode.value} runs in the main process: no workers to compare")
         settings = [False]
+    elif streamed:
+        notes.append("streamed data: training builds one DataLoader per epoch, so persistent workers "
+                     "are not part of its pipeline")
+        settings = [False]
     else:
         settings = _settings(persistent, [False, True], workers)
-    layout = make_layout(0, None, samples)
+    layout = make_layout(0, None if images is None else len(images), samples)
     start = time.perf_counter()
     streams: Streams = {}
     control: list[list[list[str]]] = []
@@ -190,12 +210,12 @@ def check_advcli(
             for rank in range(ranks):
                 streams.update(advcli_streams(
                     mode, layout=layout, workers=n_workers, epochs=epochs, rank=rank,
-                    ranks=ranks, seed=seed, persistent=setting,
+                    ranks=ranks, seed=seed, persistent=setting, images=images,
                 ))
                 reporter.advance(1)
         for run, control_seed in enumerate(control_seeds(CONTROL_RUNS)):
             control.append(advcli_control(mode, layout=layout, run=run, runs=CONTROL_RUNS,
-                                          workers=n_workers, seed=control_seed))
+                                          workers=n_workers, seed=control_seed, images=images))
             reporter.advance(1)
     reporter.finish()
     fixes = {}
@@ -207,19 +227,20 @@ def check_advcli(
         streams, target=f"advcli:{mode.value}", workers=n_workers, epochs=epochs,
         samples=samples, ranks=ranks, item=0, time_s=time.perf_counter() - start, fixes=fixes,
         notes=notes, advcli_pipeline=True, layout=layout, control=control,
-        rng_calls=_ADVCLI_DRAWS[mode],
+        rng_calls=(_STREAMED_DRAWS if streamed else _ADVCLI_DRAWS)[mode],
     )
 
 
 def check_all_modes(
     *, workers: int = 4, epochs: int = 2, samples: int = 64, ranks: int = 1,
     persistent: Sequence[bool] | None = None, seed: int = 0, reporter: Reporter | None = None,
+    images: Any = None,
 ) -> AllModesReport:
     """A row per advcli augment mode: `buggy` should be flagged, the others not."""
     rows = [
         ModeRow(mode, mode is Augment.buggy, check_advcli(
             mode, workers=workers, epochs=epochs, samples=samples, ranks=ranks,
-            persistent=persistent, seed=seed, reporter=reporter,
+            persistent=persistent, seed=seed, reporter=reporter, images=images,
         ))
         for mode in Augment
     ]
@@ -241,6 +262,9 @@ class CheckLoaderOptions:
     persistent: list[bool] | None = None  # None: the default settings (see check_pipeline)
     item: int = 0
     seed: int = 0
+    dataset: str | None = None  # advcli's pipeline on this dataset's training images (None: probe images)
+    data_dir: str | None = None
+    view: DataView = field(default_factory=DataView)  # --stream, --image-size, --skip-bad
 
 
 def run_check_loader(
@@ -253,7 +277,11 @@ def run_check_loader(
     }
     if opts.pipeline:
         return check_pipeline(opts.pipeline, item=opts.item, reporter=reporter, **counts)
+    images = None
+    if opts.dataset:
+        images = load_dataset(opts.dataset, opts.data_dir, seed=opts.seed,
+                              **opts.view.load_kwargs(opts.dataset)).train_x
     if opts.all_modes:
-        return check_all_modes(seed=opts.seed, reporter=reporter, **counts)
+        return check_all_modes(seed=opts.seed, reporter=reporter, images=images, **counts)
     return check_advcli(opts.augment or Augment.fixed, seed=opts.seed, reporter=reporter,
-                        **counts)
+                        images=images, **counts)

@@ -226,19 +226,22 @@ def _training_order(n: int, *, seed: int, epoch: int, rank: int, ranks: int) -> 
 
 
 def _advcli_epoch(
-    mode: Augment, images: torch.Tensor, *, loads: list[int], workers: int, seed: int,
+    mode: Augment, images: Any, *, loads: list[int], workers: int, seed: int,
     epoch: int, rank: int, ranks: int,
 ) -> dict[int, list[str]]:
     """One epoch of `train_batches` (what `advcli train` runs, one DataLoader per epoch) whose
-    data is arranged so that every worker loads `loads` in order; {worker: fingerprints}."""
+    data is arranged so that every worker loads `loads` in order; {worker: fingerprints}.
+    `images`: a uint8 tensor, or a streamed split (arranged as a view, decoded by the workers)."""
     from advcli.data.loaders import train_batches
 
     size = chunk(len(loads))
     sequence = _round_robin(loads, workers, size)
     order = _training_order(len(sequence) * ranks, seed=seed, epoch=epoch, rank=rank, ranks=ranks)
-    x = torch.zeros(len(sequence) * ranks, *images.shape[1:], dtype=torch.uint8)
+    # The other ranks' positions hold image 0 (never visited here) and label -1.
+    source = torch.zeros(len(sequence) * ranks, dtype=torch.int64)
     y = torch.full((len(sequence) * ranks,), -1, dtype=torch.int64)
-    x[order], y[order] = images[sequence], torch.tensor(sequence)
+    source[order], y[order] = torch.tensor(sequence), torch.tensor(sequence)
+    x = images[source] if isinstance(images, torch.Tensor) else images.take(source)
     out: dict[int, list[str]] = {}
     batches = train_batches(
         x, y, augment=mode, batch_size=size, workers=workers, seed=seed, epoch=epoch,
@@ -254,18 +257,20 @@ def _advcli_epoch(
 
 def advcli_streams(
     mode: Augment, *, layout: Layout, workers: int, epochs: int, rank: int, ranks: int,
-    seed: int, persistent: bool,
+    seed: int, persistent: bool, images: Any = None,
 ) -> Streams:
     """advcli's pipeline as `advcli train` runs it, for one simulated rank, on `layout`'s probe
-    images (item j is probe image j).
+    images (item j is probe image j), or on `images` (a dataset's training images).
 
     persistent=False: `train_batches`, which builds one DataLoader per epoch (what training does).
     persistent=True (buggy/fixed only): the same `worker_loader`, built once and reused across
     epochs with persistent workers, fed by the probe's own sampler."""
     from advcli.data.loaders import worker_loader
 
-    n_workers = workers if mode in (Augment.buggy, Augment.fixed) else 0
-    images = _probe_images(len(layout.items))
+    n_workers = workers
+    if images is None:
+        n_workers = workers if mode in (Augment.buggy, Augment.fixed) else 0
+        images = _probe_images(len(layout.items))
     if persistent and n_workers:
         loader = worker_loader(
             images, torch.arange(len(images)), mode, chunk(len(layout.positions)), n_workers,
@@ -287,12 +292,15 @@ def advcli_streams(
 
 
 def advcli_control(
-    mode: Augment, *, layout: Layout, run: int, runs: int, workers: int, seed: int,
+    mode: Augment, *, layout: Layout, run: int, runs: int, workers: int, seed: int, images: Any = None,
 ) -> list[list[str]]:
     """One control run of advcli's pipeline: training seed `seed`, epoch `run`, one worker."""
-    n_workers = min(workers, 1) if mode in (Augment.buggy, Augment.fixed) else 0
+    n_workers = min(workers, 1)
+    if images is None:
+        n_workers = n_workers if mode in (Augment.buggy, Augment.fixed) else 0
+        images = _probe_images(len(layout.items))
     order = layout.control_positions(run, runs, CONTROL_LOADS * len(layout.positions))
-    out = _advcli_epoch(mode, _probe_images(len(layout.items)), loads=order, workers=n_workers,
+    out = _advcli_epoch(mode, images, loads=order, workers=n_workers,
                         seed=seed, epoch=run, rank=0, ranks=1)
     (fps,) = out.values()
     return _by_item(order, fps)

@@ -103,6 +103,9 @@ def attack_cmd(
                      "with --model and no checkpoint)."),
     ] = None,
     data_dir: Annotated[str | None, typer.Option(help="Where torchvision datasets live.")] = None,
+    stream: common.CheckpointStream = None,
+    image_size: common.CheckpointImageSize = None,
+    skip_bad: common.CheckpointSkipBad = False,
     format: Annotated[str, typer.Option("--format", help=FORMAT_HELP)] = "table",
     config: Annotated[Path | None, typer.Option(help=CONFIG_HELP)] = None,
 ) -> None:
@@ -205,6 +208,7 @@ def _check_options(opts: dict[str, Any]) -> tuple[AttackOptions, str, Path]:
         seed=int(opts["seed"]),
         dataset=opts["dataset"],
         data_dir=opts["data_dir"],
+        view=common.data_view(opts),
         label=opts["label"],
         model=opts["model"],
         wrap=opts["wrap"],

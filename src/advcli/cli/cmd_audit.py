@@ -72,6 +72,7 @@ def audit_options(opts: dict[str, Any]) -> Any:
         split=str(opts["split"]),
         dataset=opts["dataset"],
         data_dir=opts["data_dir"],
+        view=common.data_view(opts),
         label=opts["label"],
         config={k: (str(v) if isinstance(v, Path) else v) for k, v in opts.items()},
     )
@@ -177,6 +178,9 @@ def audit_cmd(
         "with --model and no checkpoint).")] = None,
     data_dir: Annotated[str | None, typer.Option(
         "--data-dir", help="Where torchvision datasets live.")] = None,
+    stream: common.CheckpointStream = None,
+    image_size: common.CheckpointImageSize = None,
+    skip_bad: common.CheckpointSkipBad = False,
     label: Annotated[str | None, typer.Option(
         "--label", help="Name of the audited model (default: the checkpoint's label).")] = None,
     out: Annotated[Path | None, typer.Option(

@@ -12,7 +12,8 @@ import typer
 
 from advcli import check_loader as stage
 from advcli.cli import render
-from advcli.cli.common import CONFIG_HELP, FORMAT_HELP, FORMATS, handle_errors, resolve_options
+from advcli.cli.common import CONFIG_HELP, FORMAT_HELP, FORMATS, data_view, handle_errors, resolve_options
+from advcli.cli.train_options import ImageSize, SkipBad, Stream
 from advcli.config import Augment, parse_choice
 from advcli.errors import UsageError
 
@@ -93,6 +94,15 @@ def check_loader(
         ),
     ] = 0,
     seed: Annotated[int, typer.Option("--seed", help="advcli's own pipeline: training seed.")] = 0,
+    dataset: Annotated[str | None, typer.Option(
+        "--dataset", help="advcli's own pipeline on the first training images of this dataset "
+        "(as `advcli train --dataset`; a streamed one through the streaming pipeline) instead of "
+        "tiny random probe images.", show_default=False)] = None,
+    data_dir: Annotated[str, typer.Option(
+        "--data-dir", help="With --dataset: folder of the torchvision datasets.")] = "./data",
+    stream: Stream = "auto",
+    image_size: ImageSize = None,
+    skip_bad: SkipBad = False,
     format: Annotated[str, typer.Option("--format", help=FORMAT_HELP)] = "table",
     config: Annotated[Path | None, typer.Option("--config", help=CONFIG_HELP)] = None,
 ) -> None:
@@ -120,6 +130,9 @@ def _options(opts: dict[str, Any]) -> stage.CheckLoaderOptions:
         if opts["augment"] is not None or opts["all_modes"]:
             raise UsageError("--augment and --all-modes check advcli's own pipeline; "
                              "drop them when you pass --pipeline")
+        if opts["dataset"]:
+            raise UsageError("--dataset feeds advcli's own pipeline; your --pipeline loads its own "
+                             "data: drop --dataset")
     elif int(opts["item"]) != 0:
         raise UsageError("--item applies to --pipeline; advcli's own check uses probe images")
     elif opts["all_modes"] and opts["augment"] is not None:
@@ -132,8 +145,20 @@ def _options(opts: dict[str, Any]) -> stage.CheckLoaderOptions:
         all_modes=bool(opts["all_modes"]), workers=int(opts["workers"]),
         epochs=int(opts["epochs"]), samples=int(opts["samples"]), ranks=int(opts["ranks"]),
         persistent=_parse_persistent(opts["persistent_workers"]), item=int(opts["item"]),
-        seed=int(opts["seed"]),
+        seed=int(opts["seed"]), dataset=opts["dataset"] or None, data_dir=str(opts["data_dir"]),
+        view=_view(opts),
     )
+
+
+def _view(opts: dict[str, Any]) -> Any:
+    # Checked against --dataset now (exit 2 before loading); the options need one.
+    view = data_view(opts)
+    if opts["dataset"]:
+        view.load_kwargs(str(opts["dataset"]))
+    elif view.image_size is not None or view.skip_bad or view.stream not in (None, "auto"):
+        raise UsageError("--stream, --image-size and --skip-bad choose how --dataset is read; "
+                         "pass --dataset")
+    return view
 
 
 def _parse_persistent(value: Any) -> list[bool] | None:

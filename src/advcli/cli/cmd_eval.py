@@ -81,6 +81,7 @@ def eval_options(opts: dict[str, Any]) -> Any:
         split=str(opts["split"]),
         dataset=opts["dataset"],
         data_dir=opts["data_dir"],
+        view=common.data_view(opts),
         label=opts["label"],
         model=opts["model"],
         wrap=opts["wrap"],
@@ -190,6 +191,9 @@ def eval_cmd(
         "--model and no checkpoint).")] = None,
     data_dir: Annotated[str | None, typer.Option(
         "--data-dir", help="Where torchvision datasets live.")] = None,
+    stream: common.CheckpointStream = None,
+    image_size: common.CheckpointImageSize = None,
+    skip_bad: common.CheckpointSkipBad = False,
     label: Annotated[str | None, typer.Option(
         "--label", help="Row name in compare tables (default: the checkpoint's label, plus "
         "' + DEFENCE' with --wrap).")] = None,

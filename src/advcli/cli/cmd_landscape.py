@@ -107,6 +107,9 @@ def landscape(
         "--dataset", help="Dataset override (default: the one recorded in the checkpoints).")] = None,
     data_dir: Annotated[str | None, typer.Option(
         "--data-dir", help="Where torchvision datasets live.")] = None,
+    stream: common.CheckpointStream = None,
+    image_size: common.CheckpointImageSize = None,
+    skip_bad: common.CheckpointSkipBad = False,
     model_dir: Annotated[str | None, typer.Option("--model-dir", help=MODEL_DIR_HELP)] = None,
     device: Annotated[str, typer.Option("--device", help=DEVICE_HELP)] = "auto",
     channels_last: Annotated[bool | None, common.channels_last_option(
@@ -228,6 +231,7 @@ def landscape_options(opts: dict[str, Any]) -> tuple[Any, str]:
         flatness_seeds=int(opts["flatness_seeds"]),
         dataset=opts["dataset"] or None,
         data_dir=opts["data_dir"],
+        view=common.data_view(opts),
         model_dir=opts["model_dir"],
         model=opts["model"],
         wrap=opts["wrap"],

@@ -6,13 +6,13 @@ import functools
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 
 from advcli.cli import render
-from advcli.config import load_config_file, merge_config
-from advcli.errors import AdvcliError
+from advcli.config import load_config_file, merge_config, parse_choice
+from advcli.errors import AdvcliError, UsageError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -78,3 +78,61 @@ def channels_last_option(default: str) -> Any:
 
     return typer.Option("--channels-last/--no-channels-last",
                         help=CHANNELS_LAST_HELP.format(default=default), show_default=False)
+
+
+STREAM_HELP = (
+    "How the images are read: on (streamed: decoded on the fly in DataLoader workers, resized "
+    "and centre-cropped to --image-size; training crops and flips at random), off (decoded whole "
+    "into memory once, at their own size, which must be one size) or auto (streamed when the "
+    "dataset is too large to cache in memory or its images differ in size, else off). Default: {default}."
+)
+IMAGE_SIZE_HELP = (
+    "Side of the square images a streamed dataset (folder:PATH, shards:PATH) is resized and "
+    "cropped to, in pixels. Giving it streams the dataset (refused with --stream off and for "
+    "datasets read at their own size). Default: {default}."
+)
+SKIP_BAD_HELP = (
+    "Skip image files that do not decode (corrupt or not images) and say how many, instead of "
+    "stopping at the first with an error naming it (streamed datasets; the count is logged{where})."
+)
+
+
+def stream_option(default: str) -> Any:
+    """`--stream auto|on|off`; `default` describes the command's default in the help."""
+    return typer.Option("--stream", metavar="auto|on|off", help=STREAM_HELP.format(default=default),
+                        show_default=False)
+
+
+def image_size_option(default: str) -> Any:
+    """`--image-size PX`; `default` describes the command's default in the help."""
+    return typer.Option("--image-size", metavar="PX", min=1, help=IMAGE_SIZE_HELP.format(default=default),
+                        show_default=False)
+
+
+def skip_bad_option(where: str) -> Any:
+    """`--skip-bad`; `where` says where the count goes (after "logged")."""
+    return typer.Option("--skip-bad", help=SKIP_BAD_HELP.format(where=where))
+
+
+# The commands that evaluate checkpoints (eval, attack, audit, landscape) read the images as
+# the training run did unless told otherwise: no default of their own.
+CheckpointStream = Annotated[str | None, stream_option("the training run's (from the checkpoint), else auto")]
+CheckpointImageSize = Annotated[int | None, image_size_option(
+    "the training run's (from the checkpoint), else 224 for streamed data")]
+CheckpointSkipBad = Annotated[bool, skip_bad_option(" and listed in the output file's data block")]
+
+
+def data_view(opts: dict[str, Any]) -> Any:
+    """The `--stream`, `--image-size`, `--skip-bad` options as a `DataView` (checked when the
+    dataset is known: `DataView.load_kwargs`)."""
+    from advcli.data.datasets import StreamMode
+    from advcli.data.view import DataView
+
+    stream, size = opts.get("stream"), opts.get("image_size")
+    if stream is not None:
+        stream = parse_choice(StreamMode, stream, name="--stream").value
+    if size is not None:  # a config file's value has not been through typer
+        if isinstance(size, bool) or not str(size).strip().isdigit() or int(size) < 1:
+            raise UsageError(f"--image-size must be a positive number of pixels, got {size!r}")
+        size = int(size)
+    return DataView(stream=stream, image_size=size, skip_bad=bool(opts.get("skip_bad")))

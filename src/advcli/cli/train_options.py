@@ -18,7 +18,14 @@ import typer
 
 from advcli import distributed
 from advcli.cli import render
-from advcli.cli.common import CONFIG_HELP, DEVICE_HELP
+from advcli.cli.common import (
+    CONFIG_HELP,
+    DEVICE_HELP,
+    data_view,
+    image_size_option,
+    skip_bad_option,
+    stream_option,
+)
 from advcli.config import Augment, Schedule, parse_choice
 from advcli.device import resolve_device
 from advcli.models import resolve_arch
@@ -47,6 +54,9 @@ Arch = Annotated[str, typer.Option("--arch", help="Model: tiny-cnn, small-cnn, s
 Dataset = Annotated[str, typer.Option("--dataset", help="synthetic (built in, no files), cifar10, cifar100, svhn (torchvision, under --data-dir), or folder:PATH (image tree or .zip with train/<class>/ and test/<class>/).")]
 DataDir = Annotated[str, typer.Option("--data-dir", help="Folder of the torchvision datasets (cifar10, cifar100, svhn).")]
 Download = Annotated[bool, typer.Option("--download/--no-download", help="Let torchvision download a missing dataset into --data-dir.")]
+Stream = Annotated[str, stream_option("auto")]
+ImageSize = Annotated[int | None, image_size_option("224 for streamed data")]
+SkipBad = Annotated[bool, skip_bad_option(" per epoch and noted in the result")]
 Epochs = Annotated[int, typer.Option("--epochs", min=1, help="Passes over the training set (count).")]
 BatchSize = Annotated[int, typer.Option("--batch-size", min=1, help="Examples per optimizer step, per torchrun rank (count).")]
 Lr = Annotated[float, typer.Option("--lr", help="Peak learning rate of SGD with Nesterov momentum (dimensionless).")]
@@ -81,6 +91,7 @@ def train_options(opts: dict[str, Any]) -> TrainOptions:
         dataset=str(opts["dataset"]),
         data_dir=str(opts["data_dir"]),
         download=bool(opts["download"]),
+        **_view(opts),
         epochs=int(opts["epochs"]),
         batch_size=int(opts["batch_size"]),
         lr=float(opts["lr"]),
@@ -103,6 +114,13 @@ def train_options(opts: dict[str, Any]) -> TrainOptions:
         label=opts["label"],
         init_from=opts["init_from"],
     )
+
+
+def _view(opts: dict[str, Any]) -> dict[str, Any]:
+    """--stream, --image-size, --skip-bad, checked against --dataset now (exit 2 before loading)."""
+    view = data_view({**opts, "stream": opts["stream"] or "auto"})
+    view.load_kwargs(str(opts["dataset"]))
+    return {"stream": view.stream, "image_size": view.image_size, "skip_bad": view.skip_bad}
 
 
 def _save_every(text: str | None) -> str | None:

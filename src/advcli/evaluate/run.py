@@ -66,6 +66,8 @@ from advcli import distributed
 from advcli.attacks.base import Keep, attack_mode, full_precision
 from advcli.config import DEFAULT_EPS, Eps, Norm, parse_choice, parse_eps
 from advcli.data.datasets import Subset
+from advcli.data.for_checkpoint import skipped_line, view_record
+from advcli.data.view import DataView
 from advcli.errors import AdvcliError, UsageError
 from advcli.evaluate.chunks import Estimator, PlanStep, after_round, attack_key, in_memory, max_perturbation, run_chunks
 from advcli.evaluate.progress_file import ChunkRecord, EvalProgress, start_progress
@@ -110,6 +112,7 @@ class EvalOptions:
     split: str = "test"
     dataset: str | None = None
     data_dir: str | None = None
+    view: DataView = field(default_factory=DataView)  # --stream, --image-size, --skip-bad
     label: str | None = None
     model: str | None = None  # --model FILE.py:CALLABLE (the checkpoint, if any, holds its weights)
     wrap: str | None = None  # --wrap FILE.py:CALLABLE around the loaded model
@@ -506,6 +509,7 @@ class _Setup:
     ihash: str
     esha: str
     fingerprint: dict[str, Any]
+    skipped: list[str]  # undecodable files left out under --skip-bad
 
 
 def _versions(autoattack: bool) -> dict[str, str | None]:
@@ -564,16 +568,19 @@ def _setup(checkpoint: str | Path | LoadedCheckpoint | None, opts: EvalOptions,
                          norm=opts.norm, model_dir=opts.model_dir)
     opts = replace(opts, channels_last=use_channels_last(opts.channels_last, outside=target.outside))
     norm, eps_list, eps_source = resolve_threat(target.meta, opts.norm, opts.eps)
-    data, idx = target.examples(dataset=opts.dataset, data_dir=opts.data_dir, split=opts.split,
-                                n=opts.n, seed=opts.seed, subset=opts.subset, device=device,
-                                data=data)
+    data, idx, skipped = target.examples(dataset=opts.dataset, data_dir=opts.data_dir, split=opts.split,
+                                         n=opts.n, seed=opts.seed, subset=opts.subset, device=device,
+                                         data=data, view=opts.view)
+    if skipped:
+        reporter.log(skipped_line(skipped))
     if opts.pgd or opts.autoattack or opts.fast_worst_case:
         reporter.log(f"threat model {norm.value} eps {', '.join(e.text for e in eps_list)} "
                      f"({eps_source})")
     split_x, split_y = data.split(opts.split)
-    x, y = to_float(split_x[idx]), split_y[idx].long()
+    x_uint8 = split_x[idx]  # decoded once: a streamed split decodes on every access
+    x, y = to_float(x_uint8), split_y[idx].long()
     ihash = index_sha256(idx.numpy())
-    esha = examples_sha256(split_x[idx], y)
+    esha = examples_sha256(x_uint8, y)
     fingerprint: dict[str, Any] = {
         "checkpoint": {"sha256": target.sha256},
         "data": {"dataset": data.name, "split": opts.split, "subset": Subset(opts.subset).value,
@@ -583,7 +590,7 @@ def _setup(checkpoint: str | Path | LoadedCheckpoint | None, opts: EvalOptions,
     }
     if target.code:  # absent otherwise, so progress files of plain checkpoints stay valid
         fingerprint["user_code"] = _user_code_identity(target)
-    return _Setup(target, opts, norm, eps_list, eps_source, data, x, y, ihash, esha, fingerprint)
+    return _Setup(target, opts, norm, eps_list, eps_source, data, x, y, ihash, esha, fingerprint, skipped)
 
 
 def _progress_on_every_rank(opts: EvalOptions, fingerprint: dict[str, Any]) -> EvalProgress:
@@ -664,7 +671,7 @@ def run_eval(
         ),
         data=DataInfo(dataset=data.name, split=opts.split, n=len(y), seed=opts.seed,
                       index_sha256=ihash, examples_sha256=st.esha,
-                      subset=Subset(opts.subset).value),
+                      subset=Subset(opts.subset).value, **view_record(data, st.skipped)),
         entries=entries,
         seed=opts.seed,
         time_s=time.perf_counter() - t0,

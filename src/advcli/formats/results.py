@@ -176,6 +176,13 @@ class DataInfo:
     index_sha256: str | None = None
     examples_sha256: str | None = None  # pixels + labels: synthetic data depends on a seed
     subset: str | None = None  # how --n chose them (first | stratified); None in older files
+    image_size: int | None = None  # a streamed dataset's --image-size; None: read in memory
+    skipped_bad: list[str] | None = None  # undecodable files left out (--skip-bad); None: none
+
+    def view_fields(self) -> dict[str, Any]:
+        """The keys of a streamed view, written only when there is one (files stay as before)."""
+        return {**({} if self.image_size is None else {"image_size": self.image_size}),
+                **({} if not self.skipped_bad else {"skipped_bad": list(self.skipped_bad)})}
 
 
 @dataclass
@@ -231,6 +238,7 @@ class EvalResult:
                 "n": self.data.n,
                 "seed": self.data.seed,
                 **({} if self.data.subset is None else {"subset": self.data.subset}),
+                **self.data.view_fields(),
                 "index_sha256": self.data.index_sha256,
                 "examples_sha256": self.data.examples_sha256,
             }
@@ -426,6 +434,8 @@ def parse_results(data: dict[str, Any], *, source: str = "<memory>") -> EvalResu
         index_sha256=d.get("index_sha256", str, required=not published),
         examples_sha256=d.get("examples_sha256", str, required=False),
         subset=d.get("subset", str, required=False),
+        image_size=d.get("image_size", int, required=False),
+        skipped_bad=[str(f) for f in d.get("skipped_bad", list, required=False) or []] or None,
     )
     raw_entries = top.get("results", list)
     if not raw_entries:

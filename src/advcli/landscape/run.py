@@ -46,7 +46,8 @@ from torch import nn
 from advcli.attacks import Attack, AttackSpec, Keep, attack_record, build_attack
 from advcli.data import ImageData, test_subset, to_float
 from advcli.data.datasets import Subset
-from advcli.data.for_checkpoint import dataset_for_checkpoints
+from advcli.data.for_checkpoint import dataset_for_checkpoints, drop_undecodable, skipped_line, view_record
+from advcli.data.view import DataView
 from advcli.errors import UsageError
 from advcli.formats.advset import AdvSet, AdvSetError, load_adv_set
 from advcli.formats.results import index_sha256, trained_with_text
@@ -316,6 +317,7 @@ class LandscapeOptions:
     flatness_seeds: int = 1  # flatness along the seeds s, s+1, ..., s+K-1 (K = this count)
     dataset: str | None = None
     data_dir: str | None = None
+    view: DataView = field(default_factory=DataView)  # --stream, --image-size, --skip-bad
     model_dir: str | None = None  # weights folder of robustbench:NAME checkpoints
     model: str | None = None  # --model FILE.py:CALLABLE (each checkpoint, if any, holds its weights)
     wrap: str | None = None  # --wrap FILE.py:CALLABLE around each loaded model
@@ -378,7 +380,7 @@ def _images(
         return data
     return dataset_for_checkpoints(
         [c.meta for c in loaded], names=[str(c.path) for c in loaded], dataset=dataset,
-        data_dir=opts.data_dir,
+        data_dir=opts.data_dir, view=opts.view,
     )
 
 
@@ -397,6 +399,9 @@ def _subset(
     if opts.adv_data is None:
         images = _images(loaded, opts, opts.dataset or None, data)
         index = test_subset(images.test_y, opts.n, opts.seed, opts.subset, dataset=images.name)
+        index, skipped = drop_undecodable(images.test_x, index, opts.view.skip_bad)
+        if skipped:
+            warnings.append(skipped_line(skipped))
         attack = attack_info = None
         if opts.attack is not None:
             attack = landscape_attack(opts.attack)
@@ -406,7 +411,7 @@ def _subset(
             "kind": (DataKind.clean if attack is None else DataKind.attack).value,
             "dataset": images.name, "split": "test", "n": int(y.shape[0]), "seed": opts.seed,
             "subset": Subset(opts.subset).value, "index_sha256": index_sha256(index),
-            "attack": attack_info, "adv_data": None,
+            "attack": attack_info, "adv_data": None, **view_record(images, skipped),
         }
         return _Subset(to_float(images.test_x[index]), y, None, attack, record, images.num_classes)
 

@@ -38,7 +38,7 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 from torch import nn
@@ -182,6 +182,14 @@ def wrap_model(model: nn.Module, spec: str, *,
     return wrapped, replace(code, weights_sha256=state_dict_sha256(wrapped))
 
 
+class Examples(NamedTuple):
+    """What a stage measures on (`Target.examples`)."""
+
+    data: Any  # the ImageData
+    index: torch.Tensor  # the chosen examples of the split
+    skipped: list[str]  # files dropped from `index` because they do not decode (--skip-bad)
+
+
 @dataclass
 class Target:
     """What `eval`, `attack` and `audit` measure: `model` (after `--wrap`), `base` (before it),
@@ -258,26 +266,33 @@ class Target:
 
     def examples(self, *, dataset: str | None, data_dir: str | None, split: str, n: int | None,
                  seed: int, subset: Any, device: torch.device | str, data: Any = None,
-                 check_output: bool = False) -> tuple[Any, torch.Tensor]:
-        """(data, index): what `eval`, `attack` and `audit` measure on. `data` (an ImageData)
-        when given, else the dataset `dataset` or the checkpoint names (a usage error when
-        neither does, or when `subset` cannot apply to it, before anything is loaded); `index`
-        = the examples of `split` that `n`, `seed` and `subset` choose. User code (and any
-        model, with `check_output`) must return logits for them: one forward pass on two."""
+                 check_output: bool = False, view: Any = None) -> Examples:
+        """(data, index, skipped): what `eval`, `attack` and `audit` measure on. `data` (an
+        ImageData) when given, else the dataset `dataset` or the checkpoint names, read as `view`
+        (a `DataView`: --stream, --image-size, --skip-bad; by default as the training run read
+        it), a usage error when neither names one, or when `subset` cannot apply to it, before
+        anything is loaded; `index` = the examples of `split` that `n`, `seed` and `subset`
+        choose, less those whose files do not decode under --skip-bad (their names: `skipped`).
+        Nothing but those examples is decoded from a streamed split. User code (and any model,
+        with `check_output`) must return logits for them: one forward pass on two."""
         from advcli.data import test_subset, to_float
         from advcli.data.datasets import check_subset
-        from advcli.data.for_checkpoint import dataset_for_checkpoint
+        from advcli.data.for_checkpoint import dataset_for_checkpoint, drop_undecodable
+        from advcli.data.view import DataView
 
+        view = view or DataView()
         if data is None:
             self.require_dataset(dataset)
             check_subset(subset, dataset or self.meta.get("dataset"))
-            data = dataset_for_checkpoint(self.meta, name=self.name, dataset=dataset, data_dir=data_dir)
+            data = dataset_for_checkpoint(self.meta, name=self.name, dataset=dataset, data_dir=data_dir,
+                                          view=view)
         xs, ys = data.split(split)
         index = test_subset(ys, n, seed=seed, subset=subset, dataset=data.name)
+        index, skipped = drop_undecodable(xs, index, view.skip_bad)
         if (self.outside or check_output) and len(index):
             name = self.code[-1].spec if self.code else self.name
             check_logits(self.model, to_float(xs[index[:2]]).to(device), data.num_classes, name)
-        return data, index
+        return Examples(data, index, skipped)
 
     def require_dataset(self, dataset: str | None) -> None:
         """A UsageError when neither `dataset` nor the checkpoint's metadata names the data

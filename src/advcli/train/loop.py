@@ -48,7 +48,9 @@ from advcli.attacks.base import full_precision
 from advcli.config import Augment, Schedule, parse_choice
 from advcli.data import ImageData, load_dataset
 from advcli.data.datasets import train_subset
+from advcli.data.for_checkpoint import is_lazy, recorded_view, skipped_files
 from advcli.data.loaders import train_batches
+from advcli.data.view import DataView
 from advcli.errors import CheckpointError, UsageError
 from advcli.models import Classifier, build_model
 from advcli.models.checkpoint import LoadedCheckpoint, load_checkpoint, model_metadata, save_checkpoint
@@ -88,6 +90,9 @@ class TrainOptions:
     dataset: str = "synthetic"
     data_dir: str = "./data"
     download: bool = False
+    stream: str = "auto"  # --stream auto|on|off
+    image_size: int | None = None  # --image-size PX of streamed data (None: the streamed default, 224)
+    skip_bad: bool = False
     epochs: int = 10
     batch_size: int = 128
     lr: float = 0.1
@@ -370,7 +375,8 @@ def setup(
         x, y = data.train_x, data.train_y
         if opts.n_train:
             keep = train_subset(y, opts.n_train)
-            x, y = x[keep], y[keep]
+            # A streamed training set is cut as a view: nothing is decoded here.
+            x, y = (x.take(keep) if is_lazy(x) else x[keep]), y[keep]
     else:
         x, y = train_x, train_y
 
@@ -411,7 +417,9 @@ def setup(
     )
     # fp16 needs loss scaling (CUDA only); bf16 has fp32's range and needs none.
     scaler = torch.amp.GradScaler("cuda") if (opts.amp == "fp16" and device.type == "cuda") else None
-    on_device = Augment(opts.augment) in (Augment.none, Augment.device)
+    # In-memory images go to the device once; streamed ones are decoded batch by batch by
+    # train_batches' DataLoader workers.
+    on_device = Augment(opts.augment) in (Augment.none, Augment.device) and not is_lazy(x)
     # --batch-size is per rank: the global batch is batch_size x world_size.
     steps_per_epoch = math.ceil((len(y) // info.world_size) / opts.batch_size)
     return Setup(
@@ -609,9 +617,15 @@ def read_inputs(opts: TrainOptions, *, resume: bool) -> LoadedCheckpoint | None:
     return load_init(opts)
 
 
+def training_view(opts: TrainOptions) -> DataView:
+    return DataView(stream=opts.stream, image_size=opts.image_size, skip_bad=opts.skip_bad)
+
+
 def load_training_data(opts: TrainOptions) -> ImageData:
-    """The dataset the options name, with its --val-split held out."""
-    return load_dataset(opts.dataset, opts.data_dir, opts.download, opts.seed, val_split=opts.val_split)
+    """The dataset the options name, read as --stream/--image-size/--skip-bad say, with its
+    --val-split held out."""
+    return load_dataset(opts.dataset, opts.data_dir, opts.download, opts.seed, val_split=opts.val_split,
+                        **training_view(opts).load_kwargs(opts.dataset))
 
 
 def run_train(
@@ -665,7 +679,7 @@ def fit(
     s = setup(opts, data, device, train_x, train_y, init=init)
     notes: list[str] = []
     state_path = state_path_for(opts.out)
-    config = resume_config(opts, extra_meta)
+    config = resume_config(opts, extra_meta, data)
     state = TrainState(config=config)
     if resume and resume_state_path(opts.out) is None:
         notes.append(f"--resume: no training state or checkpoint at {opts.out!r} yet: started from scratch")
@@ -708,12 +722,17 @@ def fit(
         state.record(stats, s.kept, keep_best)
         save()
         reporter.log(_epoch_line(stats))
+        skipped = skipped_files(data)
+        if skipped:
+            reporter.log(f"epoch {stats.epoch}: skipped {skipped} undecodable files so far (--skip-bad)")
         for hook in end_hooks or []:
             hook(stats)
         if stop:
             notes.append(stop)
             reporter.log(stop)
             break
+    if skipped_files(data):
+        notes.append(f"--skip-bad: skipped {skipped_files(data)} undecodable training files")
     if timer is not None and timer.note():
         notes.append(timer.note())
         reporter.log(timer.note())
@@ -725,13 +744,21 @@ def fit(
 
 
 # Options that do not change a run's numbers: a resume may change them.
-_RUN_ONLY = ("out", "label", "data_dir", "download", "save_every")
+_RUN_ONLY = ("out", "label", "data_dir", "download", "save_every", "skip_bad")
+# The options of how the images are read: compared as the view they resolved to (`data`).
+_VIEW = ("stream", "image_size")
 
 
-def resume_config(opts: TrainOptions, extra_meta: dict[str, object] | None) -> dict[str, object]:
+def resume_config(
+    opts: TrainOptions, extra_meta: dict[str, object] | None, data: ImageData | None = None
+) -> dict[str, object]:
     """What a run's numbers depend on, as the state records it and `--resume` compares it: the
-    options, adv-train's threat model and the torchrun world size."""
-    config: dict[str, object] = {k: v for k, v in asdict(opts).items() if k not in _RUN_ONLY}
+    options, adv-train's threat model, the torchrun world size and, for a streamed dataset, the
+    view it resolved to (absent for in-memory data, as in states saved before streaming, so
+    those still resume; `--stream auto` resolving otherwise on another machine is refused)."""
+    config: dict[str, object] = {k: v for k, v in asdict(opts).items() if k not in _RUN_ONLY + _VIEW}
+    if data is not None and data.streamed:
+        config.update(recorded_view(data))
     threat = (extra_meta or {}).get("threat_model")
     if isinstance(threat, dict):
         config.update(threat)
@@ -763,7 +790,8 @@ def finish(
         mean=data.mean,
         std=data.std,
         input_shape=data.input_shape,
-        config=asdict(opts),
+        # The view resolved (`auto` -> on/off, the size): eval and the others rebuild it.
+        config={**asdict(opts), **recorded_view(data)},
         seed=opts.seed,
         label=opts.label or Path(opts.out).name.removesuffix(".safetensors"),
         metrics={"test_accuracy": test_accuracy, "epochs_run": len(state.history),
