@@ -94,7 +94,7 @@ def test_stream_generator_is_the_stream_seed():
 
 def test_the_dataset_selections_draw_from_their_own_streams():
     from advcli.data import stratified_order
-    from advcli.data.datasets import train_subset
+    from advcli.data.subsets import train_subset
 
     full = load_dataset("synthetic", seed=3)
     held = load_dataset("synthetic", seed=3, val_split=100)

@@ -9,9 +9,10 @@ from torchvision.io import ImageReadMode, decode_image, read_file
 from torchvision.transforms import v2
 
 from advcli.data import load_dataset
-from advcli.data.datasets import check_subset, rows, train_subset
+from advcli.data.datasets import rows
 from advcli.data.sources import FileSource
 from advcli.data.stream import LazyImages
+from advcli.data.subsets import check_subset, train_subset
 from advcli.data.transforms import crop_params, decode, train_view
 from advcli.errors import DataError, UsageError
 from tests.data.stream_trees import CLASSES, equal_size_tree, image_bytes, imagenet_tree, write_shards

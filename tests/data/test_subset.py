@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from advcli.cli.app import app
 from advcli.data import stratified_order, test_subset
-from advcli.data.datasets import Subset
+from advcli.data.subsets import Subset
 from advcli.errors import UsageError
 from advcli.evaluate.progress_file import STOP_AFTER_ENV, load_progress, progress_path_for, start_progress
 from advcli.formats.results import index_sha256

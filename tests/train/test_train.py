@@ -245,7 +245,7 @@ def test_n_train_is_class_balanced_even_when_the_split_is_sorted_by_class(tmp_pa
     import dataclasses
 
     import advcli.train.loop as train_mod
-    from advcli.data.datasets import train_subset
+    from advcli.data.subsets import train_subset
 
     # Image folders list the training set class by class: a plain prefix is one class.
     order = torch.argsort(synthetic_data.train_y, stable=True)

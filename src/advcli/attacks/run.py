@@ -47,8 +47,8 @@ from torch import nn
 from advcli.attacks import ROBUST_RULES, AttackSpec, attack_record, build_attack
 from advcli.attacks.base import attack_mode, full_precision, lp_norms
 from advcli.data import to_float
-from advcli.data.datasets import Subset
 from advcli.data.for_checkpoint import skipped_line, view_record
+from advcli.data.subsets import Subset
 from advcli.data.view import DataView
 from advcli.errors import UsageError
 from advcli.formats.results import ATTACK_SCHEMA

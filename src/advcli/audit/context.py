@@ -22,7 +22,7 @@ from torch import nn
 
 from advcli.audit.limits import ALL_CHECKS, CheckName
 from advcli.config import Eps, Norm
-from advcli.data.datasets import Subset
+from advcli.data.subsets import Subset
 from advcli.data.view import DataView
 from advcli.models.layout import input_layout, model_layout
 from advcli.progress import Reporter

@@ -75,8 +75,8 @@ def _audit(checkpoint: str | Path | LoadedCheckpoint | None, opts: AuditOptions,
 def _audit_target(target: Target, surrogate: LoadedCheckpoint | None, opts: AuditOptions, *, t0: float,
                   device: torch.device, reporter: Reporter, data: Any) -> AuditResult:
     from advcli.data import to_float
-    from advcli.data.datasets import Subset
     from advcli.data.for_checkpoint import skipped_line, view_record
+    from advcli.data.subsets import Subset
     from advcli.evaluate.run import examples_sha256, resolve_threat
     from advcli.formats.results import DataInfo, ModelInfo, index_sha256, trained_with_text
     from advcli.provenance import provenance

@@ -16,7 +16,7 @@ from advcli.audit.limits import ALL_CHECKS, QUICK_CHECKS, CheckName, parse_check
 from advcli.cli import common, render
 from advcli.cli.common import CONFIG_HELP, DEVICE_HELP, FORMAT_HELP, FORMATS, handle_errors, resolve_options
 from advcli.config import Norm, parse_choice, parse_eps
-from advcli.data.datasets import SUBSET_HELP, Subset
+from advcli.data.subsets import SUBSET_HELP, Subset
 from advcli.errors import UsageError
 from advcli.models.layout import AUTO_DEFAULT
 from advcli.models.robustbench.zoo import MODEL_DIR_HELP

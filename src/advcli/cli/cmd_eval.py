@@ -11,7 +11,7 @@ import typer
 from advcli.cli import common, render
 from advcli.cli.common import CONFIG_HELP, DEVICE_HELP, FORMAT_HELP, FORMATS, handle_errors, resolve_options
 from advcli.config import Norm, parse_choice, parse_eps, parse_eps_list
-from advcli.data.datasets import SUBSET_HELP, Subset
+from advcli.data.subsets import SUBSET_HELP, Subset
 from advcli.errors import UsageError
 from advcli.formats.results import EvalResult
 from advcli.models.layout import AUTO_DEFAULT

@@ -13,7 +13,7 @@ import typer
 from advcli.cli import common, render
 from advcli.cli.common import CONFIG_HELP, DEVICE_HELP, FORMAT_HELP, FORMATS, handle_errors, resolve_options
 from advcli.config import DEFAULT_EPS, Norm, parse_choice, parse_eps
-from advcli.data.datasets import SUBSET_HELP, Subset
+from advcli.data.subsets import SUBSET_HELP, Subset
 from advcli.errors import UsageError
 from advcli.models.robustbench.zoo import MODEL_DIR_HELP
 from advcli.models.user import MODEL_HELP, WRAP_HELP, check_user_options

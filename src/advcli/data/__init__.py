@@ -12,11 +12,10 @@ from advcli.data.datasets import (
     hold_out,
     load_dataset,
     rows,
-    stratified_order,
-    test_subset,
     to_float,
 )
 from advcli.data.stream import LazyImages
+from advcli.data.subsets import stratified_order, test_subset
 
 __all__ = [
     "ImageData", "LazyImages", "StreamMode", "hold_out", "load_dataset", "rows", "stratified_order",

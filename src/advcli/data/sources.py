@@ -36,6 +36,11 @@ import torch
 from advcli.data.transforms import decode
 from advcli.errors import DataError
 
+
+def cache_dir() -> Path:
+    """Where decoded datasets, shard indices and channel statistics are cached (`ADVCLI_CACHE`)."""
+    return Path(os.environ.get("ADVCLI_CACHE", Path.home() / ".cache" / "advcli"))
+
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 SHARD_IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 TEST_SPLITS = ("test", "val")
@@ -362,7 +367,6 @@ def _index_shard(path: Path) -> list[tuple[str, int, int, int]]:
 
 
 def _shard_split(shards: list[Path], key: str) -> tuple[ShardSource, torch.Tensor]:
-    from advcli.data.datasets import cache_dir
     from advcli.formats.tensorfile import load_tensors, save_tensors
 
     path = cache_dir() / f"{key}.shards.safetensors"

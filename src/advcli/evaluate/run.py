@@ -65,8 +65,8 @@ from torch import nn
 from advcli import distributed
 from advcli.attacks.base import Keep, attack_mode, full_precision
 from advcli.config import DEFAULT_EPS, Eps, Norm, parse_choice, parse_eps
-from advcli.data.datasets import Subset
 from advcli.data.for_checkpoint import skipped_line, view_record
+from advcli.data.subsets import Subset
 from advcli.data.view import DataView
 from advcli.errors import AdvcliError, UsageError
 from advcli.evaluate.chunks import Estimator, PlanStep, after_round, attack_key, in_memory, max_perturbation, run_chunks

@@ -45,8 +45,8 @@ from torch import nn
 
 from advcli.attacks import Attack, AttackSpec, Keep, attack_record, build_attack
 from advcli.data import ImageData, test_subset, to_float
-from advcli.data.datasets import Subset
 from advcli.data.for_checkpoint import dataset_for_checkpoints, drop_undecodable, skipped_line, view_record
+from advcli.data.subsets import Subset
 from advcli.data.view import DataView
 from advcli.errors import UsageError
 from advcli.formats.advset import AdvSet, AdvSetError, load_adv_set

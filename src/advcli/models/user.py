@@ -276,8 +276,8 @@ class Target:
         Nothing but those examples is decoded from a streamed split. User code (and any model,
         with `check_output`) must return logits for them: one forward pass on two."""
         from advcli.data import test_subset, to_float
-        from advcli.data.datasets import check_subset
         from advcli.data.for_checkpoint import dataset_for_checkpoint, drop_undecodable
+        from advcli.data.subsets import check_subset
         from advcli.data.view import DataView
 
         view = view or DataView()

@@ -51,7 +51,7 @@ from advcli.attacks.registry import build_training_attack
 from advcli.attacks.trades import TradesKL
 from advcli.config import Eps, Norm, parse_choice
 from advcli.data import ImageData, to_float
-from advcli.data.datasets import train_subset
+from advcli.data.subsets import train_subset
 from advcli.errors import DataError, UsageError
 from advcli.formats.advset import AdvSet, load_adv_set
 from advcli.io import sha256_file

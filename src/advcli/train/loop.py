@@ -47,9 +47,9 @@ from advcli import distributed
 from advcli.attacks.base import full_precision
 from advcli.config import Augment, Schedule, parse_choice
 from advcli.data import ImageData, load_dataset
-from advcli.data.datasets import train_subset
 from advcli.data.for_checkpoint import is_lazy, recorded_view, skipped_files
 from advcli.data.loaders import train_batches
+from advcli.data.subsets import train_subset
 from advcli.data.view import DataView
 from advcli.errors import CheckpointError, UsageError
 from advcli.models import Classifier, build_model
