@@ -92,7 +92,7 @@ def measure(ctx: Context, model: nn.Module, x: torch.Tensor, y: torch.Tensor, na
 
 
 def main(argv: list[str] | None = None) -> int:
-    from advcli.data.datasets import Subset
+    from advcli.data.subsets import Subset
     from advcli.models.user import load_target
 
     p = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])

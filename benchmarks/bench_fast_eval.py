@@ -97,7 +97,7 @@ def run(ctx: Context) -> None:
 def main(argv: list[str] | None = None) -> int:
     from advcli.config import parse_eps
     from advcli.data import to_float
-    from advcli.data.datasets import Subset
+    from advcli.data.subsets import Subset
     from advcli.models.user import load_target
 
     p = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])

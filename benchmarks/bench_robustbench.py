@@ -28,7 +28,7 @@ from bench_autoattack import quiet_autoattack
 from harness import EPS, Context, Ratio, compare, emit, info, interleaved, ms
 
 from advcli.data import ImageData, to_float
-from advcli.data.datasets import Subset
+from advcli.data.subsets import Subset
 from advcli.progress import NullReporter
 
 NAME = "robustbench"

@@ -69,8 +69,9 @@ def test_subset(labels: torch.Tensor, n: int | None, seed: int = 0,
 def check_subset(subset: Subset | str, dataset: str | None, *, streamed: bool = False) -> None:
     """`--subset first` only where the split's order is the dataset's own; a UsageError for an
     image folder or zip loaded into memory (`folder:PATH`), whose order is the folders'. A
-    streamed folder lists its test split by file name (ImageNet val's official order, so its
-    first 5,000 are RobustBench's) and shards in their own order: both allowed."""
+    streamed folder lists its test split by file name (ImageNet val's official order:
+    ILSVRC2012_val_00000001.JPEG, ...) and shards in their own order: both allowed. RobustBench's
+    ImageNet set is not a prefix of that order but a fixed list of 5,000 files: `list:FILE`."""
     name = str(dataset).lower() if dataset is not None else ""
     if Subset(subset) is Subset.first and name.startswith("folder:") and not streamed:
         raise UsageError(

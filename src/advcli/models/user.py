@@ -283,11 +283,16 @@ class Target:
         view = view or DataView()
         if data is None:
             self.require_dataset(dataset)
-            check_subset(subset, dataset or self.meta.get("dataset"))
+            # Refused before loading when the view surely reads a folder into memory (listed class
+            # by class); a view that may stream is judged once the data says whether it did.
+            cfg = self.meta.get("config") if isinstance(self.meta.get("config"), dict) else {}
+            recorded = {} if dataset else {"stream": cfg.get("stream"), "image_size": cfg.get("image_size")}
+            if view.given(**recorded).stream == "off":
+                check_subset(subset, dataset or self.meta.get("dataset"))
             data = dataset_for_checkpoint(self.meta, name=self.name, dataset=dataset, data_dir=data_dir,
                                           view=view)
         xs, ys = data.split(split)
-        index = test_subset(ys, n, seed=seed, subset=subset, dataset=data.name)
+        index = test_subset(ys, n, seed=seed, subset=subset, dataset=data.name, streamed=data.streamed)
         index, skipped = drop_undecodable(xs, index, view.skip_bad)
         if (self.outside or check_output) and len(index):
             name = self.code[-1].spec if self.code else self.name
