@@ -608,7 +608,8 @@ def test_imagenet_full_is_the_official_fast_at_schedule_on_8_gpus() -> None:
     assert cfg["epochs"] == 15 and cfg["batch_size"] * 8 == 512 and cfg["lr"] == 0.4
     assert cfg["weight_decay"] == 0.0001 and cfg["momentum"] == 0.9
     ev = _config("imagenet", "eval.yaml")
-    assert (ev["n"], ev["subset"], ev["aa_version"]) == (5000, "first", "standard") and ev["autoattack"]
+    # RobustBench's ImageNet set is its fixed list of 5,000 files, not a prefix of the sorted split.
+    assert (ev["n"], ev["subset"], ev["aa_version"]) == (5000, "robustbench", "standard") and ev["autoattack"]
     assert parse_eps(ev["eps"]).value == pytest.approx(4 / 255)
     # RobustBench's rows: the published file and the Makefile's expected numbers are the shared entries.
     info = RECIPES.parents[1] / "shared" / "published" / "robustbench" / "model_info" / "imagenet" / "Linf"

@@ -48,7 +48,7 @@ from advcli.attacks import ROBUST_RULES, AttackSpec, attack_record, build_attack
 from advcli.attacks.base import attack_mode, full_precision, lp_norms
 from advcli.data import to_float
 from advcli.data.for_checkpoint import skipped_line, view_record
-from advcli.data.subsets import Subset
+from advcli.data.subsets import FileList, Subset, subset_record
 from advcli.data.view import DataView
 from advcli.errors import UsageError
 from advcli.formats.results import ATTACK_SCHEMA
@@ -228,7 +228,7 @@ class AttackOptions:
     spec: AttackSpec
     split: str = "test"
     n: int | None = None
-    subset: Subset = Subset.stratified  # how --n picks the examples
+    subset: Subset | FileList = Subset.stratified  # how --n picks the examples
     batch_size: int = 256
     seed: int = 0
     dataset: str | None = None
@@ -310,7 +310,7 @@ def attack_checkpoint(
                     "trained_with": trained_with, "arch": target.arch},
         user_code=user_code,
         data={"dataset": data.name, "split": opts.split, "n": int(y.shape[0]), "seed": int(opts.seed),
-              "subset": Subset(opts.subset).value, "index_sha256": index_sha256(index),
+              **subset_record(opts.subset), "index_sha256": index_sha256(index),
               **view_record(data, skipped)},
         provenance=provenance(opts.seed, {"device": str(device), "channels_last": channels_last}),
         outputs={"adv": str(opts.out), "grid": str(opts.grid) if opts.grid else None},

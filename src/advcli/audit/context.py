@@ -22,7 +22,7 @@ from torch import nn
 
 from advcli.audit.limits import ALL_CHECKS, CheckName
 from advcli.config import Eps, Norm
-from advcli.data.subsets import Subset
+from advcli.data.subsets import FileList, Subset
 from advcli.data.view import DataView
 from advcli.models.layout import input_layout, model_layout
 from advcli.progress import Reporter
@@ -36,7 +36,7 @@ class AuditOptions:
     """Resolved options of `advcli audit` (eps/norm None = the checkpoint's threat model)."""
 
     n: int | None = 500
-    subset: Subset = Subset.stratified  # how --n picks the examples
+    subset: Subset | FileList = Subset.stratified  # how --n picks the examples
     eps: Eps | None = None
     norm: Norm | None = None
     checks: tuple[CheckName, ...] = ALL_CHECKS

@@ -111,7 +111,7 @@ class AuditResult:
                             "threat_model": m.threat_model}),
             "user_code": plain(self.user_code),
             "data": plain({"dataset": d.dataset, "split": d.split, "n": d.n, "seed": d.seed,
-                           "subset": d.subset, "index_sha256": d.index_sha256,
+                           "subset": d.subset, **d.subset_fields(), "index_sha256": d.index_sha256,
                            "examples_sha256": d.examples_sha256, **d.view_fields()}),
             "threat_model": plain(self.threat_model),
             "clean_accuracy": float(self.clean_accuracy),

@@ -76,7 +76,7 @@ def _audit_target(target: Target, surrogate: LoadedCheckpoint | None, opts: Audi
                   device: torch.device, reporter: Reporter, data: Any) -> AuditResult:
     from advcli.data import to_float
     from advcli.data.for_checkpoint import skipped_line, view_record
-    from advcli.data.subsets import Subset
+    from advcli.data.subsets import subset_record
     from advcli.evaluate.run import examples_sha256, resolve_threat
     from advcli.formats.results import DataInfo, ModelInfo, index_sha256, trained_with_text
     from advcli.provenance import provenance
@@ -138,7 +138,7 @@ def _audit_target(target: Target, surrogate: LoadedCheckpoint | None, opts: Audi
                         seed=meta.get("seed") if isinstance(meta.get("seed"), int) else None,
                         threat_model=threat),
         data=DataInfo(dataset=data.name, split=opts.split, n=len(y), seed=opts.seed,
-                      subset=Subset(opts.subset).value, **view_record(data, skipped),
+                      **subset_record(opts.subset), **view_record(data, skipped),
                       index_sha256=index_sha256(idx.numpy()), examples_sha256=examples_sha256(x_uint8, y)),
         threat_model={"norm": norm.value, "eps": eps.value, "eps_text": eps.text, "source": eps_source},
         clean_accuracy=accuracy(ctx.clean),

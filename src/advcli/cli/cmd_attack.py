@@ -15,7 +15,7 @@ from advcli.attacks import EVAL_ATTACKS, AttackName, AttackSpec, Keep, build_att
 from advcli.cli import common, render
 from advcli.cli.common import CONFIG_HELP, DEVICE_HELP, FORMAT_HELP, FORMATS, handle_errors, resolve_options
 from advcli.config import DEFAULT_EPS, Eps, Norm, parse_choice, parse_eps
-from advcli.data.subsets import SUBSET_HELP, Subset
+from advcli.data.subsets import SUBSET_HELP, Subset, parse_subset
 from advcli.errors import UsageError
 from advcli.io import all_or_nothing
 from advcli.models.robustbench.zoo import MODEL_DIR_HELP
@@ -203,7 +203,7 @@ def _check_options(opts: dict[str, Any]) -> tuple[AttackOptions, str, Path]:
         spec=spec,
         split=split,
         n=opts["n"],
-        subset=parse_choice(Subset, opts["subset"], name="--subset"),
+        subset=parse_subset(opts["subset"]),
         batch_size=int(opts["batch_size"]),
         seed=int(opts["seed"]),
         dataset=opts["dataset"],

@@ -16,7 +16,7 @@ from advcli.audit.limits import ALL_CHECKS, QUICK_CHECKS, CheckName, parse_check
 from advcli.cli import common, render
 from advcli.cli.common import CONFIG_HELP, DEVICE_HELP, FORMAT_HELP, FORMATS, handle_errors, resolve_options
 from advcli.config import Norm, parse_choice, parse_eps
-from advcli.data.subsets import SUBSET_HELP, Subset
+from advcli.data.subsets import SUBSET_HELP, Subset, parse_subset
 from advcli.errors import UsageError
 from advcli.models.layout import AUTO_DEFAULT
 from advcli.models.robustbench.zoo import MODEL_DIR_HELP
@@ -51,7 +51,7 @@ def audit_options(opts: dict[str, Any]) -> Any:
         raise UsageError("name the checkpoint to audit, or pass --model FILE.py:CALLABLE")
     return AuditOptions(
         n=None if opts["n"] is None else int(opts["n"]),
-        subset=parse_choice(Subset, opts["subset"], name="--subset"),
+        subset=parse_subset(opts["subset"]),
         eps=parse_eps(opts["eps"], name="--eps", allow_zero=False) if opts["eps"] else None,
         norm=parse_choice(Norm, opts["norm"], name="norm") if opts["norm"] else None,
         checks=checks,

@@ -11,7 +11,7 @@ import typer
 from advcli.cli import common, render
 from advcli.cli.common import CONFIG_HELP, DEVICE_HELP, FORMAT_HELP, FORMATS, handle_errors, resolve_options
 from advcli.config import Norm, parse_choice, parse_eps, parse_eps_list
-from advcli.data.subsets import SUBSET_HELP, Subset
+from advcli.data.subsets import SUBSET_HELP, Subset, parse_subset
 from advcli.errors import UsageError
 from advcli.formats.results import EvalResult
 from advcli.models.layout import AUTO_DEFAULT
@@ -61,7 +61,7 @@ def eval_options(opts: dict[str, Any]) -> Any:
         raise UsageError("--eps values must be > 0 (clean accuracy is always reported)")
     return EvalOptions(
         n=None if opts["n"] is None else int(opts["n"]),
-        subset=parse_choice(Subset, opts["subset"], name="--subset"),
+        subset=parse_subset(opts["subset"]),
         eps=eps,
         norm=parse_choice(Norm, opts["norm"], name="norm") if opts["norm"] else None,
         pgd=bool(opts["pgd"]),

@@ -13,7 +13,7 @@ import typer
 from advcli.cli import common, render
 from advcli.cli.common import CONFIG_HELP, DEVICE_HELP, FORMAT_HELP, FORMATS, handle_errors, resolve_options
 from advcli.config import DEFAULT_EPS, Norm, parse_choice, parse_eps
-from advcli.data.subsets import SUBSET_HELP, Subset
+from advcli.data.subsets import SUBSET_HELP, Subset, parse_subset
 from advcli.errors import UsageError
 from advcli.models.robustbench.zoo import MODEL_DIR_HELP
 from advcli.models.user import MODEL_HELP, WRAP_HELP, check_user_options
@@ -173,9 +173,9 @@ def landscape_options(opts: dict[str, Any]) -> tuple[Any, str]:
         raise UsageError(f"unknown --data {opts['data']!r}; valid values: {', '.join(DATA_KINDS)}")
     if int(opts["n"]) < 1:
         raise UsageError(f"--n must be a positive number of examples, got {opts['n']}")
-    subset = parse_choice(Subset, opts["subset"], name="--subset")
-    if subset is Subset.first and opts["adv_data"]:
-        raise UsageError("--subset first picks clean test examples; --adv-data uses the set's own "
+    subset = parse_subset(opts["subset"])
+    if subset is not Subset.stratified and opts["adv_data"]:
+        raise UsageError(f"--subset {subset.value} picks clean test examples; --adv-data uses the set's own "
                          "first N: drop --subset")
     check_user_options({**opts, "checkpoint": (opts["checkpoints"] or [None])[0]})
     if int(opts["flatness_seeds"]) < 1:

@@ -58,6 +58,10 @@ class Source:
     def name(self, i: int) -> str:
         raise NotImplementedError
 
+    def key(self, i: int) -> str | None:
+        """Item i's name within its split, as `--subset list:FILE` names it (None: no name)."""
+        return None
+
     def load(self, i: int) -> torch.Tensor:
         """Item i decoded: uint8 [3,H,W]."""
         name = self.name(i)
@@ -107,9 +111,17 @@ class FileSource(Source):
     def name(self, i: int) -> str:
         return os.path.join(self.root, self.rel[i].decode())
 
+    def key(self, i: int) -> str:
+        return _class_and_file(self.rel[i])
+
     def read(self, i: int) -> bytes:
         with open(self.name(i), "rb") as fh:
             return fh.read()
+
+
+def _class_and_file(rel: bytes) -> str:
+    # "[top/]split/class/file" -> "class/file"
+    return "/".join(rel.decode().split("/")[-2:])
 
 
 _OPEN_LOCK = threading.Lock()
@@ -147,6 +159,9 @@ class ZipSource(_PerProcess):
     def name(self, i: int) -> str:
         return f"{self.path}:{self.members[i].decode()}"
 
+    def key(self, i: int) -> str:
+        return _class_and_file(self.members[i])
+
     def read(self, i: int) -> bytes:
         return self.handle().read(self.members[i].decode())  # type: ignore[attr-defined]
 
@@ -166,6 +181,12 @@ class ShardSource(_PerProcess):
 
     def name(self, i: int) -> str:
         return f"{self.shards[int(self.shard[i])]}:{self.keys[i].decode()}"
+
+    def key(self, i: int) -> str:
+        # The image member's name up to its first dot: the webdataset sample key.
+        folder, _, base = self.keys[i].decode().rpartition("/")
+        stem = base.partition(".")[0]
+        return f"{folder}/{stem}" if folder else stem
 
     def read(self, i: int) -> bytes:
         # Positional reads (pread): the indexing thread pool reads one shard from several

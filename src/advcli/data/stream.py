@@ -80,6 +80,10 @@ class LazyImages:
     def name(self, position: int) -> str:
         return self.source.name(int(self.index[position]))
 
+    def key(self, position: int) -> str | None:
+        """The image's name within its split (`<class>/<file>`; shards: the sample key)."""
+        return self.source.key(int(self.index[position]))
+
     def load(self, position: int) -> torch.Tensor:
         """One image as decoded (full size, uint8 [3,H,W])."""
         return self.source.load(int(self.index[position]))

@@ -66,7 +66,7 @@ from advcli import distributed
 from advcli.attacks.base import Keep, attack_mode, full_precision
 from advcli.config import DEFAULT_EPS, Eps, Norm, parse_choice, parse_eps
 from advcli.data.for_checkpoint import skipped_line, view_record
-from advcli.data.subsets import Subset
+from advcli.data.subsets import FileList, Subset, subset_record
 from advcli.data.view import DataView
 from advcli.errors import AdvcliError, UsageError
 from advcli.evaluate.chunks import Estimator, PlanStep, after_round, attack_key, in_memory, max_perturbation, run_chunks
@@ -93,7 +93,7 @@ class EvalOptions:
     """Resolved options of `advcli eval` (eps/norm None = from the checkpoint)."""
 
     n: int | None = 1000
-    subset: Subset = Subset.stratified  # how --n picks the examples
+    subset: Subset | FileList = Subset.stratified  # how --n picks the examples
     eps: list[Eps] | None = None
     norm: Norm | None = None
     pgd: bool = True
@@ -583,7 +583,7 @@ def _setup(checkpoint: str | Path | LoadedCheckpoint | None, opts: EvalOptions,
     esha = examples_sha256(x_uint8, y)
     fingerprint: dict[str, Any] = {
         "checkpoint": {"sha256": target.sha256},
-        "data": {"dataset": data.name, "split": opts.split, "subset": Subset(opts.subset).value,
+        "data": {"dataset": data.name, "split": opts.split, **subset_record(opts.subset),
                  "index_sha256": ihash, "examples_sha256": esha},
         "options": _result_options(opts, norm, eps_list, device),
         "versions": _versions(opts.autoattack or opts.fast_worst_case),
@@ -671,7 +671,7 @@ def run_eval(
         ),
         data=DataInfo(dataset=data.name, split=opts.split, n=len(y), seed=opts.seed,
                       index_sha256=ihash, examples_sha256=st.esha,
-                      subset=Subset(opts.subset).value, **view_record(data, st.skipped)),
+                      **subset_record(opts.subset), **view_record(data, st.skipped)),
         entries=entries,
         seed=opts.seed,
         time_s=time.perf_counter() - t0,

@@ -175,9 +175,14 @@ class DataInfo:
     seed: int | None = None
     index_sha256: str | None = None
     examples_sha256: str | None = None  # pixels + labels: synthetic data depends on a seed
-    subset: str | None = None  # how --n chose them (first | stratified); None in older files
+    subset: str | None = None  # how --n chose them (first | stratified | list:FILE | robustbench); None in older files
+    subset_sha256: str | None = None  # the list file's sha256 (list:FILE, robustbench); None otherwise
     image_size: int | None = None  # a streamed dataset's --image-size; None: read in memory
     skipped_bad: list[str] | None = None  # undecodable files left out (--skip-bad); None: none
+
+    def subset_fields(self) -> dict[str, Any]:
+        """The list's sha256, written only for a file list (files stay as before)."""
+        return {} if self.subset_sha256 is None else {"subset_sha256": self.subset_sha256}
 
     def view_fields(self) -> dict[str, Any]:
         """The keys of a streamed view, written only when there is one (files stay as before)."""
@@ -238,6 +243,7 @@ class EvalResult:
                 "n": self.data.n,
                 "seed": self.data.seed,
                 **({} if self.data.subset is None else {"subset": self.data.subset}),
+                **self.data.subset_fields(),
                 **self.data.view_fields(),
                 "index_sha256": self.data.index_sha256,
                 "examples_sha256": self.data.examples_sha256,
@@ -434,6 +440,7 @@ def parse_results(data: dict[str, Any], *, source: str = "<memory>") -> EvalResu
         index_sha256=d.get("index_sha256", str, required=not published),
         examples_sha256=d.get("examples_sha256", str, required=False),
         subset=d.get("subset", str, required=False),
+        subset_sha256=d.get("subset_sha256", str, required=False),
         image_size=d.get("image_size", int, required=False),
         skipped_bad=[str(f) for f in d.get("skipped_bad", list, required=False) or []] or None,
     )

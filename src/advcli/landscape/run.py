@@ -46,7 +46,7 @@ from torch import nn
 from advcli.attacks import Attack, AttackSpec, Keep, attack_record, build_attack
 from advcli.data import ImageData, test_subset, to_float
 from advcli.data.for_checkpoint import dataset_for_checkpoints, drop_undecodable, skipped_line, view_record
-from advcli.data.subsets import Subset
+from advcli.data.subsets import FileList, Subset, subset_record
 from advcli.data.view import DataView
 from advcli.errors import UsageError
 from advcli.formats.advset import AdvSet, AdvSetError, load_adv_set
@@ -310,7 +310,7 @@ class LandscapeOptions:
     attack: AttackSpec | None = None  # recompute this attack at every point
     adv_data: Path | None = None  # fixed adversarial examples instead of clean test images
     n: int = 1000
-    subset: Subset = Subset.stratified  # how --n picks the clean test examples
+    subset: Subset | FileList = Subset.stratified  # how --n picks the clean test examples
     seed: int = 0  # the subset's order (the attack's starts: settings.attack_seed)
     directions_seed: int = 0
     directions: Path | None = None  # raw directions file: read when it exists, else written
@@ -398,7 +398,8 @@ def _subset(
     every point when `opts.attack` is set), or the first n of a fixed adversarial set."""
     if opts.adv_data is None:
         images = _images(loaded, opts, opts.dataset or None, data)
-        index = test_subset(images.test_y, opts.n, opts.seed, opts.subset, dataset=images.name)
+        index = test_subset(images.test_y, opts.n, opts.seed, opts.subset, dataset=images.name,
+                            streamed=images.streamed, x=images.test_x, classes=images.classes)
         index, skipped = drop_undecodable(images.test_x, index, opts.view.skip_bad)
         if skipped:
             warnings.append(skipped_line(skipped))
@@ -410,7 +411,7 @@ def _subset(
         record = {
             "kind": (DataKind.clean if attack is None else DataKind.attack).value,
             "dataset": images.name, "split": "test", "n": int(y.shape[0]), "seed": opts.seed,
-            "subset": Subset(opts.subset).value, "index_sha256": index_sha256(index),
+            **subset_record(opts.subset), "index_sha256": index_sha256(index),
             "attack": attack_info, "adv_data": None, **view_record(images, skipped),
         }
         return _Subset(to_float(images.test_x[index]), y, None, attack, record, images.num_classes)

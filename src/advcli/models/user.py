@@ -292,7 +292,8 @@ class Target:
             data = dataset_for_checkpoint(self.meta, name=self.name, dataset=dataset, data_dir=data_dir,
                                           view=view)
         xs, ys = data.split(split)
-        index = test_subset(ys, n, seed=seed, subset=subset, dataset=data.name, streamed=data.streamed)
+        index = test_subset(ys, n, seed=seed, subset=subset, dataset=data.name, streamed=data.streamed,
+                            x=xs, classes=data.classes)
         index, skipped = drop_undecodable(xs, index, view.skip_bad)
         if (self.outside or check_output) and len(index):
             name = self.code[-1].spec if self.code else self.name
