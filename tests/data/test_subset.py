@@ -4,6 +4,7 @@ and zips); recorded in every result's data block and in what `eval --resume` che
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -177,3 +178,115 @@ def test_a_progress_file_from_before_subset_resumes_as_stratified(tmp_path: Path
     now["data"]["subset"] = "first"
     with pytest.raises(UsageError, match=r"subset: stratified there, first here"):
         start_progress(path, now, resume=True)
+
+
+# --------------------------------------------------------------------------- list:FILE, robustbench
+
+def _stem_shards(tree: Path, out: Path) -> Path:
+    """The tree's val images as one webdataset shard keyed by file stem (as ImageNet shards often
+    are), in the tree's sorted file-name order; train as another."""
+    import webdataset as wds
+
+    out.mkdir()
+    classes = sorted(p.name for p in (tree / "train").iterdir())
+    (out / "classes.txt").write_text("\n".join(classes))
+    for split in ("train", "val"):
+        with wds.TarWriter(str(out / f"{split}-000000.tar")) as sink:
+            for p in sorted((tree / split).glob("*/*"), key=lambda p: p.name):
+                sink.write({"__key__": p.name.split(".")[0], "jpg": p.read_bytes(),
+                            "cls": str(classes.index(p.parent.name))})
+    return out
+
+
+def test_a_list_picks_the_named_files_of_a_streamed_folder_and_of_shards(tmp_path: Path, monkeypatch) -> None:
+    from advcli.data import load_dataset
+    from advcli.data.subsets import parse_subset, subset_record
+    from advcli.errors import DataError
+    from tests.data.stream_trees import imagenet_tree
+
+    monkeypatch.setenv("ADVCLI_CACHE", str(tmp_path / "cache"))
+    tree = imagenet_tree(tmp_path / "imagenet", n_train=2, n_val=3)
+    picked = ["n01484850/ILSVRC2012_val_00000006.JPEG", "n01440764/ILSVRC2012_val_00000001.JPEG",
+              "n01443537/ILSVRC2012_val_00000008.JPEG"]
+    listing = tmp_path / "list.txt"
+    listing.write_text("\n".join(picked) + "\n\n")  # a trailing blank line is no entry
+    flist = parse_subset(f"list:{listing}")
+    assert flist.entries == tuple(picked)
+    assert subset_record(flist) == {"subset": f"list:{listing}",
+                                    "subset_sha256": hashlib.sha256(listing.read_bytes()).hexdigest()}
+    pixels = []
+    for spec in (f"folder:{tree}", f"shards:{_stem_shards(tree, tmp_path / 'shards')}"):
+        d = load_dataset(spec, image_size=16, stream="on")
+        idx = test_subset(d.test_y, None, subset=flist, dataset=d.name, streamed=True, x=d.test_x)
+        # Val files are numbered 1.. in sorted order: the list's files are positions 5, 0, 7.
+        assert idx.tolist() == [5, 0, 7]
+        assert [d.classes[int(c)] for c in d.test_y[idx]] == [p.split("/")[0] for p in picked]
+        assert test_subset(d.test_y, 2, subset=flist, dataset=d.name, streamed=True, x=d.test_x).tolist() == [5, 0]
+        pixels.append(d.test_x[idx])
+        missing = parse_subset(f"list:{_write(tmp_path / 'm.txt', [*picked, 'n01440764/a.JPEG', 'b/c.JPEG'])}")
+        with pytest.raises(DataError, match=r"2 of 5 .*: n01440764/a.JPEG, b/c.JPEG$"):
+            test_subset(d.test_y, None, subset=missing, dataset=d.name, streamed=True, x=d.test_x)
+    assert torch.equal(pixels[0], pixels[1])
+    # Names only where the files are streamed.
+    with pytest.raises(UsageError, match=r"read into memory keeps no names: stream it \(--stream on\)"):
+        test_subset(torch.zeros(3), None, subset=flist, dataset=f"folder:{tree}", streamed=False)
+    with pytest.raises(UsageError, match="has no files"):
+        test_subset(torch.zeros(3), None, subset=flist, dataset="synthetic")
+
+
+def _write(path: Path, lines: list[str]) -> Path:
+    path.write_text("\n".join(lines))
+    return path
+
+
+def test_list_files_that_cannot_name_examples_are_usage_errors(tmp_path: Path) -> None:
+    from advcli.data.subsets import parse_subset
+
+    with pytest.raises(UsageError, match="cannot read the list file"):
+        parse_subset(f"list:{tmp_path / 'absent.txt'}")
+    with pytest.raises(UsageError, match="names no files"):
+        parse_subset(f"list:{_write(tmp_path / 'empty.txt', ['', '  '])}")
+    with pytest.raises(UsageError, match="names 'a/b.JPEG' twice"):
+        parse_subset(f"list:{_write(tmp_path / 'twice.txt', ['a/b.JPEG', 'a/c.JPEG', 'a/b.JPEG'])}")
+    with pytest.raises(UsageError, match="valid values: first, stratified, list:FILE, robustbench"):
+        parse_subset("lisst:x")
+
+
+class _Named:
+    """A split with names but no files: where a list is checked before it is matched."""
+
+    def __len__(self) -> int:
+        return 0
+
+    def key(self, position: int) -> str:
+        raise AssertionError("matched before the class count was checked")
+
+
+def test_robustbench_is_the_packages_5000_file_list_or_says_how_to_install_it(monkeypatch) -> None:
+    import importlib.util
+
+    from advcli.data import subsets
+
+    if importlib.util.find_spec("robustbench") is not None:
+        rb = subsets.parse_subset("robustbench")
+        assert rb.value == "robustbench" and len(rb.entries) == len(set(rb.entries)) == 5000
+        assert rb.entries[0] == "n09468604/ILSVRC2012_val_00015253.JPEG"
+        assert all(e.startswith("n") and "/ILSVRC2012_val_" in e for e in rb.entries)
+        assert subsets.subset_record(rb)["subset_sha256"] == rb.sha256
+        with pytest.raises(UsageError, match="ImageNet's 1000 sorted class folders; shards:x has 3 classes"):
+            subsets.list_positions(_Named(), rb, dataset="shards:x", classes=["a", "b", "c"])
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(UsageError, match=r"pip install advcli\[robustbench\]"):
+        subsets.parse_subset("robustbench")
+
+
+def test_resume_is_refused_when_the_list_changed(tmp_path: Path) -> None:
+    path = tmp_path / "r.progress.yaml"
+    fp = {"checkpoint": {"sha256": "a" * 64},
+          "data": {"dataset": "folder:x", "split": "test", "subset": "list:l.txt", "subset_sha256": "c" * 64,
+                   "index_sha256": "b" * 64}}
+    start_progress(path, fp, resume=False).save()
+    assert start_progress(path, fp, resume=True).path == path
+    other = {**fp, "data": {**fp["data"], "subset_sha256": "d" * 64}}
+    with pytest.raises(UsageError, match="other examples .subset_sha256"):
+        start_progress(path, other, resume=True)
