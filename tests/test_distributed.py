@@ -1,7 +1,9 @@
-"""torchrun/DDP on CPU with the gloo backend: 2-rank training, disjoint shards, per-rank seeds."""
+"""torchrun/DDP on CPU with the gloo backend: 2-rank training, disjoint shards, per-rank seeds, and a
+streamed folder's epoch on 2 ranks against one process."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -15,10 +17,38 @@ from advcli.models.checkpoint import load_checkpoint, read_metadata
 CPU = torch.device("cpu")
 
 
-def _torchrun(args: list[str], cwd) -> subprocess.CompletedProcess:
-    env = dict(os.environ, OMP_NUM_THREADS="1", ADVCLI_NO_PROGRESS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "advcli", *args]
+def _torchrun(args: list[str], cwd, target: tuple[str, ...] = ("-m", "advcli"),
+              env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """`target` (advcli, or a script) with `args` on 2 ranks (gloo: the device is the CPU)."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", ADVCLI_NO_PROGRESS="1", **(env or {}))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", *target, *args]
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
+# One epoch of streamed training batches on this process's rank (all ranks, under torchrun), as
+# the training loop asks for them: (item, sha256 of its augmented pixels) in the order yielded,
+# for the whole epoch and for a resume that skips the first SKIP batches.
+STREAMED_EPOCH = """
+import hashlib, json, sys
+import torch
+from advcli import distributed
+from advcli.data import load_dataset
+from advcli.data.loaders import train_batches
+
+root, out, skip = sys.argv[1], sys.argv[2], int(sys.argv[3])
+info, device = distributed.setup(torch.device("cpu"))
+d = load_dataset(f"folder:{root}", stream="on", image_size=16)
+seen = {}
+for k in (0, skip):
+    seen[k] = [[i, hashlib.sha256(img.numpy().tobytes()).hexdigest()]
+               for xb, yb in train_batches(d.train_x, torch.arange(len(d.train_y)), augment="fixed",
+                                           batch_size=BATCH, workers=1, seed=5, epoch=1, device=device,
+                                           rank=info.rank, world_size=info.world_size, skip=k)
+               for img, i in zip(xb, yb.tolist())]
+with open(f"{out}.{info.rank}.json", "w") as fh:
+    json.dump({"world_size": info.world_size, "epoch": seen[0], "resumed": seen[skip]}, fh)
+distributed.cleanup()
+"""
 
 
 @pytest.mark.parametrize("augment", ["device", "fixed"])
@@ -111,3 +141,33 @@ def test_trades_with_awp_under_torchrun(tmp_path):
     assert meta["distributed"]["world_size"] == 2
     assert (meta["threat_model"]["objective"], meta["threat_model"]["awp_gamma"]) == ("trades", 0.01)
     assert meta["history"][0]["train_kl"] > 0
+
+
+def test_two_ranks_stream_the_single_process_epoch_and_resume_it(tmp_path):
+    """A streamed folder under torchrun (2 ranks, gloo) against one process: each rank yields its
+    strided share of the one epoch order (the DistributedSampler rule), pixel for pixel the
+    single process's items, the remainder dropped; a mid-epoch resume yields the rest of it."""
+    from tests.data.stream_trees import imagenet_tree
+
+    batch, skip = 2, 2
+    root = imagenet_tree(tmp_path / "imagenet", n_train=5)  # 15 training images: one left over
+    script = tmp_path / "streamed_epoch.py"
+    script.write_text(STREAMED_EPOCH.replace("BATCH", str(batch)))
+    env = {"ADVCLI_CACHE": str(tmp_path / "cache")}
+    single = subprocess.run([sys.executable, str(script), str(root), str(tmp_path / "one"), str(skip)],
+                            env=dict(os.environ, OMP_NUM_THREADS="1", **env), capture_output=True, text=True,
+                            timeout=300)
+    assert single.returncode == 0, single.stderr[-2000:]
+    r = _torchrun([str(root), str(tmp_path / "two"), str(skip)], tmp_path, target=(str(script),), env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    one = json.loads((tmp_path / "one.0.json").read_text())
+    ranks = [json.loads((tmp_path / f"two.{k}.json").read_text()) for k in (0, 1)]
+    assert one["world_size"] == 1 and [d["world_size"] for d in ranks] == [2, 2]
+    order = [tuple(e) for e in one["epoch"]]
+    assert sorted(i for i, _ in order) == list(range(15))
+    kept = order[: 15 - 15 % 2]
+    for rank, d in enumerate(ranks):
+        epoch = [tuple(e) for e in d["epoch"]]
+        assert epoch == kept[rank::2]  # same items, same order, same pixels
+        assert [tuple(e) for e in d["resumed"]] == epoch[skip * batch :]
+    assert [tuple(e) for e in one["resumed"]] == order[skip * batch :]
