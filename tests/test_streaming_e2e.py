@@ -108,6 +108,12 @@ def test_subset_list_takes_exactly_the_listed_files_in_their_order(env) -> None:
              "--device", "cpu", "--out", adv)
     assert r.exit_code == 0, r.output
     assert load_adv_set(adv).index.tolist() == expected[:4].tolist()
+    # landscape chooses its examples the same way (and takes a streamed folder's names).
+    out = tmp / "landscape.yaml"
+    r = _run("landscape", ckpt, "--subset", f"list:{listing}", "--points", 3, "--device", "cpu", "--out", out)
+    assert r.exit_code == 0, r.output
+    data = _result(out)["data"]
+    assert data["index_sha256"] == index_sha256(expected.numpy()) and data["subset"] == f"list:{listing}"
     # An entry that is not in the split: one line naming it and the count.
     listing.write_text("\n".join([*picked, "n00000001/nope.JPEG"]))
     r = _run("eval", ckpt, "--no-pgd", "--subset", f"list:{listing}", "--device", "cpu")

@@ -12,10 +12,11 @@ streams what is too large to cache or mixes image sizes, so CIFAR-size data stay
 - `cifar10`, `cifar100`, `svhn`: torchvision, under `--data-dir`, fetched only with `--download`.
 
 Which n examples `--n` takes (`--subset`, `Subset`): `stratified`, the default, the first n of a
-seeded, class-interleaved order (`stratified_order`), on any dataset; or `first`, indices
+seeded, class-interleaved order (`stratified_order`), on any dataset; `first`, indices
 0..n-1, the split in the dataset's own order, where that order means something (torchvision
-datasets and `synthetic`; papers' "first 1,000 CIFAR-10 test examples" are torchvision's
-order). `test_subset` is the one function that chooses them.
+datasets, `synthetic`, streamed folders and shards; papers' "first 1,000 CIFAR-10 test
+examples" are torchvision's order); or the files a list names (`list:FILE`, `robustbench`:
+streamed folders and shards). `test_subset` (subsets.py) is the one function that chooses them.
 
 Decoded tensors (and a streamed dataset's channel stats, and shard indexes) are cached under
 `$ADVCLI_CACHE` (default `~/.cache/advcli`), keyed by the
