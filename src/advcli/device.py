@@ -43,3 +43,20 @@ def tune_allocator() -> bool:
         return False
     m_trim_threshold, m_mmap_threshold = -1, -3  # from <malloc.h>
     return bool(libc.mallopt(m_mmap_threshold, 32 * 2**20)) and bool(libc.mallopt(m_trim_threshold, 2**31 - 1))
+
+
+def release_allocator() -> bool:
+    """glibc malloc back to handing big blocks to the kernel, for processes whose allocations vary
+    in size (decoding images of any size): fixed 128 KiB mmap and trim thresholds. Undoes
+    `tune_allocator` in a DataLoader worker, which inherits it through fork: there, decoded images
+    of every size fragment a heap that is never trimmed, and a worker's memory grew with the
+    number of images it had decoded (benchmarks/stream_data.py memory)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # from <malloc.h>
+    return bool(libc.mallopt(m_mmap_threshold, 128 * 2**10)) and bool(libc.mallopt(m_trim_threshold, 128 * 2**10))
+

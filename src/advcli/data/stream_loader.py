@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 from advcli.config import Augment
 from advcli.data.stream import LazyImages
 from advcli.data.transforms import eval_view, torch_uniform, train_view
+from advcli.device import release_allocator
 from advcli.errors import DataError
 from advcli.rng import Stream, stream_generator
 
@@ -79,6 +80,14 @@ def _collate(items: list) -> tuple[torch.Tensor, torch.Tensor, list[_Bad]]:
     return torch.stack([g[0] for g in good]), torch.stack([g[1] for g in good]), bad
 
 
+def _worker_start(worker_id: int, then=None) -> None:
+    # A decoding worker allocates images of every size: its memory must not grow with the images
+    # it has decoded (see release_allocator).
+    release_allocator()
+    if then is not None:
+        then(worker_id)
+
+
 def stream_loader(
     x: LazyImages, y: torch.Tensor, order: torch.Tensor, *, mode: Augment, batch_size: int, workers: int,
     seed: int, epoch: int, rank: int, pin_memory: bool = False, worker_init=None,
@@ -90,7 +99,7 @@ def stream_loader(
         shuffle=False,
         num_workers=workers,
         collate_fn=_collate,
-        worker_init_fn=worker_init if workers > 0 else None,
+        worker_init_fn=partial(_worker_start, then=worker_init) if workers > 0 else None,
         generator=stream_generator(seed, epoch, rank, Stream.loader_workers),
         pin_memory=pin_memory,
         prefetch_factor=4 if workers > 0 else None,
