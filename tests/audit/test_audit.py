@@ -389,3 +389,21 @@ def test_read_audit_rejects_other_files(tmp_path: Path) -> None:
     p.write_text(f"schema: {SCHEMA}\nverdict: maybe\nchecks: []\n")
     with pytest.raises(ResultsError, match="verdict"):
         read_audit(p)
+
+
+def test_fast_worst_case_takes_apgd_ces_place_in_the_ensemble(tiny_ckpt: Path, synthetic_data,
+                                                              short_autoattack) -> None:
+    """`--fast-worst-case`: check 2 runs eval's fast evaluation (APGD-CE, then MALT-targeted APGD)
+    instead of APGD-CE alone. On the saturating defence, whose softmax gives the CE loss no
+    gradient, APGD-CE alone stays blind (see the masking test above); the targeted stage's margin
+    loss breaks the points, so the fast member is no blind spot and the check still fails."""
+    from advcli.attacks.malt import evaluation_name
+
+    res = run_audit(tiny_ckpt, AuditOptions(**FAST, checks=(CheckName.convergence,), fast_worst_case=True,
+                                            wrap=f"{WRAPS}/saturate.py:wrap"), device=CPU, data=synthetic_data)
+    conv = res.check("convergence")
+    members = conv.numbers["members"]
+    assert set(members) == {"pgd-20x2", evaluation_name(), "apgd-dlr"}
+    assert conv.numbers["fast_worst_case"] is True
+    assert members[evaluation_name()]["accuracy"] < 0.1
+    assert conv.status == "fail"

@@ -44,6 +44,9 @@ class AuditOptions:
     curve_steps: int = 10
     strong_steps: int = 100
     strong_restarts: int = 5
+    # Check 2's ensemble runs eval's fast worst-case evaluation (APGD-CE, then MALT-targeted APGD)
+    # in place of APGD-CE alone.
+    fast_worst_case: bool = False
     square_n: int = 200
     eot_samples: int = 10
     surrogate: Path | None = None
@@ -212,6 +215,23 @@ class AuditContext:
                              self.norm, self.eps, version="custom", attacks=[attack],
                              batch_size=self.opts.batch_size, seed=self.opts.seed,
                              reporter=self.reporter, restarts=1)
+        flags[idx] = res.robust_flags.cpu().numpy() & self.clean[idx]
+        return flags
+
+
+    def fast_worst_case(self) -> np.ndarray:
+        """Robust flags (length n) of eval's fast worst-case evaluation (APGD-CE, then
+        MALT-targeted APGD on the points left standing) on the clean-correct examples."""
+        from advcli.attacks.malt import run_fast_worst_case
+
+        idx = np.flatnonzero(self.clean)
+        flags = self.clean.copy()
+        if not len(idx):
+            return flags
+        it = torch.from_numpy(idx)
+        res = run_fast_worst_case(self.model, self.x[it].to(self.device), self.y[it].to(self.device),
+                                  self.norm, self.eps, batch_size=self.opts.batch_size, seed=self.opts.seed,
+                                  reporter=self.reporter)
         flags[idx] = res.robust_flags.cpu().numpy() & self.clean[idx]
         return flags
 

@@ -1,6 +1,9 @@
 """Check 2, convergence: the default evaluation attack (advcli eval's PGD-10) against the
 per-example AND of a strong ensemble: PGD-100 with 5 restarts, APGD-CE and APGD-DLR (Croce &
-Hein 2020; DLR is the margin loss that still has a gradient where softmax saturates).
+Hein 2020; DLR is the margin loss that still has a gradient where softmax saturates). With
+`--fast-worst-case`, eval's fast worst-case evaluation (APGD-CE, then targeted APGD toward the
+classes of smallest linearised margin, MALT) takes APGD-CE's place: targeted attacks break points
+the untargeted ones miss.
 
 The count judged is the examples the default attack calls robust that the ensemble breaks: a
 large gap means the default attack did not converge. (Comparing 1 restart with 5 restarts of
@@ -27,7 +30,12 @@ def run(ctx: AuditContext) -> CheckResult:
     members[strong_name] = ctx.lp_attack(
         strong_name, dict(name="pgd", steps=o.strong_steps, restarts=o.strong_restarts), purpose=2)
     notes = []
-    members["apgd-ce"] = ctx.autoattack("apgd-ce")
+    if o.fast_worst_case:
+        from advcli.attacks.malt import evaluation_name
+
+        members[evaluation_name()] = ctx.fast_worst_case()
+    else:
+        members["apgd-ce"] = ctx.autoattack("apgd-ce")
     if ctx.num_classes >= 3:
         members["apgd-dlr"] = ctx.autoattack("apgd-dlr")
     else:
@@ -56,6 +64,7 @@ def run(ctx: AuditContext) -> CheckResult:
                  "ensemble_accuracy": accuracy(strong),
                  "members": {k: {"accuracy": accuracy(f), "breaks_alone": only[k]} for k, f in members.items()},
                  "apgd": {"iterations": 100, "restarts": 1, "note": "pyautoattack's defaults"},
+                 "fast_worst_case": o.fast_worst_case,
                  **values},
         notes=notes, time_s=time.perf_counter() - t0,
     )
