@@ -35,14 +35,9 @@ def tune_allocator() -> bool:
     page faults per PGD step on small-cnn going to 0, and the PGD-step / forward ratio from
     1.96-2.16 to 1.89-1.99. Memory stays reserved after peaks. `ADVCLI_MALLOC=default` opts out.
     """
-    if os.environ.get("ADVCLI_MALLOC") == "default" or not sys.platform.startswith("linux"):
+    if os.environ.get("ADVCLI_MALLOC") == "default":
         return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return False
-    m_trim_threshold, m_mmap_threshold = -1, -3  # from <malloc.h>
-    return bool(libc.mallopt(m_mmap_threshold, 32 * 2**20)) and bool(libc.mallopt(m_trim_threshold, 2**31 - 1))
+    return _mallopt(mmap_threshold=32 * 2**20, trim_threshold=2**31 - 1)
 
 
 def release_allocator() -> bool:
@@ -51,6 +46,11 @@ def release_allocator() -> bool:
     `tune_allocator` in a DataLoader worker, which inherits it through fork: there, decoded images
     of every size fragment a heap that is never trimmed, and a worker's memory grew with the
     number of images it had decoded (benchmarks/stream_data.py memory)."""
+    return _mallopt(mmap_threshold=128 * 2**10, trim_threshold=128 * 2**10)
+
+
+def _mallopt(*, mmap_threshold: int, trim_threshold: int) -> bool:
+    """Set glibc's mmap and trim thresholds (bytes); False where there is no glibc."""
     if not sys.platform.startswith("linux"):
         return False
     try:
@@ -58,5 +58,5 @@ def release_allocator() -> bool:
     except OSError:
         return False
     m_trim_threshold, m_mmap_threshold = -1, -3  # from <malloc.h>
-    return bool(libc.mallopt(m_mmap_threshold, 128 * 2**10)) and bool(libc.mallopt(m_trim_threshold, 128 * 2**10))
+    return bool(libc.mallopt(m_mmap_threshold, mmap_threshold)) and bool(libc.mallopt(m_trim_threshold, trim_threshold))
 
