@@ -38,15 +38,16 @@ def test_every_seed_epoch_rank_and_purpose_has_its_own_seed():
 
 class _Recorder:
     """Every seed given to torch (global and Generator), NumPy's global state and `random`,
-    except the dataset's own selections (data/datasets.py: the fixed --n-train subset and the
-    validation split are chosen once per dataset, not drawn by the run)."""
+    except the dataset's own selections (data/datasets.py and data/subsets.py: the fixed --n-train
+    subset and the validation split are chosen once per dataset, not drawn by the run)."""
 
     def __init__(self, monkeypatch) -> None:
         self.values: list[int] = []
         values = self.values
 
         def record(seed) -> None:
-            if not sys._getframe(2).f_code.co_filename.endswith(os.path.join("data", "datasets.py")):
+            caller = sys._getframe(2).f_code.co_filename
+            if not caller.endswith((os.path.join("data", "datasets.py"), os.path.join("data", "subsets.py"))):
                 values.append(int(seed))
 
         class RecordingGenerator(torch.Generator):
