@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     ctx = Context(args, replace(SIZES["default"], repeats=args.repeats), device, None, Path("."))  # type: ignore[arg-type]
     for ckpt in args.checkpoints:
         target = load_target(ckpt, model=None, wrap=None, device=device)
-        data, idx = target.examples(dataset=args.dataset, data_dir=None, split="test", n=args.n, seed=0,
+        data, idx, _ = target.examples(dataset=args.dataset, data_dir=None, split="test", n=args.n, seed=0,
                                     subset=Subset.stratified, device=device)
         xs, ys = data.split("test")
         measure(ctx, target.model, to_float(xs[idx]), ys[idx].long(), target.label(None))

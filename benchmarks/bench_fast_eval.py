@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     print(HEADER)
     for ckpt, model in [(c, None) for c in args.checkpoints] + [(None, m) for m in args.model]:
         target = load_target(ckpt, model=model, wrap=args.wrap, device=device)
-        data, idx = target.examples(dataset=args.dataset, data_dir=None, split="test", n=args.n, seed=0,
+        data, idx, _ = target.examples(dataset=args.dataset, data_dir=None, split="test", n=args.n, seed=0,
                                     subset=Subset.stratified, device=device)
         xs, ys = data.split("test")
         m = measure(target.model, to_float(xs[idx]), ys[idx].long(), device, parse_eps(args.eps), args.batch_size)
