@@ -27,6 +27,7 @@ import re
 import tarfile
 import threading
 import zipfile
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,26 +42,38 @@ def cache_dir() -> Path:
     """Where decoded datasets, shard indices and channel statistics are cached (`ADVCLI_CACHE`)."""
     return Path(os.environ.get("ADVCLI_CACHE", Path.home() / ".cache" / "advcli"))
 
+
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 SHARD_IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 TEST_SPLITS = ("test", "val")
 
 
-class Source:
-    """Items by index: `read(i)` their bytes, `name(i)` what an error message calls them."""
+class Source(ABC):
+    """Images by index: `load(i)` decoded, `size(i)` their (height, width), `name(i)` what an
+    error message calls them."""
 
-    def __len__(self) -> int:
-        raise NotImplementedError
+    @abstractmethod
+    def __len__(self) -> int: ...
 
-    def read(self, i: int) -> bytes:
-        raise NotImplementedError
+    @abstractmethod
+    def name(self, i: int) -> str: ...
 
-    def name(self, i: int) -> str:
-        raise NotImplementedError
+    @abstractmethod
+    def load(self, i: int) -> torch.Tensor: ...
+
+    @abstractmethod
+    def size(self, i: int) -> tuple[int, int]: ...
 
     def key(self, i: int) -> str | None:
         """Item i's name within its split, as `--subset list:FILE` names it (None: no name)."""
         return None
+
+
+class EncodedSource(Source):
+    """Image files by index: `read(i)` their bytes, decoded on `load`."""
+
+    @abstractmethod
+    def read(self, i: int) -> bytes: ...
 
     def load(self, i: int) -> torch.Tensor:
         """Item i decoded: uint8 [3,H,W]."""
@@ -101,7 +114,7 @@ class TensorSource(Source):
         return int(self.x.shape[2]), int(self.x.shape[3])
 
 
-class FileSource(Source):
+class FileSource(EncodedSource):
     def __init__(self, root: str, rel: np.ndarray) -> None:
         self.root, self.rel = root, rel
 
@@ -127,14 +140,14 @@ def _class_and_file(rel: bytes) -> str:
 _OPEN_LOCK = threading.Lock()
 
 
-class _PerProcess(Source):
+class _PerProcess(EncodedSource):
     """Holds one open file handle per process (fork copies would share a file position)."""
 
     _handle: object | None = None
     _pid: int = -1
 
-    def _open(self) -> object:
-        raise NotImplementedError
+    @abstractmethod
+    def _open(self) -> object: ...
 
     def handle(self) -> object:
         with _OPEN_LOCK:  # the indexing thread pool's first reads race to open it
