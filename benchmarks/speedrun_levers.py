@@ -37,6 +37,16 @@ LEVERS: dict[str, tuple[str, list[str]]] = {
                       ["--arch", "resnet9-w16", "--epochs", "10", "--attack", "n-fgsm"]),
     "w16-e10-ema": ("resnet9-w16, FGSM-RS, --ema 0.99, 10 epochs",
                     ["--arch", "resnet9-w16", "--epochs", "10", "--attack", "fgsm-rs", "--ema", "0.99"]),
+    # The objectives (issue: does a cheap TRADES or AWP on FGSM-RS beat FGSM-RS at the same budget?):
+    # TRADES at the reference beta 6 with 2 inner KL steps of eps/2 (about twice FGSM-RS's cost per
+    # epoch, so w16-e20 is its same-time row); AWP at the TRADES-AWP reference's gamma 5e-3 on
+    # FGSM-RS, switched on after 1 epoch (the reference warms up 10 of 200 epochs).
+    "w16-e10-trades2": ("resnet9-w16, TRADES beta 6 (2 inner steps of 4/255), 10 epochs",
+                        ["--arch", "resnet9-w16", "--epochs", "10", "--objective", "trades", "--beta", "6",
+                         "--attack", "pgd", "--steps", "2", "--step-size", "4/255"]),
+    "w16-e10-awp": ("resnet9-w16, FGSM-RS + AWP (gamma 5e-3 from epoch 2), 10 epochs",
+                    ["--arch", "resnet9-w16", "--epochs", "10", "--attack", "fgsm-rs", "--awp", "5e-3",
+                     "--awp-warmup", "1"]),
     # --compile: time per epoch against the same short run without it (10,000 images, 3 epochs).
     "w24-e3-10k": ("resnet9-w24, FGSM-RS, 10,000 images, 3 epochs",
                    ["--arch", "resnet9-w24", "--epochs", "3", "--attack", "fgsm-rs", "--n-train", "10000"]),
