@@ -192,6 +192,61 @@ def test_awp_perturbs_each_layer_by_gamma_along_the_gradient_and_restores_it():
     assert all(torch.equal(after[k], before[k]) for k in before)  # bit for bit
 
 
+def _plain_k_step_awp(model, loss_at, gamma, steps):
+    """The paper's multi-step AWP written out: v_l <- proj(v_l + gamma·||w_l||·g_l/||g_l||), g at w + v."""
+    names = [n for n, p in model.named_parameters() if p.ndim > 1]
+    w0 = {n: p.detach().clone() for n, p in model.named_parameters()}
+    v = {n: torch.zeros_like(w0[n]) for n in names}
+    for _ in range(steps):
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                if n in names:
+                    p.copy_(w0[n] + v[n])
+        params = dict(model.named_parameters())
+        g = dict(zip(names, torch.autograd.grad(loss_at(), [params[n] for n in names]), strict=True))
+        for n in names:
+            radius = gamma * w0[n].norm()
+            step = v[n] + radius * g[n] / g[n].norm()
+            v[n] = step * min(1.0, float(radius / step.norm()))
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            p.copy_(w0[n])
+    return [v[n] for n in names]
+
+
+@pytest.mark.parametrize("steps", [1, 3])
+def test_k_step_awp_is_the_papers_projected_ascent(steps):
+    model, (x, x_adv, y) = _net(), _batch()
+    forward = model_forward(model, CPU)
+
+    def loss_at():
+        return trades_loss(forward, x, x_adv, y, 0, beta=6.0).loss
+
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    plain = _plain_k_step_awp(model, loss_at, 0.05, steps)
+    ours = AWP(0.05, 0, steps).perturbation(model, loss_at)
+    assert all(torch.equal(w, before[n]) for n, w in model.named_parameters())  # weights back, bit for bit
+    for a, b in zip(ours, plain, strict=True):
+        assert torch.allclose(a, b, rtol=0, atol=1e-6), float((a - b).abs().max())
+    layers = [before[n] for n, p in model.named_parameters() if p.ndim > 1]
+    for v, w in zip(ours, layers, strict=True):
+        assert float(v.norm()) <= 0.05 * float(w.norm()) * (1 + 1e-5)  # inside each layer's ball
+    if steps > 1:  # the later steps moved v: it is not the one-step perturbation
+        one = AWP(0.05, 0, 1).perturbation(model, loss_at)
+        assert any(not torch.allclose(a, b, atol=1e-6) for a, b in zip(ours, one, strict=True))
+
+
+def test_awp_steps_are_recorded_and_named(tmp_path, synthetic_data):
+    adv_fit(_opts(tmp_path / "k.safetensors", epochs=1), _adv("pgd-at", awp=0.01, awp_warmup=0, awp_steps=2),
+            synthetic_data, CPU)
+    meta = read_metadata(tmp_path / "k.safetensors")["threat_model"]
+    assert (meta["awp_gamma"], meta["awp_steps"]) == (0.01, 2)
+    assert trained_with_text(meta) == "pgd + awp gamma=0.01 steps=2"
+    adv_fit(_opts(tmp_path / "one.safetensors", epochs=1), _adv("pgd-at", awp=0.01, awp_warmup=0),
+            synthetic_data, CPU)
+    assert "awp_steps" not in read_metadata(tmp_path / "one.safetensors")["threat_model"]  # as before the option
+
+
 def test_awp_update_is_the_gradient_at_the_perturbed_weights(tmp_path, synthetic_data):
     """One plain-SGD step of the loop with AWP = w − lr · ∇L(w + v), v from ∇L(w)."""
     opts = TrainOptions(arch="tiny-cnn", epochs=1, batch_size=64, n_train=64, lr=0.1, momentum=0.0,
@@ -316,6 +371,7 @@ def test_resume_inside_an_awp_epoch_is_bit_identical(tmp_path, tmp_path_factory)
     (["--objective", "trades", "--label-smoothing", "0.1"], "plain cross-entropy"),
     (["--objective", "mart", "--beta", "-1"], "--beta must be >= 0"),
     (["--awp-warmup", "3"], "give --awp GAMMA"),
+    (["--awp-steps", "3"], "give --awp GAMMA"),
     (["--objective", "dro"], "valid values: pgd-at, trades, mart"),
 ])
 def test_invalid_combinations_are_refused(tmp_path, args, msg):

@@ -90,6 +90,7 @@ def adv_options(opts: dict[str, Any]) -> AdvOptions:
             beta=None if opts["beta"] is None else float(opts["beta"]),
             awp=float(opts["awp"]),
             awp_warmup=None if opts["awp_warmup"] is None else int(opts["awp_warmup"]),
+            awp_steps=int(opts["awp_steps"]),
         ),
     )
 
@@ -110,6 +111,7 @@ def adv_train(
     beta: Annotated[float | None, typer.Option("--beta", help=f"trades/mart: weight of the KL term (reference scripts: {DEFAULT_BETA:g}; the default).")] = OBJ.beta,
     awp: Annotated[float, typer.Option("--awp", min=0.0, metavar="GAMMA", help=f"Adversarial weight perturbation (Wu et al. 2020) with any objective: before each update the conv/linear weights move by GAMMA·||w|| per layer up the loss gradient; the update's gradient is taken there and the weights are restored before the step. 0 = off; the TRADES-AWP reference uses {DEFAULT_AWP_GAMMA:g}.")] = OBJ.awp,
     awp_warmup: Annotated[int | None, typer.Option("--awp-warmup", min=0, help=f"Epochs trained without AWP before it starts (default {DEFAULT_AWP_WARMUP}: the reference's --awp-warmup 10, which counts epochs from 1).")] = OBJ.awp_warmup,
+    awp_steps: Annotated[int, typer.Option("--awp-steps", min=1, help="Ascent steps of the weight perturbation (count): 1 is the reference's one step; K > 1 takes K steps of GAMMA·||w|| each, projected back to the GAMMA·||w|| ball per layer (the paper's multi-step form, about K-1 more forward/backward passes per update).")] = OBJ.awp_steps,
     adv_data: Annotated[str | None, typer.Option("--adv-data", help="Static adversarial training set from `advcli attack --split train`: train on its 1:1 union with the clean images, no online attack (the attack, validation and overfitting options are then refused).")] = ADV.adv_data,
     val_every: Annotated[int, typer.Option("--val-every", min=0, help=f"Every K epochs measure clean and fp32 PGD accuracy on the first {ADV.val_n} images of the --val-split set (epochs; 0 = never).")] = ADV.val_every,
     val_pgd_steps: Annotated[int, typer.Option("--val-pgd-steps", min=1, help="PGD iterations of the validation attack (count).")] = ADV.val_pgd_steps,

@@ -95,6 +95,8 @@ def trained_with_text(threat_model: dict[str, Any] | str | None) -> str:
         name = f"{objective} beta={threat_model.get('beta'):g}"
     if threat_model.get("awp_gamma"):
         name += f" + awp gamma={threat_model['awp_gamma']:g}"
+        if threat_model.get("awp_steps", 1) != 1:
+            name += f" steps={threat_model['awp_steps']}"
     return name
 
 

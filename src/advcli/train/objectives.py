@@ -40,6 +40,11 @@ calls do).
   AWP off for the first 9 epochs (`--awp-warmup 9`): the reference TRADES-AWP script's
   `--awp-gamma 0.005 --awp-warmup 10`, which counts epochs from 1 and tests `epoch >= 10`.
   Its state is a function of the epoch: `--resume` needs nothing more than the options.
+  `--awp-steps K` (default 1, the reference's one step) runs the paper's multi-step form: K
+  ascent steps, each v_l ← Π(v_l + γ · ‖w_l‖ · g_l / ‖g_l‖) with g the gradient at w + v and Π
+  the projection onto the layer's ball ‖v_l‖ ≤ γ · ‖w_l‖ (‖w_l‖ of the unperturbed weights). The
+  step size is the paper's η = γ, so the first step is the one-step perturbation exactly and K = 1
+  is the reference bit for bit; later steps turn v along the sphere toward a higher loss.
 """
 
 from __future__ import annotations
@@ -116,16 +121,26 @@ def perturbed_layers(model: nn.Module) -> list[nn.Parameter]:
     return [p for name, p in model.named_parameters() if p.ndim > 1 and name.endswith("weight") and p.requires_grad]
 
 
-def awp_direction(model: nn.Module, loss: torch.Tensor, gamma: float) -> list[torch.Tensor]:
+def awp_direction(model: nn.Module, loss: torch.Tensor, gamma: float,
+                  norms: list[torch.Tensor] | None = None) -> list[torch.Tensor]:
     """v_l = γ · ‖w_l‖ · g_l / ‖g_l‖ for each perturbed layer (g: the gradient of `loss`, summed
-    over torchrun ranks so that every rank perturbs alike)."""
+    over torchrun ranks so that every rank perturbs alike; ‖w_l‖: `norms`, default the current
+    weights')."""
     layers = perturbed_layers(model)
     grads = torch.autograd.grad(loss, layers)
+    if norms is None:
+        norms = [w.detach().float().norm() for w in layers]
     out = []
-    for w, g in zip(layers, grads, strict=True):
+    for w, g, norm in zip(layers, grads, norms, strict=True):
         g = distributed.all_reduce_sum(g.detach().float())
-        out.append((gamma * w.detach().float().norm() / (g.norm() + _AWP_EPS) * g).to(w.dtype))
+        out.append((gamma * norm / (g.norm() + _AWP_EPS) * g).to(w.dtype))
     return out
+
+
+def _project(v: torch.Tensor, radius: torch.Tensor) -> torch.Tensor:
+    """v scaled into the ball ‖v‖ ≤ radius (unchanged inside it)."""
+    norm = v.float().norm()
+    return v if norm <= radius else (v.float() * (radius / norm)).to(v.dtype)
 
 
 @dataclass
@@ -134,14 +149,35 @@ class AWP:
 
     gamma: float = DEFAULT_AWP_GAMMA
     warmup: int = DEFAULT_AWP_WARMUP
+    steps: int = 1
 
     def applies(self, epoch: int) -> bool:
         return epoch >= self.warmup
 
+    def perturbation(self, model: nn.Module, loss_at: Callable[[], torch.Tensor]) -> list[torch.Tensor]:
+        """v, one tensor per perturbed layer: `steps` projected ascent steps from v = 0, each
+        from the gradient of `loss_at()` at w + v. The weights are w again on return."""
+        layers = perturbed_layers(model)
+        originals = [w.detach().clone() for w in layers]
+        norms = [w.float().norm() for w in originals]
+        v = awp_direction(model, loss_at(), self.gamma, norms)
+        try:
+            for _ in range(self.steps - 1):
+                with torch.no_grad():
+                    for w, w0, d in zip(layers, originals, v, strict=True):
+                        w.copy_(w0).add_(d)
+                step = awp_direction(model, loss_at(), self.gamma, norms)
+                v = [_project(a + b, self.gamma * n) for a, b, n in zip(v, step, norms, strict=True)]
+        finally:
+            with torch.no_grad():
+                for w, w0 in zip(layers, originals, strict=True):
+                    w.copy_(w0)
+        return v
+
     @contextmanager
     def around(self, model: nn.Module, loss_at: Callable[[], torch.Tensor]) -> Iterator[None]:
         buffers = [b.detach().clone() for b in model.buffers()]
-        v = awp_direction(model, loss_at(), self.gamma)
+        v = self.perturbation(model, loss_at)
         with torch.no_grad():
             for b, saved in zip(model.buffers(), buffers, strict=True):
                 b.copy_(saved)
@@ -160,19 +196,22 @@ class AWP:
 
 @dataclass
 class ObjectiveOptions:
-    """adv-train's --objective, --beta, --awp and --awp-warmup (None: the documented default)."""
+    """adv-train's --objective, --beta, --awp, --awp-warmup and --awp-steps (None: the documented
+    default)."""
 
     objective: str = ObjectiveName.pgd_at.value
     beta: float | None = None
     awp: float = 0.0
     awp_warmup: int | None = None
+    awp_steps: int = 1
 
     def given(self) -> list[str]:
         """The options set away from their defaults (what a static --adv-data run refuses)."""
         d = ObjectiveOptions()
         return [flag for flag, now, default in (
             ("--objective", self.objective, d.objective), ("--beta", self.beta, d.beta),
-            ("--awp", self.awp, d.awp), ("--awp-warmup", self.awp_warmup, d.awp_warmup)) if now != default]
+            ("--awp", self.awp, d.awp), ("--awp-warmup", self.awp_warmup, d.awp_warmup),
+            ("--awp-steps", self.awp_steps, d.awp_steps)) if now != default]
 
 
 @dataclass
@@ -187,8 +226,12 @@ class ResolvedObjective:
         objective of every checkpoint written before these options existed)."""
         if self.name is ObjectiveName.pgd_at and self.awp is None:
             return {}
-        return {"objective": self.name.value, "beta": self.beta,
-                "awp_gamma": self.awp.gamma if self.awp else 0.0, "awp_warmup": self.awp.warmup if self.awp else None}
+        meta: dict[str, object] = {"objective": self.name.value, "beta": self.beta,
+                                   "awp_gamma": self.awp.gamma if self.awp else 0.0,
+                                   "awp_warmup": self.awp.warmup if self.awp else None}
+        if self.awp is not None and self.awp.steps != 1:  # absent: one step (checkpoints before --awp-steps)
+            meta["awp_steps"] = self.awp.steps
+        return meta
 
 
 def resolve_objective(o: ObjectiveOptions, *, attack: str, restarts: int, fraction: float,
@@ -210,6 +253,11 @@ def resolve_objective(o: ObjectiveOptions, *, attack: str, restarts: int, fracti
                          "e.g. --awp 5e-3")
     if o.awp_warmup is not None and o.awp_warmup < 0:
         raise UsageError(f"--awp-warmup must be >= 0 epochs, got {o.awp_warmup}")
+    if o.awp_steps != 1 and o.awp == 0:
+        raise UsageError("--awp-steps is the number of ascent steps of the weight perturbation: give --awp GAMMA too, "
+                         "e.g. --awp 5e-3")
+    if o.awp_steps < 1:
+        raise UsageError(f"--awp-steps must be >= 1, got {o.awp_steps}")
     if name is not ObjectiveName.pgd_at:
         if fraction != 1.0:
             raise UsageError(
@@ -222,5 +270,6 @@ def resolve_objective(o: ObjectiveOptions, *, attack: str, restarts: int, fracti
             "trades runs its own inner attack (maximising the KL to the clean prediction, from one start): "
             "drop --attack and --restarts; --steps and --step-size set it")
     beta = (DEFAULT_BETA if o.beta is None else float(o.beta)) if name is not ObjectiveName.pgd_at else None
-    awp = AWP(float(o.awp), DEFAULT_AWP_WARMUP if o.awp_warmup is None else int(o.awp_warmup)) if o.awp else None
+    awp = AWP(float(o.awp), DEFAULT_AWP_WARMUP if o.awp_warmup is None else int(o.awp_warmup),
+              int(o.awp_steps)) if o.awp else None
     return ResolvedObjective(name, beta, objective_fn(name, beta or 0.0), awp)
