@@ -138,9 +138,9 @@ def awp_direction(model: nn.Module, loss: torch.Tensor, gamma: float,
 
 
 def _project(v: torch.Tensor, radius: torch.Tensor) -> torch.Tensor:
-    """v scaled into the ball ‖v‖ ≤ radius (unchanged inside it)."""
-    norm = v.float().norm()
-    return v if norm <= radius else (v.float() * (radius / norm)).to(v.dtype)
+    """v scaled into the ball ‖v‖ ≤ radius (unchanged inside it; no host sync)."""
+    scale = (radius / v.float().norm().clamp_min(_AWP_EPS)).clamp(max=1.0)
+    return (v.float() * scale).to(v.dtype)
 
 
 @dataclass
@@ -154,13 +154,18 @@ class AWP:
     def applies(self, epoch: int) -> bool:
         return epoch >= self.warmup
 
-    def perturbation(self, model: nn.Module, loss_at: Callable[[], torch.Tensor]) -> list[torch.Tensor]:
+    def perturbation(self, model: nn.Module, loss_at: Callable[[], torch.Tensor],
+                     originals: list[torch.Tensor] | None = None) -> list[torch.Tensor]:
         """v, one tensor per perturbed layer: `steps` projected ascent steps from v = 0, each
-        from the gradient of `loss_at()` at w + v. The weights are w again on return."""
+        from the gradient of `loss_at()` at w + v (`originals`: a copy of w the caller already
+        holds). The weights are w again on return."""
         layers = perturbed_layers(model)
-        originals = [w.detach().clone() for w in layers]
+        if originals is None:
+            originals = [w.detach().clone() for w in layers]
         norms = [w.float().norm() for w in originals]
         v = awp_direction(model, loss_at(), self.gamma, norms)
+        if self.steps == 1:
+            return v
         try:
             for _ in range(self.steps - 1):
                 with torch.no_grad():
@@ -169,29 +174,30 @@ class AWP:
                 step = awp_direction(model, loss_at(), self.gamma, norms)
                 v = [_project(a + b, self.gamma * n) for a, b, n in zip(v, step, norms, strict=True)]
         finally:
-            with torch.no_grad():
-                for w, w0 in zip(layers, originals, strict=True):
-                    w.copy_(w0)
+            _copy_into(layers, originals)
         return v
 
     @contextmanager
     def around(self, model: nn.Module, loss_at: Callable[[], torch.Tensor]) -> Iterator[None]:
         buffers = [b.detach().clone() for b in model.buffers()]
-        v = self.perturbation(model, loss_at)
-        with torch.no_grad():
-            for b, saved in zip(model.buffers(), buffers, strict=True):
-                b.copy_(saved)
         layers = perturbed_layers(model)
         originals = [w.detach().clone() for w in layers]
+        v = self.perturbation(model, loss_at, originals)
+        _copy_into(list(model.buffers()), buffers)
         try:
             with torch.no_grad():
                 for w, d in zip(layers, v, strict=True):
                     w.add_(d)
             yield
         finally:
-            with torch.no_grad():
-                for w, saved in zip(layers, originals, strict=True):
-                    w.copy_(saved)
+            _copy_into(layers, originals)
+
+
+def _copy_into(targets: list[torch.Tensor], values: list[torch.Tensor]) -> None:
+    """Put `values` back into `targets` in place, bit for bit."""
+    with torch.no_grad():
+        for t, value in zip(targets, values, strict=True):
+            t.copy_(value)
 
 
 @dataclass
@@ -253,11 +259,11 @@ def resolve_objective(o: ObjectiveOptions, *, attack: str, restarts: int, fracti
                          "e.g. --awp 5e-3")
     if o.awp_warmup is not None and o.awp_warmup < 0:
         raise UsageError(f"--awp-warmup must be >= 0 epochs, got {o.awp_warmup}")
+    if o.awp_steps < 1:
+        raise UsageError(f"--awp-steps must be >= 1, got {o.awp_steps}")
     if o.awp_steps != 1 and o.awp == 0:
         raise UsageError("--awp-steps is the number of ascent steps of the weight perturbation: give --awp GAMMA too, "
                          "e.g. --awp 5e-3")
-    if o.awp_steps < 1:
-        raise UsageError(f"--awp-steps must be >= 1, got {o.awp_steps}")
     if name is not ObjectiveName.pgd_at:
         if fraction != 1.0:
             raise UsageError(
