@@ -96,6 +96,54 @@ def test_step_and_end_hooks_see_every_step_and_every_final_epoch(tmp_path, synth
     assert all(0 <= e.test_accuracy <= 1 and e.seconds > 0 for e in ends)
 
 
+def test_test_every_thins_the_test_pass_and_leaves_training_unchanged(tmp_path, synthetic_data):
+    every = fit(_opts(tmp_path / "a.safetensors", epochs=5), synthetic_data, CPU)
+    second = fit(_opts(tmp_path / "b.safetensors", epochs=5, test_every=2), synthetic_data, CPU)
+    last = fit(_opts(tmp_path / "c.safetensors", epochs=5, test_every=0), synthetic_data, CPU)
+    measured = [[h.test_accuracy is not None for h in r.history] for r in (every, second, last)]
+    assert measured == [[True] * 5, [False, True, False, True, True], [False] * 4 + [True]]
+    # The same updates: only the measurement is thinned, and what is measured agrees.
+    assert _same(_weights(tmp_path / "a.safetensors"), _weights(tmp_path / "b.safetensors"))
+    assert _same(_weights(tmp_path / "a.safetensors"), _weights(tmp_path / "c.safetensors"))
+    assert second.history[1].test_accuracy == every.history[1].test_accuracy
+    assert last.test_accuracy == every.test_accuracy == last.history[-1].test_accuracy
+    # A skipped epoch's record has no test_accuracy (not NaN); the run's metric is the last epoch's.
+    hist = yaml.safe_load((tmp_path / "c.history.yaml").read_text())["history"]
+    assert ["test_accuracy" in h for h in hist] == [False] * 4 + [True]
+    assert read_metadata(tmp_path / "c.safetensors")["metrics"]["test_accuracy"] == last.test_accuracy
+
+
+def test_test_every_measures_an_epoch_a_hook_stops_at(tmp_path, synthetic_data):
+    from advcli.train.loop import StopTraining
+
+    def stop_at_2(end):
+        if end.stats.epoch == 2:
+            raise StopTraining("stopped at epoch 2")
+        return {}
+
+    res = fit(_opts(tmp_path / "s.safetensors", epochs=5, test_every=0), synthetic_data, CPU, epoch_hooks=[stop_at_2])
+    assert [h.epoch for h in res.history] == [1, 2] and res.history[0].test_accuracy is None
+    assert res.history[-1].test_accuracy == res.test_accuracy is not None
+    hist = yaml.safe_load((tmp_path / "s.history.yaml").read_text())["history"]
+    assert hist[-1]["test_accuracy"] == res.test_accuracy
+
+
+def test_test_every_may_change_on_resume(tmp_path, synthetic_data):
+    out = tmp_path / "r.safetensors"
+    fit(_opts(out, epochs=2), synthetic_data, CPU)
+    res = fit(_opts(out, epochs=4, test_every=0), synthetic_data, CPU, resume=True)
+    assert res.resumed_from_epoch == 2
+    assert [h.test_accuracy is not None for h in res.history] == [True, True, False, True]
+
+
+def test_cli_test_every_is_checked(tmp_path):
+    r = runner.invoke(app, ["train", "--test-every", "-1", "--out", str(tmp_path / "x.safetensors")])
+    assert r.exit_code == 2 and "--test-every" in r.output
+    assert not (tmp_path / "x.safetensors").exists()
+    for command in ("train", "adv-train"):
+        assert "--test-every" in runner.invoke(app, [command, "--help"], terminal_width=200).output
+
+
 def test_checkpoint_metadata_round_trip(tmp_path, synthetic_data):
     out = tmp_path / "m.safetensors"
     res = fit(_opts(out, label="mine"), synthetic_data, CPU)

@@ -66,6 +66,7 @@ LrSchedule = Annotated[str, typer.Option("--schedule", help="Learning rate per s
 AugmentMode = Annotated[str, typer.Option("--augment", help="Random crop (pad 4 pixels) + horizontal flip: none; buggy (NumPy in workers, the pre-1.9 PyTorch seeding bug); fixed (NumPy, each worker seeded per epoch); device (batched tensor ops on the training device).")]
 Workers = Annotated[int, typer.Option("--workers", min=0, help="DataLoader worker processes for --augment buggy/fixed (count).")]
 Seed = Annotated[int, typer.Option("--seed", min=0, help="Seed of the initialisation, data order, augmentation and attack random starts (each from its own stream).")]
+TestEvery = Annotated[int, typer.Option("--test-every", min=0, help="Measure the test accuracy (and the clean --val-split accuracy) every K epochs and after the last one (epochs; 0 = after the last only). Each is an fp32 pass over the whole split: on a CPU it can take a third of a small model's epoch, which 0 gives back. Training is the same for every K.")]
 ValSplit = Annotated[int, typer.Option("--val-split", min=0, help="Hold out N training images (seeded, class-balanced) as a validation set; never the test set (count, 0 = none).")]
 NTrain = Annotated[int | None, typer.Option("--n-train", min=1, help="Train on N of the training images (count; class-balanced and the same N for every --seed; with adv-train --adv-data, N clean/adversarial pairs). Default: all.")]
 LabelSmoothing = Annotated[float, typer.Option("--label-smoothing", min=0.0, max=1.0, help="Cross-entropy label smoothing (fraction of the target mass spread over the classes).")]
@@ -103,6 +104,7 @@ def train_options(opts: dict[str, Any]) -> TrainOptions:
         seed=int(opts["seed"]),
         label_smoothing=float(opts["label_smoothing"]),
         val_split=int(opts["val_split"] or 0),
+        test_every=int(opts["test_every"]),
         n_train=None if opts["n_train"] is None else int(opts["n_train"]),
         channels_last=bool(opts["channels_last"]),
         amp=parse_choice(Precision, opts["amp"], name="--amp").value,

@@ -105,6 +105,7 @@ class TrainOptions:
     label_smoothing: float = 0.0
     val_split: int = 0
     n_train: int | None = None
+    test_every: int = 1  # --test-every K: the per-epoch test/validation pass every K epochs (0: the last only)
     channels_last: bool = False
     amp: str = "none"
     compile: bool = False
@@ -578,12 +579,14 @@ def _by_rank(t: torch.Tensor, device: torch.device) -> torch.Tensor:
 def measure_epoch(
     model: nn.Module, stats: EpochStats, data: ImageData, device: torch.device,
     epoch_hooks: Sequence[EpochHook] = (), *, history: Sequence[EpochStats] = (), raw: nn.Module | None = None,
+    test: bool = True,
 ) -> str | None:
-    """Fill in the epoch's test/validation accuracy (of `model`) and the hooks' metrics; returns
-    the reason to stop when a hook raised StopTraining."""
-    stats.test_accuracy = evaluate_accuracy(model, data.test_x, data.test_y, device)
-    if data.val_x is not None and data.val_y is not None:
-        stats.val_accuracy = evaluate_accuracy(model, data.val_x, data.val_y, device)
+    """Fill in the epoch's test/validation accuracy (of `model`; left unmeasured, None, unless
+    `test`) and the hooks' metrics; returns the reason to stop when a hook raised StopTraining."""
+    if test:
+        stats.test_accuracy = evaluate_accuracy(model, data.test_x, data.test_y, device)
+        if data.val_x is not None and data.val_y is not None:
+            stats.val_accuracy = evaluate_accuracy(model, data.val_x, data.val_y, device)
     stop = None
     for hook in epoch_hooks:
         try:
@@ -591,6 +594,12 @@ def measure_epoch(
         except StopTraining as exc:
             stop = str(exc)
     return stop
+
+
+def test_due(epoch: int, opts: TrainOptions) -> bool:
+    """Whether 1-based `epoch` gets the test/validation pass: every `--test-every` K epochs and
+    always the last."""
+    return epoch == opts.epochs or (opts.test_every > 0 and epoch % opts.test_every == 0)
 
 
 def load_init(opts: TrainOptions) -> LoadedCheckpoint | None:
@@ -717,7 +726,7 @@ def fit(
                             weight_perturbation=weight_perturbation)
         position = None
         stop = measure_epoch(s.kept, stats, data, device, epoch_hooks or [], history=state.history,
-                             raw=s.model)
+                             raw=s.model, test=test_due(epoch + 1, opts))
         stats.seconds = round(time.perf_counter() - started, 3)
         state.record(stats, s.kept, keep_best)
         save()
@@ -744,7 +753,7 @@ def fit(
 
 
 # Options that do not change a run's numbers: a resume may change them.
-_RUN_ONLY = ("out", "label", "data_dir", "download", "save_every", "skip_bad")
+_RUN_ONLY = ("out", "label", "data_dir", "download", "save_every", "skip_bad", "test_every")
 # The options of how the images are read: compared as the view they resolved to (`data`).
 _VIEW = ("stream", "image_size")
 
@@ -774,10 +783,11 @@ def finish(
     weight average) and the history file; returns the checkpoint's test accuracy."""
     info = distributed.current()
     model = s.kept
-    if state.history:
-        test_accuracy = state.history[-1].test_accuracy
-    else:
+    test_accuracy = state.history[-1].test_accuracy if state.history else None
+    if test_accuracy is None:  # no epoch, or a hook stopped the run at an epoch --test-every skipped
         test_accuracy = evaluate_accuracy(model, data.test_x, data.test_y, device)
+        if state.history:
+            state.history[-1].test_accuracy = test_accuracy
     if keep_best and state.best_weights is not None:
         model.load_state_dict(state.best_weights)
         test_accuracy = evaluate_accuracy(model, data.test_x, data.test_y, device)
@@ -850,5 +860,7 @@ def _epoch_line(s: EpochStats) -> str:
     for k, v in s.extra.items():
         if k.startswith("val_") and isinstance(v, float):
             parts.append(f"{k} {100 * v:.2f}%")
-    parts += [f"test {100 * s.test_accuracy:.2f}%", f"{s.seconds:.1f}s"]
+    if s.test_accuracy is not None:
+        parts.append(f"test {100 * s.test_accuracy:.2f}%")
+    parts.append(f"{s.seconds:.1f}s")
     return "  ".join(parts)

@@ -62,13 +62,14 @@ class EpochStats:
 
     `train_loss`/`train_accuracy` are over the clean part of the batches (the adversarial part
     when every example is attacked); `test_accuracy`, `val_accuracy` and `extra` are filled in
-    after the epoch's updates (`extra`: the adversarial-training metrics and the epoch hooks')."""
+    after the epoch's updates (`extra`: the adversarial-training metrics and the epoch hooks');
+    `test_accuracy` stays None in an epoch that --test-every skips."""
 
     epoch: int
     lr: float
     train_loss: float
     train_accuracy: float
-    test_accuracy: float = math.nan
+    test_accuracy: float | None = None
     seconds: float = 0.0
     val_accuracy: float | None = None
     extra: dict[str, float | None] = field(default_factory=dict)
