@@ -4,7 +4,7 @@ set), and scored by its time per epoch and its validation clean and PGD-10 accur
 first 1,000 validation images, measured after the last epoch). Accuracy for the training time
 spent is what the choice of the speed-run config rests on; the table in benchmarks/README.md is this script's output.
 
-    .venv/bin/python benchmarks/speedrun_levers.py --out runs/levers            # every lever (about 1 h on 2 cores)
+    .venv/bin/python benchmarks/speedrun_levers.py --out runs/levers            # every lever (about 1.5 h on 2 cores)
     .venv/bin/python benchmarks/speedrun_levers.py --out runs/levers --only w16-e10,w16-e10-nfgsm
     .venv/bin/python benchmarks/speedrun_levers.py --out runs/levers --table    # only print the table of what ran
 
