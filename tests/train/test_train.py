@@ -126,6 +126,11 @@ def test_test_every_measures_an_epoch_a_hook_stops_at(tmp_path, synthetic_data):
     assert res.history[-1].test_accuracy == res.test_accuracy is not None
     hist = yaml.safe_load((tmp_path / "s.history.yaml").read_text())["history"]
     assert hist[-1]["test_accuracy"] == res.test_accuracy
+    # Measured when the hook stopped the run, before the state was saved: its record has it too.
+    from advcli.train.state import read_state_header
+
+    saved = read_state_header(state_path_for(tmp_path / "s.safetensors"))["history"]
+    assert "test_accuracy" not in saved[0] and saved[-1]["test_accuracy"] == res.test_accuracy
 
 
 def test_test_every_may_change_on_resume(tmp_path, synthetic_data):

@@ -581,18 +581,19 @@ def measure_epoch(
     epoch_hooks: Sequence[EpochHook] = (), *, history: Sequence[EpochStats] = (), raw: nn.Module | None = None,
     test: bool = True,
 ) -> str | None:
-    """Fill in the epoch's test/validation accuracy (of `model`; left unmeasured, None, unless
-    `test`) and the hooks' metrics; returns the reason to stop when a hook raised StopTraining."""
-    if test:
-        stats.test_accuracy = evaluate_accuracy(model, data.test_x, data.test_y, device)
-        if data.val_x is not None and data.val_y is not None:
-            stats.val_accuracy = evaluate_accuracy(model, data.val_x, data.val_y, device)
+    """Fill in the hooks' metrics and the epoch's test/validation accuracy (of `model`), the
+    latter when `test` or when a hook stops the run here (the checkpoint's epoch is always
+    measured; otherwise left None); returns the reason to stop when a hook raised StopTraining."""
     stop = None
     for hook in epoch_hooks:
         try:
             stats.extra.update(hook(EpochEnd(model, raw or model, stats, history)))
         except StopTraining as exc:
             stop = str(exc)
+    if test or stop:
+        stats.test_accuracy = evaluate_accuracy(model, data.test_x, data.test_y, device)
+        if data.val_x is not None and data.val_y is not None:
+            stats.val_accuracy = evaluate_accuracy(model, data.val_x, data.val_y, device)
     return stop
 
 
@@ -784,7 +785,7 @@ def finish(
     info = distributed.current()
     model = s.kept
     test_accuracy = state.history[-1].test_accuracy if state.history else None
-    if test_accuracy is None:  # no epoch, or a hook stopped the run at an epoch --test-every skipped
+    if test_accuracy is None:  # no epoch, or a resume with fewer --epochs ended at a skipped one
         test_accuracy = evaluate_accuracy(model, data.test_x, data.test_y, device)
         if state.history:
             state.history[-1].test_accuracy = test_accuracy
