@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -12,7 +14,7 @@ import yaml
 from typer.testing import CliRunner
 
 from advcli.cli.app import app
-from advcli.errors import CheckpointError
+from advcli.errors import CheckpointError, UsageError
 from advcli.io import atomic_write_bytes
 from advcli.models import ARCHS, build_model
 from advcli.models.checkpoint import load_checkpoint, read_metadata, save_checkpoint
@@ -378,3 +380,52 @@ def test_the_accuracies_of_an_amp_run_are_measured_in_fp32(tmp_path, synthetic_d
         handle.remove()
     assert res.history[0].val_accuracy is not None  # the validation split was measured too
     assert seen and set(seen) == {(False, torch.float32)}
+
+
+def test_no_nesterov_and_decay_all_give_the_reference_scripts_sgd(synthetic_data):
+    """--no-nesterov --decay-all is `SGD(model.parameters(), lr, momentum, weight_decay)`, the
+    optimizer of the TRADES, MART and AWP reference scripts: the same gradients give the same
+    weights, bit for bit. The default decays the conv/linear weights only, with Nesterov."""
+    from advcli.train.loop import setup
+
+    def steps(opt: torch.optim.Optimizer, model: torch.nn.Module) -> dict[str, torch.Tensor]:
+        gen = torch.Generator().manual_seed(1)
+        for _ in range(3):
+            for p in model.parameters():
+                p.grad = torch.randn(p.shape, generator=gen)
+            opt.step()
+        return {k: v.clone() for k, v in model.state_dict().items()}
+
+    opts = _opts(Path("unused.safetensors"), lr=0.1, momentum=0.9, weight_decay=0.01)
+    ref = setup(replace(opts, nesterov=False, decay_all=True), synthetic_data, CPU)
+    model = copy.deepcopy(ref.model)
+    plain = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=0.01)
+    assert _same(steps(ref.opt, ref.model), steps(plain, model))
+
+    default = setup(opts, synthetic_data, CPU)
+    decayed = {id(p) for g in default.opt.param_groups if g["weight_decay"] > 0 for p in g["params"]}
+    params = dict(default.model.named_parameters())
+    assert decayed == {id(p) for p in params.values() if p.ndim > 1} and len(decayed) < len(params)
+    assert all(g["nesterov"] for g in default.opt.param_groups)
+
+
+def test_optimizer_options_are_resume_checked_and_old_states_still_resume(tmp_path, synthetic_data):
+    from advcli.train.loop import resume_config
+
+    assert not {"nesterov", "decay_all"} & resume_config(TrainOptions(), None).keys()  # as states saved before them
+    assert {"nesterov", "decay_all"} <= resume_config(TrainOptions(nesterov=False, decay_all=True), None).keys()
+    out = tmp_path / "p.safetensors"
+    fit(_opts(out, epochs=1, nesterov=False), synthetic_data, CPU)
+    with pytest.raises(UsageError, match="--nesterov"):
+        fit(_opts(out, epochs=2), synthetic_data, CPU, resume=True)
+    assert fit(_opts(out, epochs=2, nesterov=False), synthetic_data, CPU, resume=True).resumed_from_epoch == 1
+
+
+def test_cli_optimizer_options_from_a_config_file(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("nesterov: false\ndecay_all: true\nepochs: 1\nn_train: 128\n")
+    out = tmp_path / "m.safetensors"
+    r = runner.invoke(app, ["train", "--config", str(cfg), "--out", str(out), "-q"])
+    assert r.exit_code == 0, r.output
+    config = read_metadata(out)["config"]
+    assert config["nesterov"] is False and config["decay_all"] is True

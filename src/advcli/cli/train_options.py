@@ -59,9 +59,11 @@ ImageSize = Annotated[int | None, image_size_option("224 for streamed data")]
 SkipBad = Annotated[bool, skip_bad_option(" per epoch and noted in the result")]
 Epochs = Annotated[int, typer.Option("--epochs", min=1, help="Passes over the training set (count).")]
 BatchSize = Annotated[int, typer.Option("--batch-size", min=1, help="Examples per optimizer step, per torchrun rank (count).")]
-Lr = Annotated[float, typer.Option("--lr", help="Peak learning rate of SGD with Nesterov momentum (dimensionless).")]
+Lr = Annotated[float, typer.Option("--lr", help="Peak learning rate of SGD (dimensionless).")]
 Momentum = Annotated[float, typer.Option("--momentum", min=0.0, help="SGD momentum (dimensionless, 0 = plain SGD).")]
-WeightDecay = Annotated[float, typer.Option("--weight-decay", min=0.0, help="L2 weight decay coefficient on conv/linear weights, not on biases or BatchNorm (dimensionless).")]
+WeightDecay = Annotated[float, typer.Option("--weight-decay", min=0.0, help="L2 weight decay coefficient on conv/linear weights, not on biases or BatchNorm unless --decay-all (dimensionless).")]
+Nesterov = Annotated[bool, typer.Option("--nesterov/--no-nesterov", help="Nesterov momentum (default), or the plain momentum SGD of the TRADES, MART and AWP reference scripts.")]
+DecayAll = Annotated[bool, typer.Option("--decay-all/--no-decay-all", help="Apply --weight-decay to every parameter, biases and BatchNorm's scale and shift too, as reference scripts that hand model.parameters() to SGD do (TRADES, MART, AWP). Default: conv/linear weights only.")]
 LrSchedule = Annotated[str, typer.Option("--schedule", help="Learning rate per step: onecycle (20% linear warm-up, then linear decay to 0), cosine, step (/10 at 50% and 75% of the steps), constant.")]
 AugmentMode = Annotated[str, typer.Option("--augment", help="Random crop (pad 4 pixels) + horizontal flip: none; buggy (NumPy in workers, the pre-1.9 PyTorch seeding bug); fixed (NumPy, each worker seeded per epoch); device (batched tensor ops on the training device).")]
 Workers = Annotated[int, typer.Option("--workers", min=0, help="DataLoader worker processes for --augment buggy/fixed (count).")]
@@ -98,6 +100,8 @@ def train_options(opts: dict[str, Any]) -> TrainOptions:
         lr=float(opts["lr"]),
         momentum=float(opts["momentum"]),
         weight_decay=float(opts["weight_decay"]),
+        nesterov=bool(opts["nesterov"]),
+        decay_all=bool(opts["decay_all"]),
         schedule=parse_choice(Schedule, opts["schedule"], name="schedule").value,
         augment=parse_choice(Augment, opts["augment"], name="augment mode").value,
         workers=int(opts["workers"]),

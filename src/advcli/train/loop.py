@@ -98,6 +98,8 @@ class TrainOptions:
     lr: float = 0.1
     momentum: float = 0.9
     weight_decay: float = 5e-4
+    nesterov: bool = True  # --nesterov/--no-nesterov (plain momentum: the TRADES/MART/AWP reference scripts)
+    decay_all: bool = False  # --decay-all: weight decay on biases and norm layers too (the reference scripts)
     schedule: str = "onecycle"
     augment: str = "device"
     workers: int = 0
@@ -409,12 +411,9 @@ def setup(
         # The training forward/backward is compiled; attacks run the eager model (they flip
         # eval mode and requires_grad, which would make the compiled graph recompile).
         train_model = torch.compile(train_model)
-    decay, no_decay = [], []
-    for p in model.parameters():
-        (no_decay if p.ndim <= 1 else decay).append(p)
     opt = torch.optim.SGD(
-        [{"params": decay, "weight_decay": opts.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=opts.lr, momentum=opts.momentum, nesterov=opts.momentum > 0,
+        param_groups(model, opts.weight_decay, decay_all=opts.decay_all),
+        lr=opts.lr, momentum=opts.momentum, nesterov=opts.nesterov and opts.momentum > 0,
     )
     # fp16 needs loss scaling (CUDA only); bf16 has fp32's range and needs none.
     scaler = torch.amp.GradScaler("cuda") if (opts.amp == "fp16" and device.type == "cuda") else None
@@ -429,6 +428,17 @@ def setup(
         steps_per_epoch=steps_per_epoch, total_steps=steps_per_epoch * opts.epochs, parent_sha256=parent_sha,
         ema=WeightAverage(model, opts.ema) if opts.ema is not None else None,
     )
+
+
+def param_groups(model: nn.Module, weight_decay: float, *, decay_all: bool) -> list[dict[str, object]]:
+    """SGD's parameter groups: weight decay on the conv/linear weights only (biases and
+    BatchNorm's scale and shift are left alone), or on every parameter with `decay_all`, as
+    reference scripts that hand `model.parameters()` to SGD do (the second group is then
+    empty: the optimizer state's layout is the same either way)."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        (no_decay if p.ndim <= 1 and not decay_all else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
 class _EpochSums:
@@ -757,6 +767,9 @@ def fit(
 _RUN_ONLY = ("out", "label", "data_dir", "download", "save_every", "skip_bad", "test_every")
 # The options of how the images are read: compared as the view they resolved to (`data`).
 _VIEW = ("stream", "image_size")
+# Recorded for --resume only when they differ from these: the optimizer of every state saved
+# before the options existed, so those states still resume.
+_RECORDED_IF_NOT = {"nesterov": True, "decay_all": False}
 
 
 def resume_config(
@@ -766,7 +779,8 @@ def resume_config(
     options, adv-train's threat model, the torchrun world size and, for a streamed dataset, the
     view it resolved to (absent for in-memory data, as in states saved before streaming, so
     those still resume; `--stream auto` resolving otherwise on another machine is refused)."""
-    config: dict[str, object] = {k: v for k, v in asdict(opts).items() if k not in _RUN_ONLY + _VIEW}
+    config: dict[str, object] = {k: v for k, v in asdict(opts).items() if k not in _RUN_ONLY + _VIEW
+                                 and (k not in _RECORDED_IF_NOT or v != _RECORDED_IF_NOT[k])}
     if data is not None and data.streamed:
         config.update(recorded_view(data))
     threat = (extra_meta or {}).get("threat_model")
