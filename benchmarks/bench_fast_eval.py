@@ -12,6 +12,13 @@ Standalone, it measures real checkpoints (and models or defences written as outs
 
 and prints one markdown table row per model. Standard AutoAttack is run once per model (minutes
 per hundred images on 2 CPU cores), right after the fast evaluation, in one process.
+
+A recipe that already ran both through `advcli eval`, one after the other on the same images
+(recipes/objectives: eval-aa.yaml, then eval-fast.yaml), gives the same row from its files:
+
+    python benchmarks/bench_fast_eval.py --from-results AA.yaml FAST.yaml [AA.yaml FAST.yaml ...]
+
+(the times are the result files' own per-attack wall times; process CPU time is not recorded).
 """
 
 from __future__ import annotations
@@ -94,6 +101,31 @@ def run(ctx: Context) -> None:
     ))
 
 
+def from_results(aa_path: str, fast_path: str) -> tuple[str, dict[str, Any]]:
+    """A row's numbers from an eval-aa file and an eval-fast file of one checkpoint on the same
+    examples: refused (ValueError) when the checkpoints, the examples or the eps differ."""
+    from advcli.formats.results import load_results
+
+    aa_res, fast_res = load_results(aa_path), load_results(fast_path)
+    if aa_res.model.sha256 != fast_res.model.sha256:
+        raise ValueError(f"{aa_path} and {fast_path} evaluate different checkpoints")
+    if (aa_res.data.index_sha256, aa_res.data.examples_sha256) != (fast_res.data.index_sha256,
+                                                                   fast_res.data.examples_sha256):
+        raise ValueError(f"{aa_path} and {fast_path} evaluate different examples")
+    [aa] = [e for e in aa_res.entries if e.attack == "autoattack" and e.params.get("version") == "standard"]
+    [fast] = [e for e in fast_res.entries if e.attack.startswith("apgd-ce+malt-t")]
+    if aa.eps_key() != fast.eps_key() or aa.norm != fast.norm:
+        raise ValueError(f"{aa_path} and {fast_path} attack at different threat models")
+    [clean] = [e for e in aa_res.entries if e.is_clean]
+    assert aa.flags is not None and fast.flags is not None and aa.time_s and fast.time_s
+    return aa_res.label, {
+        "n": aa.n, "clean": clean.accuracy, "fast_s": fast.time_s, "aa_s": aa.time_s,
+        "fast": fast.accuracy, "aa": aa.accuracy, "broken": fast.params.get("broken"),
+        "fast_only_robust": int(np.count_nonzero(fast.flags & ~aa.flags)),
+        "aa_only_robust": int(np.count_nonzero(aa.flags & ~fast.flags)),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     from advcli.config import parse_eps
     from advcli.data import to_float
@@ -109,7 +141,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--eps", default="8/255")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--from-results", nargs="+", metavar="AA.yaml FAST.yaml",
+                   help="pairs of eval result files (standard AutoAttack, then the fast evaluation) "
+                        "to tabulate instead")
     args = p.parse_args(argv)
+    if args.from_results:
+        if len(args.from_results) % 2:
+            p.error("--from-results takes pairs: AA.yaml FAST.yaml")
+        print(HEADER)
+        pairs = zip(args.from_results[::2], args.from_results[1::2], strict=True)
+        for aa_path, fast_path in pairs:
+            label, m = from_results(aa_path, fast_path)
+            print(row(label, m) + f" <!-- from {aa_path}, {fast_path}; broken per stage {m['broken']} -->")
+        return 0
     torch.set_num_threads(args.threads)
     device = torch.device("cpu")
     print(HEADER)

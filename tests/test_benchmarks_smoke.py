@@ -85,3 +85,39 @@ def test_every_benchmark_runs_at_smoke_size(
         assert math.isfinite(r["value"]) and r["value"] >= 0, r
         assert r["verdict"] in ("PASS", "FAIL", "report")
         assert (r["verdict"] == "report") == (r["target"] is None)
+
+
+def test_fast_eval_row_from_a_recipes_result_files(bench: ModuleType, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """`bench_fast_eval.py --from-results AA FAST`: the disagreement counts are the flags'
+    differences both ways, the times the files'; other checkpoints or examples are refused."""
+    import bench_fast_eval  # benchmarks/ is on sys.path once run.py is loaded
+    import numpy as np
+
+    from advcli.formats.results import DataInfo, Entry, EvalResult, ModelInfo, index_sha256, save_results
+
+    clean = np.array([True] * 8 + [False] * 2)
+    aa_flags = np.array([True, True, True, False, False, True, False, False, False, False])
+    fast_flags = np.array([True, True, False, True, False, False, False, False, False, False])
+
+    def result(name: str, attack: str, flags: np.ndarray, params: dict, seconds: float,
+               sha: str = "s", examples: str = "c") -> Path:
+        entries = [Entry("clean", clean.mean(), 10, flags=clean),
+                   Entry(attack, flags.mean(), 10, norm="linf", eps=8 / 255, eps_text="8/255", flags=flags,
+                         params=params, time_s=seconds)]
+        res = EvalResult(label="M", model=ModelInfo("m.safetensors", sha, "tiny-cnn", "pgd", 0),
+                         data=DataInfo("synthetic", "test", 10, 0, index_sha256(range(10)), examples),
+                         entries=entries, seed=0)
+        return save_results(tmp_path / name, res)
+
+    aa = result("aa.yaml", "autoattack", aa_flags, {"version": "standard"}, 120.0)
+    fast = result("fast.yaml", "apgd-ce+malt-t3", fast_flags, {"broken": {"apgd-ce": 4}}, 20.0)
+    assert bench_fast_eval.main(["--from-results", str(aa), str(fast)]) == 0
+    row = capsys.readouterr().out.splitlines()[-1]
+    assert row.startswith("| M | 10 | 80.0 | 120 | 20 | 6.0× | 40.0 | 30.0 | 1 | 2 |"), row
+    other = result("other.yaml", "apgd-ce+malt-t3", fast_flags, {}, 20.0, sha="t")
+    with pytest.raises(ValueError, match="different checkpoints"):
+        bench_fast_eval.from_results(str(aa), str(other))
+    moved = result("moved.yaml", "apgd-ce+malt-t3", fast_flags, {}, 20.0, examples="d")
+    with pytest.raises(ValueError, match="different examples"):
+        bench_fast_eval.from_results(str(aa), str(moved))

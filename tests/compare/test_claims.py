@@ -234,3 +234,33 @@ def test_markdown_renders_claims_under_the_tables(tmp_path: Path) -> None:
     md = txt.to_markdown(tables, claims)
     assert md.index("**Claims**") > md.index("| A |")
     assert "- **pass**: c — Clean: A 90.00 > B 80.00: holds (p < 0.001)" in md
+
+
+def test_the_fast_evaluation_is_a_column_a_claim_can_hold_to_autoattack(tmp_path: Path) -> None:
+    """The objectives recipe's claim: on every row, the fast worst-case evaluation's robust
+    accuracy is at most standard AutoAttack's. The two come from separate result files of one
+    checkpoint (eval-aa, eval-fast) on the same examples, so they pair up in one row and the
+    claim is decided by McNemar's test on their flags."""
+    def one(label: str, attack: str, k: int, params: dict[str, object], order: np.ndarray) -> EvalResult:
+        flags = np.zeros(N, dtype=bool)
+        flags[order[:k]] = True
+        clean = np.zeros(N, dtype=bool)
+        clean[order[:600]] = True
+        return EvalResult(label=label, model=ModelInfo(f"{label}.safetensors", label, "tiny-cnn", "pgd", 0),
+                          data=DataInfo("synthetic", "test", N, 0, index_sha256(range(N)), "c"),
+                          entries=[Entry("clean", 0.6, N, flags=clean),
+                                   Entry(attack, k / N, N, norm="linf", eps=EPS, eps_text="8/255", flags=flags,
+                                         params=params)], seed=0)
+
+    aa = {"version": "standard", "restarts": 1}
+    fast = {"attacks": ["apgd-ce", "malt-t3"], "iterations": 100}
+    order = np.random.default_rng(0).permutation(N)
+    results = [one("A", "autoattack", 300, aa, order), one("A", "apgd-ce+malt-t3", 299, fast, order),
+               one("B", "autoattack", 300, aa, order), one("B", "apgd-ce+malt-t3", 340, fast, order)]
+    tables = _tables(tmp_path, results)
+    claim = _claim(check="columns", left={"kind": "apgd-ce+malt-t3"}, op="<=", right={"kind": "autoattack"})
+    [both] = check_claims([claim], tables)
+    assert both.verdict is Verdict.failed and "B: " in both.detail and "A: " not in both.detail
+    [a_only] = check_claims([_claim(check="columns", left={"kind": "apgd-ce+malt-t3"}, op="<=",
+                                    right={"kind": "autoattack"}, rows=["A"])], tables)
+    assert a_only.verdict is Verdict.passed

@@ -37,8 +37,8 @@ is inconclusive, never decided by the numbers alone (one draw says little about 
 all, so the t interval is used.
 
 Column selectors: `clean`, or a mapping with `kind` (clean, fgsm, fgsm-rs, pgd, autoattack,
-stadv, worst, transfer, ssim, flatness) and optionally `norm`, `eps` ("8/255"), `steps`,
-`dim` (flatness: 1 or 2).
+apgd-ce+malt-t3 (eval --fast-worst-case), stadv, worst, transfer, ssim, flatness) and optionally
+`norm`, `eps` ("8/255"), `steps`, `dim` (flatness: 1 or 2).
 """
 
 from __future__ import annotations
@@ -89,8 +89,8 @@ class Verdict(str, enum.Enum):
 _OPS: dict[Op, Callable[[float, float], bool]] = {
     Op.gt: operator.gt, Op.ge: operator.ge, Op.lt: operator.lt, Op.le: operator.le,
 }
-_KINDS = ("clean", "fgsm", "fgsm-rs", "pgd", "autoattack", "stadv", "worst", "transfer", "ssim",
-          "flatness")
+_KINDS = ("clean", "fgsm", "fgsm-rs", "pgd", "autoattack", "apgd-ce+malt-t3", "stadv", "worst",
+          "transfer", "ssim", "flatness")
 # Flatness claims need this many direction seeds shared by the two models (the issue's rule;
 # with fewer the t interval is so wide that only a huge difference could ever pass).
 MIN_DIRECTION_SEEDS = 5
