@@ -630,3 +630,21 @@ def test_imagenet_full_is_the_official_fast_at_schedule_on_8_gpus() -> None:
     evals = [w for _, w in cmds if w[1] == "eval"]
     assert {w[2] for w in evals} >= {"robustbench:imagenet/Linf/Standard_R50",
                                      "robustbench:imagenet/Linf/Salman2020Do_R50"}
+
+
+def test_objectives_published_rows_are_robustbenchs_entries() -> None:
+    """Every published row of recipes/objectives is its RobustBench entry's clean and AutoAttack
+    accuracy (shared/published/robustbench/model_info/cifar10/Linf/<entry>.json), as fractions."""
+    import re
+
+    rows = _published("objectives")
+    assert {r.label for r in rows} >= {"PGD-AT", "TRADES beta=6", "MART", "TRADES-AWP"}
+    for res in rows:
+        entry = re.search(r"entry (\S+),", res.citation or "")
+        assert entry, res.label
+        src = _shared(f"robustbench/model_info/cifar10/Linf/{entry.group(1)}.json")
+        got = {e.attack: e for e in res.entries}
+        assert set(got) == {"clean", "autoattack"}, res.label
+        assert got["clean"].accuracy == pytest.approx(float(src["clean_acc"]) / 100, abs=1e-9), res.label
+        assert got["autoattack"].accuracy == pytest.approx(float(src["autoattack_acc"]) / 100, abs=1e-9), res.label
+        assert got["autoattack"].params.get("version") == "standard" and res.data.n == 10000
