@@ -3,6 +3,7 @@ checkpoint sha256 and user-code sha256, never silently dropped."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -232,3 +233,14 @@ def test_clean_accuracy_that_disagrees_between_summaries_is_noted(tmp_path):
     clean = [c for c in table.columns if c.key.kind == "clean"][0].key
     assert table.rows[0].cells[clean].mean == pytest.approx(0.80)
     assert any("clean 0.8 in" in n and "0.82" in n for n in txt.footnotes(table))
+
+
+def test_cell_says_which_check_ran_on_only_some_seeds(tmp_path):
+    """recipes/objectives audits seed 0 with every check and seeds 1-2 without Square: the row's
+    cell must not read as if every checkpoint had the black-box check."""
+    full = read_audit_entry(_audit(tmp_path, "R", "a" * 64, "pass", name="s0.yaml"))
+    part = read_audit_entry(_audit(tmp_path, "R", "b" * 64, "pass", name="s1.yaml"))
+    part = dataclasses.replace(part, checks=tuple(c for c in full.checks if c != "precision"))
+    assert full.checks == ("curve", "gradients", "precision")
+    assert cell_text([full, part, part], 3) == "pass; precision on 1/3"
+    assert cell_text([full, full], 2) == "pass"  # the same checks everywhere: nothing added

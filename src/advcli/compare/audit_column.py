@@ -7,7 +7,9 @@ sha256 and built weights' sha256). A
 checkpoint audited with a wrapper is a different thing from the bare checkpoint, so their
 verdicts never mix. A row with several seeds shows the worst verdict and how many of its
 checkpoints it covers ("fail 1/3: curve"); an audit that matches no row is named in a table note,
-never dropped silently.
+never dropped silently. Where a row's audits ran different checks (a recipe that runs every
+check on one seed and the cheaper ones on the others), the cell says which check ran on how many
+of them ("pass; black-box on 1/3").
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ class AuditEntry:
     checkpoint_sha256: str | None
     code: tuple[str, ...]  # `code_identity` of the --model / --wrap records
     failed: tuple[str, ...]  # checks that failed (or warned, for a warn verdict)
+    checks: tuple[str, ...] = ()  # the checks the audit ran, in report order
 
     @property
     def identity(self) -> tuple[str | None, tuple[str, ...]]:
@@ -57,7 +60,7 @@ def read_audit_entry(path: str | Path) -> AuditEntry:
     flagged = "fail" if verdict == "fail" else "warn"
     failed = tuple(str(c["check"]) for c in doc["checks"] if c.get("status") == flagged)
     return AuditEntry(p, str(doc.get("label") or p.stem), verdict, model.get("sha256"),
-                      code_identity(doc.get("user_code")), failed)
+                      code_identity(doc.get("user_code")), failed, tuple(str(c["check"]) for c in doc["checks"]))
 
 
 def cell_text(audits: Sequence[AuditEntry], n_checkpoints: int) -> str:
@@ -75,6 +78,10 @@ def cell_text(audits: Sequence[AuditEntry], n_checkpoints: int) -> str:
             text += ": " + ", ".join(checks)
     elif len(audits) < n_checkpoints:
         text += f" {len(audits)}/{n_checkpoints}"
+    ran = [c for a in audits for c in a.checks]
+    for check in dict.fromkeys(ran):  # first-seen order: the report's
+        if ran.count(check) < len(audits):
+            text += f"; {check} on {ran.count(check)}/{len(audits)}"
     return text
 
 
