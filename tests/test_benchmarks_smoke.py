@@ -121,3 +121,16 @@ def test_fast_eval_row_from_a_recipes_result_files(bench: ModuleType, tmp_path: 
     moved = result("moved.yaml", "apgd-ce+malt-t3", fast_flags, {}, 20.0, examples="d")
     with pytest.raises(ValueError, match="different examples"):
         bench_fast_eval.from_results(str(aa), str(moved))
+
+
+def test_inner_attack_strength_runs_and_orders_the_attacks(bench: ModuleType, tiny_ckpt: Path, keep_threads,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """benchmarks/inner_attack_strength.py (cited by the README): one row per checkpoint; every
+    attack keeps at most the clean share (robust implies clean-correct)."""
+    import inner_attack_strength  # benchmarks/ is on sys.path once run.py is loaded
+
+    assert inner_attack_strength.main([str(tiny_ckpt), "--dataset", "synthetic", "--n", "40",
+                                       "--batch-size", "20", "--threads", "1"]) == 0
+    row = capsys.readouterr().out.splitlines()[-1].strip("| ").split(" | ")
+    clean, kl3, kl10, pgd3, pgd10 = (float(v) for v in row[2:])
+    assert row[1] == "40" and all(v <= clean for v in (kl3, kl10, pgd3, pgd10))
