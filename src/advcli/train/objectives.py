@@ -93,10 +93,8 @@ def strongest_wrong_class(probs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 def mart_loss(forward: Forward, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor, n_clean: int,
               *, beta: float) -> BatchLoss:
-    """Boosted CE on x′ + β · mean over the batch of KL(p(x) ‖ p(x′)) · (1 − p_y(x)).
-    The probabilities and the reference's stabilisers are computed in fp32 whatever the forward's
-    dtype: in bfloat16 1.0001 and 1.0000001 round to 1.0, and the loss went NaN under --amp bf16."""
-    logits, logits_adv = forward(x).float(), forward(x_adv).float()
+    """Boosted CE on x′ + β · mean over the batch of KL(p(x) ‖ p(x′)) · (1 − p_y(x))."""
+    logits, logits_adv = forward(x), forward(x_adv)
     p, p_adv = F.softmax(logits, dim=1), F.softmax(logits_adv, dim=1)
     k = strongest_wrong_class(p_adv, y)
     boost = -torch.log(1.0001 - p_adv.gather(1, k[:, None]).squeeze(1) + 1e-12)
