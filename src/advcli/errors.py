@@ -32,3 +32,7 @@ class ResultsError(AdvcliError):
 
 class ConfigError(UsageError):
     """A --config file is unreadable, not a mapping, or has unknown keys."""
+
+
+class TrainingDiverged(AdvcliError):
+    """The training loss became NaN or infinite: training stopped, the last good state kept."""

@@ -93,6 +93,29 @@ def test_mart_loss_and_gradient_match_the_paper_formula():
     _assert_loss_and_grads(model, ours.loss, plain)
 
 
+@pytest.mark.parametrize("loss_fn", [trades_loss, mart_loss], ids=["trades", "mart"])
+def test_losses_keep_finite_gradients_where_a_clean_probability_underflows_to_zero(loss_fn):
+    # Clean logits 120 apart: in fp32 the softmax of the lowest class is exactly 0, the state the
+    # quick recipe's MART reached in its first epoch. F.kl_div(log q, p) with p carrying a
+    # gradient returns a NaN gradient there (xlogy's backward, 0/0).
+    z = torch.tensor([[60.0, 0, 0, 0, 0, 0, 0, 0, 0, -60.0],
+                      [1.0, 2.0, 0, 0, 0, 0, 0, 0, 0, 0]], requires_grad=True)
+    z_adv = torch.tensor([[50.0, 0, 0, 0, 0, 0, 0, 0, 0, -50.0],
+                          [0.0, 1.0, 2.0, 0, 0, 0, 0, 0, 0, 0]], requires_grad=True)
+    assert float(torch.softmax(z, 1)[0, 9]) == 0.0  # the premise: an exact zero
+    x, x_adv, y = torch.zeros(2, 3, 4, 4), torch.ones(2, 3, 4, 4), torch.tensor([0, 1])
+    bl = loss_fn(lambda t: z if t is x else z_adv, x, x_adv, y, 0, beta=6.0)
+    grads = torch.autograd.grad(bl.loss, [z, z_adv])
+    assert torch.isfinite(bl.loss) and all(torch.isfinite(g).all() for g in grads)
+    # Example 0's KL: p is (1, 0, ..., 0) to fp32 precision, p′ likewise: KL ≈ 0; the value
+    # matches a float64 evaluation of the formula.
+    p64, q64 = torch.softmax(z.double(), 1), torch.softmax(z_adv.double(), 1)
+    kl64 = (p64 * (torch.log_softmax(z.double(), 1) - torch.log_softmax(z_adv.double(), 1))).sum(1)
+    if loss_fn is trades_loss:
+        assert float(bl.terms["kl"]) == pytest.approx(float(kl64.sum()), rel=1e-5)
+    assert q64[0, 0] > 0.999
+
+
 def test_mart_boosts_the_strongest_wrong_class_not_a_fixed_one():
     # Example 0: the label (3) is the top class, the strongest wrong class is 5 (not 0, not 9,
     # not the top-1). Example 1: a wrong class (7) is the top class and is the one boosted.
@@ -133,7 +156,7 @@ class _Linear(nn.Module):
 
 def _kl(model, x, x_adv):
     with torch.no_grad():
-        return float(kl_to_clean(model(x_adv), torch.softmax(model(x), 1)).sum())
+        return float(kl_to_clean(model(x_adv), model(x)).sum())
 
 
 def test_trades_attack_raises_the_kl_step_by_step():

@@ -208,3 +208,38 @@ def test_skipped_batches_leave_the_rest_of_the_epoch_unchanged(mode, workers):
     assert len(rest) == len(full) - 3
     for (xa, ya), (xb, yb) in zip(full[3:], rest, strict=True):
         assert torch.equal(xa, xb) and torch.equal(ya, yb)
+
+
+@pytest.mark.parametrize("cmd, extra, saved", [
+    ("train", (), {"epoch": 1, "position": None}),
+    # --save-every 3: saves after steps 3, 6, 9, 10 (the epoch's end) and 12, 2 batches into epoch
+    # 2; the loss turns NaN at step 14 and the save due after step 15 is refused.
+    ("adv-train", ("--save-every", "3"), {"epoch": 1, "position": {"epoch": 1, "batches": 2}}),
+], ids=["train-epoch-saves", "adv-train-save-every"])
+def test_a_non_finite_loss_stops_training_and_keeps_the_last_good_state(tmp_path, monkeypatch, cmd, extra, saved):
+    from advcli.train import loop
+
+    calls = {"n": 0}
+    real = loop.mixed_cross_entropy
+
+    def nan_from_step_14(*args, **kwargs):  # the outer loss of both commands' 20 steps
+        calls["n"] += 1
+        bl = real(*args, **kwargs)
+        if calls["n"] >= 14:
+            bl.loss = bl.loss * float("nan")
+        return bl
+
+    monkeypatch.setattr(loop, "mixed_cross_entropy", nan_from_step_14)
+    out = tmp_path / "m.safetensors"
+    result = _run(cmd, out, *extra)
+    assert result.exit_code == 1, result.output
+    assert "training diverged" in result.output and "step 14 (epoch 2)" in result.output
+    assert "Traceback" not in result.output
+    assert not out.exists()  # no checkpoint of NaN weights
+    meta = read_metadata(state_path_for(out))
+    assert int(meta["epoch"]) == saved["epoch"]
+    position = meta.get("position")
+    assert (position and {k: int(position[k]) for k in ("epoch", "batches")}) == (saved["position"] or None)
+    # The kept state holds finite weights: the first epoch's.
+    from safetensors.torch import load_file
+    assert all(torch.isfinite(t).all() for t in load_file(state_path_for(out)).values() if t.is_floating_point())

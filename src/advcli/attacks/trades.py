@@ -35,9 +35,20 @@ from advcli.config import Norm
 START_STD = 0.001  # the reference code's start: x + 0.001·N(0, 1)
 
 
-def kl_to_clean(logits_adv: torch.Tensor, p_clean: torch.Tensor) -> torch.Tensor:
-    """Per-example KL(p_clean ‖ softmax(logits_adv)), summed over classes (0·log 0 = 0)."""
-    return F.kl_div(F.log_softmax(logits_adv.float(), dim=1), p_clean, reduction="none").sum(1)
+def kl_from_logits(logits_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
+    """Per-example KL(p ‖ q) = Σ_c p_c (log p_c − log q_c), summed over classes, with p =
+    softmax(`logits_p`) and log p from log_softmax: finite, with a finite gradient, where p_c
+    underflows to 0 (logits more than ~104 apart in fp32). `F.kl_div(log_q, p)` with a p that
+    carries a gradient computes p·log p by xlogy, whose backward is 0/0 = NaN at p_c = 0 (torch
+    >= 1.13; older torch, the reference codes' era, masked it to 0): one such example turns every
+    weight into NaN. The value is the same up to fp32 rounding."""
+    logits_p = logits_p.float()
+    return (F.softmax(logits_p, dim=1) * (F.log_softmax(logits_p, dim=1) - log_q)).sum(1)
+
+
+def kl_to_clean(logits_adv: torch.Tensor, logits_clean: torch.Tensor) -> torch.Tensor:
+    """Per-example KL(p(x) ‖ p(x′)) from the clean and adversarial logits, summed over classes."""
+    return kl_from_logits(logits_clean, F.log_softmax(logits_adv.float(), dim=1))
 
 
 class TradesKL(Attack):
@@ -57,13 +68,13 @@ class TradesKL(Attack):
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None
     ) -> torch.Tensor:
         with torch.no_grad():
-            p_clean = F.softmax(model(x).float(), dim=1)
+            logits_clean = model(x).float()
         where = generator.device if generator is not None else x.device
         noise = torch.empty(x.shape, device=where).normal_(generator=generator).to(device=x.device, dtype=x.dtype)
         x_adv = project(x + START_STD * noise, x, self.norm, self.eps)
         for _ in range(self.steps):
             x_adv = x_adv.detach().requires_grad_(True)
-            (grad,) = torch.autograd.grad(kl_to_clean(model(x_adv), p_clean).sum(), x_adv)
+            (grad,) = torch.autograd.grad(kl_to_clean(model(x_adv), logits_clean).sum(), x_adv)
             x_adv = project(x_adv.detach() + self.step_size * steepest_step(grad, self.norm), x, self.norm, self.eps)
         return x_adv
 

@@ -51,7 +51,7 @@ from advcli.data.for_checkpoint import is_lazy, recorded_view, skipped_files
 from advcli.data.loaders import train_batches
 from advcli.data.subsets import train_subset
 from advcli.data.view import DataView
-from advcli.errors import CheckpointError, UsageError
+from advcli.errors import CheckpointError, TrainingDiverged, UsageError
 from advcli.models import Classifier, build_model
 from advcli.models.checkpoint import LoadedCheckpoint, load_checkpoint, model_metadata, save_checkpoint
 from advcli.progress import NullReporter, Reporter
@@ -533,6 +533,9 @@ def train_epoch(
         s.x, s.y, augment=Augment(opts.augment), batch_size=opts.batch_size, workers=opts.workers,
         seed=opts.seed, epoch=epoch, device=device, rank=info.rank, world_size=info.world_size, skip=first,
     )
+    # The first step (1-based, of the run) whose loss is not finite, -1 while all are; a device
+    # tensor, read once an epoch and before a mid-epoch save (no host sync per step).
+    first_bad = torch.full((), -1, dtype=torch.int64, device=device)
     reporter.start(f"epoch {epoch + 1}/{opts.epochs}", s.steps_per_epoch)
     if first:
         reporter.advance(first)
@@ -562,6 +565,8 @@ def train_epoch(
             s.opt.step()
         if s.ema is not None:
             s.ema.update(s.model)
+        with torch.no_grad():
+            first_bad = torch.where((first_bad < 0) & ~torch.isfinite(bl.loss.detach()), step + 1, first_bad)
         adv_correct = sums.add(bl.logits.detach(), bl.labels, bl.n_clean, bl.terms)
         for hook in step_hooks:
             hook(StepStats(epoch + 1, step + 1, lr, bl.loss.detach(), len(bl.labels) - bl.n_clean, adv_correct,
@@ -569,12 +574,29 @@ def train_epoch(
         reporter.advance()
         # The epoch's last step is followed by the end-of-epoch save instead.
         if save and save_every and i + 1 < s.steps_per_epoch and save_every.due(step + 1, device):
+            check_finite(first_bad, epoch)
             save(EpochPosition(epoch, i + 1, {k: _by_rank(v, device) for k, v in sums.state().items()},
                                _by_rank(attack_gen.get_state(), device), round(time.perf_counter() - started_epoch, 3)))
         stop_after_step(step + 1)
     reporter.finish()
+    check_finite(first_bad, epoch)
     end_lr = lr_at((epoch + 1) * s.steps_per_epoch, s.total_steps, opts.lr, opts.schedule)
     return sums.stats(epoch + 1, end_lr, adversarial=perturber is not None)
+
+
+def check_finite(first_bad: torch.Tensor, epoch: int) -> None:
+    """Raise TrainingDiverged when a step's loss was not finite on any torchrun rank (`first_bad`:
+    that step, 1-based, or -1), before anything of the epoch is saved: the state file keeps the
+    last good save."""
+    bad = distributed.all_reduce_sum((first_bad >= 0).to(torch.int64))
+    if int(bad) == 0:
+        return
+    where = f"step {int(first_bad)}" if int(first_bad) >= 0 else "a step on another rank"
+    raise TrainingDiverged(
+        f"training diverged: the loss was NaN or infinite at {where} (epoch {epoch + 1}); stopped with nothing of "
+        "that epoch saved (no checkpoint; a training state from an earlier save is kept as it was). "
+        "Lower --lr (or --beta), or try --amp none"
+    )
 
 
 def _loss_of(objective: Objective, *args: object) -> torch.Tensor:

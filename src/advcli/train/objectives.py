@@ -22,10 +22,14 @@ calls do).
   averaged over the batch; nothing detached. Following the code, the logs carry its
   stabilisers: log(1.0001 − p′_k + 1e-12), log(p′ + 1e-12) inside the KL, and the weight
   1.0000001 − p_y(x) (so an example the model is sure of keeps a tiny weight); they move the
-  loss by about 1e-4 and keep it finite when p′_k → 1. x′ comes from adv-train's training attack
-  (--attack, default PGD on CE with advcli's uniform random start in the eps-ball); the
-  reference's PGD starts at x + 0.001·N(0, 1) instead. advcli keeps one inner attack for
-  PGD-AT and MART so that a comparison of the two isolates the outer loss. β default 6.
+  loss by about 1e-4 and keep it finite when p′_k → 1. Unlike the reference, log p(x) comes
+  from log_softmax rather than F.kl_div's xlogy (`attacks.trades.kl_from_logits`), in TRADES'
+  loss too: on current torch the latter's gradient is NaN where p_c(x) underflows to 0, which
+  the quick recipe's MART reached within its first epoch (logits 120 apart), training on NaN.
+  x′ comes from adv-train's training attack (--attack, default PGD on CE with advcli's
+  uniform random start in the eps-ball); the reference's PGD starts at x + 0.001·N(0, 1)
+  instead. advcli keeps one inner attack for PGD-AT and MART so that a comparison of the two
+  isolates the outer loss. β default 6.
 - **AWP** (`--awp GAMMA`, Wu, Xia & Wang 2020; reference: csdongxian/AWP, `utils_awp.py`),
   with any objective: before each update, one ascent step on the weights maximises the
   objective's own loss at the same (x, x′): per layer l (weights of dimension > 1: conv and
@@ -60,7 +64,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from advcli import distributed
-from advcli.attacks.trades import kl_to_clean
+from advcli.attacks.trades import kl_from_logits, kl_to_clean
 from advcli.train.loop import BatchLoss, Forward, Objective
 
 DEFAULT_BETA = 6.0  # TRADES' and MART's reference scripts
@@ -79,7 +83,7 @@ def trades_loss(forward: Forward, x: torch.Tensor, x_adv: torch.Tensor, y: torch
                 *, beta: float) -> BatchLoss:
     """CE(f(x), y) + β · mean over the batch of KL(p(x) ‖ p(x′)); every example attacked."""
     logits, logits_adv = forward(x), forward(x_adv)
-    kl = kl_to_clean(logits_adv, F.softmax(logits, dim=1))
+    kl = kl_to_clean(logits_adv, logits)
     ce = F.cross_entropy(logits, y)
     loss = ce + beta * kl.mean()
     return BatchLoss(loss, torch.cat([logits, logits_adv]), torch.cat([y, y]), len(y),
@@ -99,7 +103,7 @@ def mart_loss(forward: Forward, x: torch.Tensor, x_adv: torch.Tensor, y: torch.T
     k = strongest_wrong_class(p_adv, y)
     boost = -torch.log(1.0001 - p_adv.gather(1, k[:, None]).squeeze(1) + 1e-12)
     boosted_ce = F.cross_entropy(logits_adv, y) + boost.mean()
-    kl = F.kl_div(torch.log(p_adv + 1e-12), p, reduction="none").sum(1)
+    kl = kl_from_logits(logits, torch.log(p_adv + 1e-12))
     weighted = kl * (1.0000001 - p.gather(1, y[:, None]).squeeze(1))
     loss = boosted_ce + beta * weighted.mean()
     return BatchLoss(loss, torch.cat([logits, logits_adv]), torch.cat([y, y]), len(y),
