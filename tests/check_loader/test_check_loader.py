@@ -205,6 +205,25 @@ def test_analyse_tells_item_tied_from_position_tied_agreement():
     assert list(_kinds(_analyse(shared))) == [DUP]
 
 
+@pytest.mark.parametrize("n_items, kind", [(8, PER_WORKER), (32, FROZEN)])
+def test_two_workers_agreeing_on_a_few_flips_are_not_called_frozen(n_items, kind):
+    # A flip per item (2 outcomes), fixed per persistent worker for the run, and the two workers'
+    # flips happen to coincide on every item: a 1-in-2^n coincidence (per_item_seed.py's
+    # flip_persistent under an unlucky base seed, 8 items: 1 in 256). Each item's repeated loads
+    # are one draw, so 8 agreeing items (p = 1/256) do not show that the workers agree beyond
+    # chance, and the finding stays the weaker "one augmentation per item per worker"; 32 agreeing
+    # items (p = 2^-32) do show it: frozen.
+    layout = make_layout(0, n_items, 2 * n_items if n_items > 8 else 32)
+    flips = [int(_draw("flip", j)) % 2 for j in range(n_items)]
+    streams = {StreamKey(True, 0, e, w): [f"{j}:{flips[j]}" for j in layout.positions]
+               for e in range(2) for w in range(2)}
+    control = [[[f"{j}:{int(_draw('control', r, j)) % 2}"] for j in range(n_items)] for r in range(8)]
+    r = analyse(streams, target="t", workers=2, epochs=2, samples=len(layout.positions), ranks=1, item=0,
+                layout=layout, control=control, rng_calls=["numpy.random.default_rng"])
+    assert 0.3 < r.collision_probability < 0.7  # the premise: about a coin's chance
+    assert r.verdict is Verdict.bug and list(_kinds(r)) == [kind]
+
+
 def test_chance_agreement_comes_from_the_control_not_the_judged_streams():
     # One persistent worker seeded per item: its outputs never change. Judged alone, every load of
     # an item agrees with every other (q = 1) and nothing could be flagged; the control's q is

@@ -240,6 +240,16 @@ def _item_tie_meaning(kind: FindingKind, workers: int) -> str:
             "worker")
 
 
+def _distinct_item_p(sa: Sequence[str], sb: Sequence[str], idx: Sequence[tuple[int, int]],
+                     positions: Sequence[int], q: float) -> float:
+    """p(chance) of the item-by-item agreement of two sequences with each distinct item compared
+    once (its first load paired across the two orders)."""
+    first: dict[int, bool] = {}
+    for p, r in idx:
+        first.setdefault(positions[p], sa[p] == sb[r])
+    return binomial_tail(sum(first.values()), len(first), q)
+
+
 def analyse(
     streams: Streams, *, target: str, workers: int, epochs: int, samples: int, ranks: int,
     item: int, time_s: float = 0.0, fixes: dict[FindingKind, str] | None = None,
@@ -325,7 +335,8 @@ def analyse(
                 # loaded once per epoch); across epochs the augmentation does not change.
                 if kind is FindingKind.repeat_epochs:
                     flagged.setdefault(FindingKind.frozen, []).append(
-                        Agreement(a, b, matches, len(idx), p, by_item=True))
+                        Agreement(a, b, matches, len(idx), p, by_item=True,
+                                  p_items=_distinct_item_p(sa, sb, idx, positions, q)))
                 continue
         matches = sum(x == y for x, y in zip(sa[:length], sb[:length], strict=True))
         p = binomial_tail(matches, length, q)
@@ -334,13 +345,15 @@ def analyse(
             flagged.setdefault(kind, []).append(Agreement(a, b, matches, length, p))
 
     # Item-tied repeats across epochs: frozen when different workers agree too (or there is one
-    # worker), one augmentation per worker when each worker only agrees with itself.
+    # worker), one augmentation per worker when each worker only agrees with itself. Two workers
+    # agree beyond chance only if they do on more distinct items than chance allows: with the
+    # output fixed per worker, an item's repeated loads are one draw, not several.
     run_workers: dict[tuple[bool | None, int], set[int]] = {}
     for k in keys:
         run_workers.setdefault((k.persistent, k.rank), set()).add(k.worker)
     for ag in flagged.pop(FindingKind.frozen, []):
         run = run_workers[(ag.a.persistent, ag.a.rank)]
-        frozen = len(run) <= 1 or ag.a.worker != ag.b.worker
+        frozen = len(run) <= 1 or (ag.a.worker != ag.b.worker and (ag.p_items or 0.0) < threshold)
         flagged.setdefault(FindingKind.frozen if frozen else FindingKind.per_worker, []).append(ag)
     if FindingKind.per_worker in flagged and FindingKind.frozen in flagged:
         # Some workers agree with others across epochs: the augmentation is frozen for them all.

@@ -57,6 +57,9 @@ class Agreement:
     length: int
     p_chance: float
     by_item: bool = False
+    # By item: p(chance) with each distinct item counted once (its repeated loads are one draw
+    # when the output is fixed per worker); what tells "frozen" from "per worker" (None: not by item).
+    p_items: float | None = None
 
 
 @dataclass(frozen=True)
