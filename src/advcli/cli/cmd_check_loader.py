@@ -11,6 +11,7 @@ from typing import Annotated, Any
 import typer
 
 from advcli import check_loader as stage
+from advcli.check_loader.probe import CONTROL_RUNS
 from advcli.cli import render
 from advcli.cli.common import CONFIG_HELP, FORMAT_HELP, FORMATS, data_view, handle_errors, resolve_options
 from advcli.cli.train_options import ImageSize, SkipBad, Stream
@@ -67,7 +68,7 @@ def check_loader(
         typer.Option(
             "--samples",
             help="Loads per worker per epoch: min(samples/2, dataset size) distinct items, "
-            "loaded in two orders. Each control run (8, under other seeds) loads as many.",
+            f"loaded in two orders. Each control run ({CONTROL_RUNS}, under other seeds) loads as many.",
         ),
     ] = 64,
     ranks: Annotated[
