@@ -353,7 +353,7 @@ def analyse(
         run_workers.setdefault((k.persistent, k.rank), set()).add(k.worker)
     for ag in flagged.pop(FindingKind.frozen, []):
         run = run_workers[(ag.a.persistent, ag.a.rank)]
-        frozen = len(run) <= 1 or (ag.a.worker != ag.b.worker and (ag.p_items or 0.0) < threshold)
+        frozen = len(run) <= 1 or (ag.a.worker != ag.b.worker and ag.p_items is not None and ag.p_items < threshold)
         flagged.setdefault(FindingKind.frozen if frozen else FindingKind.per_worker, []).append(ag)
     if FindingKind.per_worker in flagged and FindingKind.frozen in flagged:
         # Some workers agree with others across epochs: the augmentation is frozen for them all.

@@ -588,10 +588,10 @@ def check_finite(first_bad: torch.Tensor, epoch: int) -> None:
     """Raise TrainingDiverged when a step's loss was not finite on any torchrun rank (`first_bad`:
     that step, 1-based, or -1), before anything of the epoch is saved: the state file keeps the
     last good save."""
-    bad = distributed.all_reduce_sum((first_bad >= 0).to(torch.int64))
-    if int(bad) == 0:
+    if int(distributed.all_reduce_sum((first_bad >= 0).to(torch.int64))) == 0:  # the one host sync
         return
-    where = f"step {int(first_bad)}" if int(first_bad) >= 0 else "a step on another rank"
+    step = int(first_bad)
+    where = f"step {step}" if step >= 0 else "a step on another rank"
     raise TrainingDiverged(
         f"training diverged: the loss was NaN or infinite at {where} (epoch {epoch + 1}); stopped with nothing of "
         "that epoch saved (no checkpoint; a training state from an earlier save is kept as it was). "
