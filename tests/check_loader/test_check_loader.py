@@ -205,23 +205,68 @@ def test_analyse_tells_item_tied_from_position_tied_agreement():
     assert list(_kinds(_analyse(shared))) == [DUP]
 
 
-@pytest.mark.parametrize("n_items, kind", [(8, PER_WORKER), (32, FROZEN)])
-def test_two_workers_agreeing_on_a_few_flips_are_not_called_frozen(n_items, kind):
-    # A flip per item (2 outcomes), fixed per persistent worker for the run, and the two workers'
-    # flips happen to coincide on every item: a 1-in-2^n coincidence (per_item_seed.py's
-    # flip_persistent under an unlucky base seed, 8 items: 1 in 256). Each item's repeated loads
-    # are one draw, so 8 agreeing items (p = 1/256) do not show that the workers agree beyond
-    # chance, and the finding stays the weaker "one augmentation per item per worker"; 32 agreeing
-    # items (p = 2^-32) do show it: frozen.
-    layout = make_layout(0, n_items, 2 * n_items if n_items > 8 else 32)
-    flips = [int(_draw("flip", j)) % 2 for j in range(n_items)]
-    streams = {StreamKey(True, 0, e, w): [f"{j}:{flips[j]}" for j in layout.positions]
+def _per_item_flips(flip_of, n_items: int, persistent: bool = True):
+    """2 workers x 2 epochs, each stream giving item j the flip flip_of(worker, epoch, j) at
+    every load (an RNG seeded per item: item-consistent), judged against 8 control runs of fair
+    flips; each item is loaded at least twice per stream (2 n_items loads, at least 32)."""
+    layout = make_layout(0, n_items, max(2 * n_items, 32))
+    streams = {StreamKey(persistent, 0, e, w): [f"{j}:{flip_of(w, e, j)}" for j in layout.positions]
                for e in range(2) for w in range(2)}
-    control = [[[f"{j}:{int(_draw('control', r, j)) % 2}"] for j in range(n_items)] for r in range(8)]
-    r = analyse(streams, target="t", workers=2, epochs=2, samples=len(layout.positions), ranks=1, item=0,
-                layout=layout, control=control, rng_calls=["numpy.random.default_rng"])
+    control = [[[f"{j}:{int(_draw('control', r, j)) % 2}"] for j in range(n_items)]
+               for r in range(8)]
+    return analyse(streams, target="t", workers=2, epochs=2, samples=len(layout.positions),
+                   ranks=1, item=0, layout=layout, control=control,
+                   rng_calls=["numpy.random.default_rng"])
+
+
+def _coin(*key) -> int:
+    return int(_draw("flip", *key)) % 2
+
+
+@pytest.mark.parametrize("agree, kind", [(20, PER_WORKER), (32, FROZEN)])
+def test_two_workers_agreeing_on_some_flips_are_not_called_frozen(agree, kind):
+    # A flip per item (2 outcomes), fixed per persistent worker for the run (each worker repeats
+    # itself every epoch: one augmentation per item per worker). The two workers' flips coincide
+    # on `agree` of 32 items. Each item's repeated loads are one draw, so 20 of 32 (p = 0.1) does
+    # not show that the workers agree beyond chance: per worker; all 32 (p = 2^-32) does: frozen.
+    flips = [_coin(j) for j in range(32)]
+    r = _per_item_flips(lambda w, e, j: flips[j] if w == 0 or j < agree else 1 - flips[j], 32)
     assert 0.3 < r.collision_probability < 0.7  # the premise: about a coin's chance
     assert r.verdict is Verdict.bug and list(_kinds(r)) == [kind]
+
+
+def test_per_item_flips_that_coincide_by_chance_are_not_a_bug():
+    # default_rng([worker seed, index]) without persistent workers (correct): a fresh flip per
+    # item per worker and epoch, the same at each load of the item within the stream. Here worker
+    # 0's epoch-1 flips happen to equal its epoch-0 flips on all 8 items, a 1-in-256
+    # coincidence. Counting each of an item's 4 loads as a trial made that 32 of 32 (p = 2^-32)
+    # and a bug; an item is one draw, so 8 items cannot tell it from chance: inconclusive.
+    r = _per_item_flips(lambda w, e, j: _coin(w, 0 if w == 0 else e, j), 8, persistent=False)
+    assert 0.3 < r.collision_probability < 0.7
+    assert r.verdict is Verdict.inconclusive, r.findings
+    assert "8 distinct items" in r.findings[0].evidence
+
+
+@pytest.mark.parametrize("n_items", [8, 32])
+def test_fresh_per_item_flips_are_inconclusive_with_few_items_and_clean_with_many(n_items):
+    r = _per_item_flips(lambda w, e, j: _coin(w, e, j), n_items, persistent=False)
+    want = Verdict.inconclusive if n_items == 8 else Verdict.clean
+    assert r.verdict is want, r.findings
+
+
+def test_a_shared_flip_stream_keeps_every_loads_evidence():
+    # Two workers drawing the same stream of flips (the classic bug), 8 items: the stream's
+    # repeated loads of an item differ, so every load counts and 32 agreeing loads are flagged.
+    layout = make_layout(0, 8, 32)
+    streams = {StreamKey(False, 0, e, w): [f"{j}:{_coin('stream', e, p)}"
+                                            for p, j in enumerate(layout.positions)]
+               for e in range(2) for w in range(2)}
+    control = [[[f"{j}:{_coin('control', r, j, k)}" for k in range(4)] for j in range(8)]
+               for r in range(8)]
+    r = analyse(streams, target="t", workers=2, epochs=2, samples=32, ranks=1, item=0,
+                layout=layout, control=control, rng_calls=[])
+    assert r.verdict is Verdict.bug and list(_kinds(r)) == [DUP]
+    assert "identical sequences of 32 samples" in r.findings[0].evidence
 
 
 def test_chance_agreement_comes_from_the_control_not_the_judged_streams():
@@ -369,8 +414,8 @@ def test_pipeline_without_randomness_is_reported_as_such():
 # ------------------------------------- per-item seeding and the other patterns (issue 15), CLI
 
 
-def _cli_check(spec: str, *args: str):
-    res = _cli("--pipeline", f"{PIPELINES}/{spec}", "--workers", "2", "--samples", "32",
+def _cli_check(spec: str, *args: str, samples: int = 32):
+    res = _cli("--pipeline", f"{PIPELINES}/{spec}", "--workers", "2", "--samples", str(samples),
                "--format", "json", *args)
     return res, json.loads(res.stdout) if res.stdout.strip() else None
 
@@ -390,6 +435,8 @@ def _cli_check(spec: str, *args: str):
     # ... but one augmentation per item per worker for the whole run with them
     ("per_item_seed.py:persistent", 1, "bug", [PER_WORKER]),
     ("per_item_seed.py:flip_persistent", 1, "bug", [PER_WORKER]),
+    # a flip alone over 8 items cannot be judged (an item's repeated loads are one draw)
+    ("per_item_seed.py:flip", 0, "inconclusive", [FindingKind.low_power]),
     # default_rng(index): frozen
     ("index_seed.py:numpy_generator", 1, "bug", [FROZEN]),
     # default_rng([index, epoch]) via set_epoch: clean (with or without the run's seed) ...
@@ -400,11 +447,15 @@ def _cli_check(spec: str, *args: str):
     ("no_randomness.py:make", 0, "no randomness", [FindingKind.no_randomness]),
 ])
 def test_seeding_patterns_through_the_cli(spec, exit_code, verdict, kinds):
-    res, data = _cli_check(spec)
+    # The flip-only pipelines have 32 images and are judged over all of them (--samples 64),
+    # except where the case asks for the inconclusive 8.
+    flip = ":flip" in spec
+    few = flip and verdict == "inconclusive"
+    res, data = _cli_check(spec, samples=16 if few else 64 if flip else 32)
     assert res.exit_code == exit_code, res.output
     assert data["verdict"] == verdict, data["findings"]
     assert [f["kind"] for f in data["findings"]] == [k.value for k in kinds]
-    assert data["control_runs"] == 6 and data["items"] == 8
+    assert data["control_runs"] == 6 and data["items"] == (32 if flip and not few else 8)
 
 
 def test_per_item_seeding_with_persistent_workers_is_its_own_finding():

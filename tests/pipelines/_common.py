@@ -25,8 +25,8 @@ def crop_flip(img: torch.Tensor, dy: int, dx: int, flip: bool) -> torch.Tensor:
 class ImageSet(Dataset):
     """The fixed images; a subclass's __getitem__ draws the crop and flip."""
 
-    def __init__(self) -> None:
-        self.x = images()
+    def __init__(self, n: int = 8) -> None:
+        self.x = images(n)
 
     def __len__(self) -> int:
         return len(self.x)

@@ -4,7 +4,10 @@
 
 Not flagged without persistent workers (`make`, `flip`): the worker seed changes every epoch.
 Flagged with persistent_workers=True (`persistent`, `flip_persistent`): the worker seed is fixed
-for the run, so each item gets at most one augmentation per worker for the whole run."""
+for the run, so each item gets at most one augmentation per worker for the whole run.
+
+A flip alone is two outcomes per item and each item's repeated loads are one draw, so the flip
+variants have 32 images (judged with --samples 64); on 8 they are inconclusive either way."""
 
 import numpy as np
 import torch
@@ -14,7 +17,7 @@ from torch.utils.data import DataLoader, get_worker_info
 
 class PerItem(ImageSet):
     def __init__(self, crop: bool) -> None:
-        super().__init__()
+        super().__init__(8 if crop else 32)
         self.crop = crop
 
     def __getitem__(self, i: int):

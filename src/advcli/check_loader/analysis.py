@@ -25,6 +25,13 @@ judged; for an item whose control outputs never change, from that item's judged 
 so duplication only inflates q and makes p conservative). A comparison is flagged when p is below
 ALPHA divided by the number of comparisons (Bonferroni).
 
+The binomial counts independent trials. When both sequences of a pair are item-consistent (every
+load of an item gave one output within each sequence, as an RNG seeded per item does), an item
+loaded k times is one draw, not k, so both comparisons of that pair count each distinct item
+once; a flip alone (q = 1/2) then needs about 25-30 distinct items to reach the threshold, and
+with fewer the verdict is "inconclusive". A shared random stream is not item-consistent (its
+repeated loads of an item differ), so a duplicated stream keeps every load's evidence.
+
 Outputs that never change at all are "no randomness", unless the pipeline was seen drawing
 random numbers while loading (`rng_use`): then each item's augmentation is frozen.
 """
@@ -96,7 +103,9 @@ _GENERIC_FIX = {
         "augmentation, it is not applied."
     ),
     FindingKind.low_power: (
-        "Raise --samples so that a duplicated sequence could be told from chance."
+        "Raise --samples so that a duplicated sequence could be told from chance. An "
+        "augmentation seeded per item is judged over distinct items, min(--samples/2, dataset "
+        "size): a flip alone needs about 30."
     ),
 }
 
@@ -147,23 +156,23 @@ def _describe(kind: FindingKind, ag: Agreement, ranks: int) -> str:
     n, full = ag.length, ag.matches == ag.length
     seqs = "identical sequences" if full else "sequences"
     if kind is FindingKind.duplicate_workers:
-        text = f"{_who(a)} and {_who(b)} produced {seqs} of {n} samples in epoch {a.epoch}"
+        text = f"{_who(a)} and {_who(b)} produced {seqs} of {n} {ag.unit} in epoch {a.epoch}"
     elif kind is FindingKind.repeat_epochs:
         whose = "its" if a.worker == b.worker else f"{_who(a)}'s"
         verb = "repeated" if full else "partly repeated"
-        text = (f"{_who(b)} {verb} {whose} epoch-{a.epoch} sequence of {n} samples in epoch "
+        text = (f"{_who(b)} {verb} {whose} epoch-{a.epoch} sequence of {n} {ag.unit} in epoch "
                 f"{b.epoch}")
     else:
         where = f"{_who(a)}, epoch {a.epoch}"
         if (a.worker, a.epoch) != (b.worker, b.epoch):
             where += f" / {_who(b)}, epoch {b.epoch}"
-        text = f"rank {a.rank} and rank {b.rank} produced {seqs} of {n} samples ({where})"
+        text = f"rank {a.rank} and rank {b.rank} produced {seqs} of {n} {ag.unit} ({where})"
     if ranks > 1 and kind is not FindingKind.duplicate_ranks:
         text += f", rank {a.rank}"
     if a.persistent is not None:
         text += f", persistent_workers={_setting(a)}"
     if not full:
-        text += f" (agreeing in {ag.matches} of {n} positions)"
+        text += f" (agreeing in {ag.matches} of {n} {'items' if ag.distinct else 'positions'})"
     return text
 
 
@@ -218,11 +227,12 @@ def _run_seed_note(
 
 def _describe_item_tie(kind: FindingKind, ag: Agreement, ranks: int) -> str:
     a, b = ag.a, ag.b
+    loads = "items" if ag.distinct else "loads"
     if kind is FindingKind.frozen:
-        text = (f"{_who(b)} in epoch {b.epoch} gave {ag.matches} of {ag.length} loads the output "
+        text = (f"{_who(b)} in epoch {b.epoch} gave {ag.matches} of {ag.length} {loads} the output "
                 f"{_who(a)} gave the same item in epoch {a.epoch}")
     else:
-        text = (f"{_who(a)} gave {ag.matches} of {ag.length} loads in epoch {b.epoch} the output "
+        text = (f"{_who(a)} gave {ag.matches} of {ag.length} {loads} in epoch {b.epoch} the output "
                 f"it gave the same item in epoch {a.epoch}, while other workers differ")
     text += " (each item compared across the two load orders"
     if ranks > 1:
@@ -244,10 +254,25 @@ def _distinct_item_p(sa: Sequence[str], sb: Sequence[str], idx: Sequence[tuple[i
                      positions: Sequence[int], q: float) -> float:
     """p(chance) of the item-by-item agreement of two sequences with each distinct item compared
     once (its first load paired across the two orders)."""
+    matches, n = _distinct_item_matches(sa, sb, idx, positions)
+    return binomial_tail(matches, n, q)
+
+
+def _distinct_item_matches(sa: Sequence[str], sb: Sequence[str], idx: Sequence[tuple[int, int]],
+                           positions: Sequence[int]) -> tuple[int, int]:
+    """(agreeing items, distinct items) over the pairs `idx`, each item counted at its first
+    pair."""
     first: dict[int, bool] = {}
     for p, r in idx:
         first.setdefault(positions[p], sa[p] == sb[r])
-    return binomial_tail(sum(first.values()), len(first), q)
+    return sum(first.values()), len(first)
+
+
+def _item_consistent(s: Sequence[str], positions: Sequence[int]) -> bool:
+    """Whether every load of an item in this sequence gave one output: the output is a function
+    of the item within the stream (an RNG seeded per item), so its repeated loads are one draw."""
+    seen: dict[int, str] = {}
+    return all(seen.setdefault(j, fp) == fp for j, fp in zip(positions, s, strict=False))
 
 
 def analyse(
@@ -320,29 +345,48 @@ def analyse(
     flagged: dict[FindingKind, list[Agreement]] = {}
     compared: Counter[FindingKind] = Counter()
     smallest = 1.0
+    consistent = {k: _item_consistent(streams[k], positions) for k in keys}
+    # The fewest independent draws a compared pair had, and whether they were distinct items.
+    fewest, fewest_by_items = longest, False
     for a, b in pairs:
         kind = _kind(a, b)
         compared[kind] += 1
         sa, sb = streams[a], streams[b]
         length = min(len(sa), len(sb))
+        # When both streams tie their output to the item, an item loaded k times is one draw,
+        # not k: count each distinct item once, position by position as item by item (the two
+        # then agree on the same items). A shared random stream is not item-consistent, so the
+        # duplicated-stream bugs keep every load's evidence.
+        by_items = consistent[a] and consistent[b]
+        same_order = [(p, p) for p in range(length)]
+        draws = len(set(positions[:length])) if by_items else length
+        if draws < fewest:
+            fewest, fewest_by_items = draws, by_items
         if cross:
             idx = [(p, r) for p in range(length) if 0 <= (r := partners[p]) < length]
-            matches = sum(sa[p] == sb[r] for p, r in idx)
-            p = binomial_tail(matches, len(idx), q)
+            if by_items:
+                matches, n = _distinct_item_matches(sa, sb, idx, positions)
+            else:
+                matches, n = sum(sa[p] == sb[r] for p, r in idx), len(idx)
+            p = binomial_tail(matches, n, q)
             smallest = min(smallest, p)
             if p < threshold:
                 # The output follows the item. Within an epoch that is harmless (each item is
                 # loaded once per epoch); across epochs the augmentation does not change.
                 if kind is FindingKind.repeat_epochs:
                     flagged.setdefault(FindingKind.frozen, []).append(
-                        Agreement(a, b, matches, len(idx), p, by_item=True,
-                                  p_items=_distinct_item_p(sa, sb, idx, positions, q)))
+                        Agreement(a, b, matches, n, p, by_item=True,
+                                  p_items=_distinct_item_p(sa, sb, idx, positions, q),
+                                  distinct=by_items))
                 continue
-        matches = sum(x == y for x, y in zip(sa[:length], sb[:length], strict=True))
-        p = binomial_tail(matches, length, q)
+        if by_items:
+            matches, n = _distinct_item_matches(sa, sb, same_order, positions)
+        else:
+            matches, n = sum(x == y for x, y in zip(sa[:length], sb[:length], strict=True)), length
+        p = binomial_tail(matches, n, q)
         smallest = min(smallest, p)
         if p < threshold:
-            flagged.setdefault(kind, []).append(Agreement(a, b, matches, length, p))
+            flagged.setdefault(kind, []).append(Agreement(a, b, matches, n, p, distinct=by_items))
 
     # Item-tied repeats across epochs: frozen when different workers agree too (or there is one
     # worker), one augmentation per worker when each worker only agrees with itself. Two workers
@@ -399,10 +443,12 @@ def analyse(
         note = _run_seed_note(streams, keys, positions, control, q, threshold)
         if note:
             notes.append(note)
-    lengths = [len(s) for s in streams.values()]
-    best_possible = q ** min(lengths) if lengths else 1.0
+    best_possible = q ** fewest
     if pairs and best_possible >= threshold:
-        evidence = (f"even identical sequences of {min(lengths)} samples would have "
+        what = (f"outputs of {fewest} distinct items (each item's loads gave one output per "
+                "stream, so its repeats are one draw)" if fewest_by_items
+                else f"sequences of {fewest} samples")
+        evidence = (f"even identical {what} would have "
                     f"{format_p(best_possible)} (per-load collision probability {q:.2f}); "
                     f"the threshold is {threshold:.0e}")
         finding = Finding(FindingKind.low_power, False, evidence, fixes[FindingKind.low_power],

@@ -60,6 +60,12 @@ class Agreement:
     # By item: p(chance) with each distinct item counted once (its repeated loads are one draw
     # when the output is fixed per worker); what tells "frozen" from "per worker" (None: not by item).
     p_items: float | None = None
+    # Counted over distinct items (both sequences gave one output per item), not loads.
+    distinct: bool = False
+
+    @property
+    def unit(self) -> str:
+        return "items" if self.distinct else "samples"
 
 
 @dataclass(frozen=True)

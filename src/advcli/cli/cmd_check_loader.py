@@ -204,7 +204,8 @@ def _verdict_text(r: stage.LoaderReport) -> str:
         return ("no randomness: every load of an item gives the same output and no "
                 "random-number call was seen, so nothing can be duplicated")
     if r.verdict is stage.Verdict.inconclusive:
-        return "inconclusive: too little randomness per load to judge; raise --samples"
+        return ("inconclusive: too little randomness per load to judge; raise --samples (an "
+                "augmentation seeded per item needs more distinct items)")
     pairs = f"{r.pairs_compared} pair{'s' if r.pairs_compared != 1 else ''}"
     return (f"clean: no duplicated, repeated or frozen sequences ({pairs} of sequences "
             f"compared, {r.distinct_outputs} distinct outputs in {r.loads} loads)")
