@@ -358,7 +358,6 @@ def analyse(
         # then agree on the same items). A shared random stream is not item-consistent, so the
         # duplicated-stream bugs keep every load's evidence.
         by_items = consistent[a] and consistent[b]
-        same_order = [(p, p) for p in range(length)]
         draws = len(set(positions[:length])) if by_items else length
         if draws < fewest:
             fewest, fewest_by_items = draws, by_items
@@ -376,11 +375,12 @@ def analyse(
                 if kind is FindingKind.repeat_epochs:
                     flagged.setdefault(FindingKind.frozen, []).append(
                         Agreement(a, b, matches, n, p, by_item=True,
-                                  p_items=_distinct_item_p(sa, sb, idx, positions, q),
+                                  p_items=p if by_items
+                                  else _distinct_item_p(sa, sb, idx, positions, q),
                                   distinct=by_items))
                 continue
         if by_items:
-            matches, n = _distinct_item_matches(sa, sb, same_order, positions)
+            matches, n = _distinct_item_matches(sa, sb, [(p, p) for p in range(length)], positions)
         else:
             matches, n = sum(x == y for x, y in zip(sa[:length], sb[:length], strict=True)), length
         p = binomial_tail(matches, n, q)
