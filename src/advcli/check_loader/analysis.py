@@ -362,11 +362,11 @@ def analyse(
         if draws < fewest:
             fewest, fewest_by_items = draws, by_items
         if cross:
-            idx = [(p, r) for p in range(length) if 0 <= (r := partners[p]) < length]
+            idx = [(i, r) for i in range(length) if 0 <= (r := partners[i]) < length]
             if by_items:
                 matches, n = _distinct_item_matches(sa, sb, idx, positions)
             else:
-                matches, n = sum(sa[p] == sb[r] for p, r in idx), len(idx)
+                matches, n = sum(sa[i] == sb[r] for i, r in idx), len(idx)
             p = binomial_tail(matches, n, q)
             smallest = min(smallest, p)
             if p < threshold:
@@ -380,7 +380,7 @@ def analyse(
                                   distinct=by_items))
                 continue
         if by_items:
-            matches, n = _distinct_item_matches(sa, sb, [(p, p) for p in range(length)], positions)
+            matches, n = _distinct_item_matches(sa, sb, [(i, i) for i in range(length)], positions)
         else:
             matches, n = sum(x == y for x, y in zip(sa[:length], sb[:length], strict=True)), length
         p = binomial_tail(matches, n, q)
